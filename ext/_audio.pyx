@@ -19,7 +19,9 @@ from agentic_fast._audiocore.buffers import byte_view
 from agentic_fast._audiocore.spec import (
     TWILIO_FRAME_BYTES,
     bad_base64,
+    check_b64_type,
     check_payload_size,
+    check_payload_size_decoded,
     converter_spec,
     odd_pcm,
 )
@@ -103,8 +105,7 @@ cdef inline _Bytes _borrow_text(object obj):
         b.ptr = <const uint8_t*>PyUnicode_DATA(obj)
         b.size = PyUnicode_GET_LENGTH(obj)
         return b
-    if not isinstance(obj, (bytes, bytearray, memoryview)):
-        raise AudioFormatError(f"base64 payload must be str or bytes, got {type(obj).__name__}")
+    check_b64_type(obj)
     return _borrow(obj, False)
 
 
@@ -469,10 +470,11 @@ cdef class AudioConverter:
     cdef int16_t* dec_buf    # decimated PCM of one block
     cdef Py_ssize_t pend_len
     cdef int carry           # outbound odd PCM byte, or -1
+    cdef bint active         # outbound audio fed since the last flush/clear
 
     implementation = IMPLEMENTATION
 
-    def __init__(self, str provider, int handoff_ms=40, int max_payload_bytes=4000):
+    def __init__(self, provider, handoff_ms=40, max_payload_bytes=4000):
         spec = converter_spec(provider, handoff_ms, max_payload_bytes)
         self.spec = spec
         self.passthrough = spec.passthrough
@@ -497,6 +499,7 @@ cdef class AudioConverter:
         self.dec_buf = <int16_t*><size_t>self._enc_arr.ctypes.data
         self.pend_len = 0
         self.carry = -1
+        self.active = False
 
     @property
     def provider(self):
@@ -526,6 +529,7 @@ cdef class AudioConverter:
         cdef Py_ssize_t n = _b64_decode(b.ptr, b.size, self.in_buf)
         if n < 0:
             raise bad_base64(b.size)
+        check_payload_size_decoded(n, self.max_payload)
         if self.passthrough:
             self.ring.write(self.in_buf, n)
         else:
@@ -580,6 +584,8 @@ cdef class AudioConverter:
     cdef list _outbound(self, const uint8_t* p, Py_ssize_t nb):
         cdef list frames = []
         cdef Py_ssize_t take, k
+        if nb:
+            self.active = True
         if self.passthrough:
             while nb > 0:
                 take = min(nb, BLOCK)
@@ -628,6 +634,9 @@ cdef class AudioConverter:
         """End of a response: drain the filter delay, pad the last frame with 0xFF."""
         cdef list frames = []
         cdef Py_ssize_t tail
+        if not self.active:
+            return frames
+        self.active = False
         if not self.passthrough:
             tail = self.down.design_delay
             memset(self.down.inp, 0, tail * sizeof(int16_t))
@@ -643,6 +652,7 @@ cdef class AudioConverter:
     def clear_outbound(self):
         """Barge-in: drop outbound audio not yet framed; returns the mu-law bytes dropped."""
         cdef Py_ssize_t dropped = self.pend_len
+        self.active = False
         self.pend_len = 0
         self.carry = -1
         if not self.passthrough:

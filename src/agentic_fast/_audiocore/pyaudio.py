@@ -19,7 +19,9 @@ from agentic_fast._audiocore.buffers import byte_view
 from agentic_fast._audiocore.spec import (
     TWILIO_FRAME_BYTES,
     bad_base64,
+    check_b64_type,
     check_payload_size,
+    check_payload_size_decoded,
     converter_spec,
     odd_pcm,
 )
@@ -64,6 +66,7 @@ def alaw_encode(pcm: object) -> bytes:
 
 def b64decode_strict(text: str | bytes) -> bytes:
     """Strict base64: whole quads, standard alphabet, padding only at the end."""
+    check_b64_type(text)
     raw = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
     if not raw or len(raw) & 3 or _B64_RE.fullmatch(raw) is None:
         raise bad_base64(len(raw))
@@ -212,6 +215,7 @@ class AudioConverter:
         self._ring = RingBuffer(spec.chunk_bytes + max_payload_bytes * factor * width)
         self._pending = bytearray()  # outbound mu-law not yet a whole frame (< 160 bytes)
         self._carry = b""           # outbound odd PCM byte
+        self._active = False        # outbound audio fed since the last flush/clear
 
     provider = property(lambda self: self.spec.provider)
     handoff_ms = property(lambda self: self.spec.handoff_ms)
@@ -221,8 +225,10 @@ class AudioConverter:
 
     # inbound: Twilio -> provider
     def _inbound(self, payload_b64: str | bytes) -> None:
+        check_b64_type(payload_b64)
         check_payload_size(len(payload_b64), self.spec.max_payload_bytes)
         ulaw = b64decode_strict(payload_b64)
+        check_payload_size_decoded(len(ulaw), self.spec.max_payload_bytes)
         if self._up is None:
             self._ring.write(ulaw)
         else:
@@ -252,6 +258,7 @@ class AudioConverter:
 
     def feed_provider(self, audio: object) -> list[str]:
         view = byte_view(audio, pcm16=not self.spec.passthrough)
+        self._active = self._active or len(view) > 0
         if self._down is None:
             self._pending += view
         else:
@@ -265,6 +272,9 @@ class AudioConverter:
         return self.feed_provider(b64decode_strict(audio_b64))
 
     def flush_provider(self) -> list[str]:
+        if not self._active:
+            return []
+        self._active = False
         if self._down is not None:
             self._encode_out(np.zeros(self._down.design.delay_high, np.int16))
             self._down.reset()
@@ -275,8 +285,14 @@ class AudioConverter:
 
     def clear_outbound(self) -> int:
         dropped = len(self._pending)
+        self._active = False
         self._pending.clear()
         self._carry = b""
         if self._down is not None:
             self._down.reset()
         return dropped
+
+
+def b64encode(data: object) -> str:
+    """Standard padded base64 of a bytes-like object, as str."""
+    return base64.b64encode(byte_view(data, pcm16=False)).decode("ascii")

@@ -54,7 +54,8 @@ def converter_spec(provider: str, handoff_ms: int = 40,
             f"provider must be one of {sorted(PROVIDER_FORMATS)}, got {provider!r}"
         )
     lo, hi = HANDOFF_MS_RANGE
-    if isinstance(handoff_ms, bool) or not isinstance(handoff_ms, int) or not lo <= handoff_ms <= hi:
+    valid_int = isinstance(handoff_ms, int) and not isinstance(handoff_ms, bool)
+    if not valid_int or not lo <= handoff_ms <= hi:
         raise ValueError(f"handoff_ms must be an integer from {lo} to {hi}, got {handoff_ms!r}")
     if not isinstance(max_payload_bytes, int) or not 160 <= max_payload_bytes <= 64000:
         raise ValueError(f"max_payload_bytes must be from 160 to 64000, got {max_payload_bytes!r}")
@@ -77,6 +78,18 @@ def check_payload_size(n_chars: int, max_payload_bytes: int) -> None:
             f"Twilio payload of {n_chars} base64 characters exceeds the "
             f"{max_payload_bytes}-byte limit"
         )
+
+
+def check_payload_size_decoded(n_bytes: int, max_payload_bytes: int) -> None:
+    if n_bytes > max_payload_bytes:
+        raise AudioFormatError(
+            f"Twilio payload of {n_bytes} bytes exceeds the {max_payload_bytes}-byte limit"
+        )
+
+
+def check_b64_type(obj: object) -> None:
+    if not isinstance(obj, (str, bytes, bytearray, memoryview)):
+        raise AudioFormatError(f"base64 payload must be str or bytes, got {type(obj).__name__}")
 
 
 def bad_base64(n_chars: int) -> AudioFormatError:

@@ -111,7 +111,7 @@ def _kaiser_lowpass(length: int, cutoff_hz: float, rate: int, beta: float,
     h *= gain / h.sum()
     q = np.round(h * (1 << FIR_SHIFT))
     # Worst-case accumulator must fit int32 for the native (pmaddwd) inner loop.
-    factor = int(round(gain))
+    factor = round(gain)
     for phase in range(factor):
         assert np.abs(q[phase::factor]).sum() * 32768 + (1 << FIR_SHIFT) < 2**31
     return q.astype(np.int16)

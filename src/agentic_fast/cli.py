@@ -1,0 +1,144 @@
+"""The ``agentic-fast`` command.
+
+Each subcommand is a pair in ``_COMMANDS``: ``add(subparsers)`` declares its arguments and
+``run(args, env) -> exit code`` does the work. A new command (``serve``, ``call``) adds one
+pair; commands that need settings call ``_load_config`` and leave error reporting to ``main``.
+
+Exit codes: 0 success, 2 bad usage or invalid configuration. ``env`` is the environment
+mapping (``os.environ`` unless a test passes its own): it chooses the config file
+(``AGENTIC_FAST_CONFIG``) and feeds ``${VAR}`` expansion in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config.yaml"
+CONFIG_ENV_VAR = "AGENTIC_FAST_CONFIG"
+
+Env = Mapping[str, str]
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="PATH",
+        help=f"config file (default: ${CONFIG_ENV_VAR} or ./{DEFAULT_CONFIG_PATH})")
+
+
+def _config_path(args: argparse.Namespace, env: Env) -> str:
+    return args.config or env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+
+
+def _load_config(args: argparse.Namespace, env: Env) -> Config:
+    """The validated config named by ``--config`` / ``$AGENTIC_FAST_CONFIG`` / default."""
+    return Config.load(_config_path(args, env), env=env)
+
+
+# -- check-config --------------------------------------------------------------------------------
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Writes multi-line strings (instructions) as ``|`` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
+def _add_check_config(sub: Any) -> None:
+    parser = sub.add_parser(
+        "check-config", help="validate the config and print it with secrets masked",
+        description="Validate the config file and print the effective settings as YAML, "
+                    "secrets masked. Exit status 2 on an invalid config.")
+    _add_config_option(parser)
+
+
+def _run_check_config(args: argparse.Namespace, env: Env) -> int:
+    path = _config_path(args, env)
+    config = Config.load(path, env=env)
+    print(f"# effective config from {path} (secrets masked)")
+    print(yaml.dump(config.masked(), Dumper=_ConfigDumper, sort_keys=False,
+                    allow_unicode=True, width=100), end="")
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+def _add_demo(sub: Any) -> None:
+    sub.add_parser(
+        "demo", add_help=False, help="audio path demo (arguments pass through; demo --help)",
+        description="Runs agentic_fast.audio.demo; every argument after 'demo' is its own.")
+
+
+def _run_demo(args: argparse.Namespace, env: Env) -> int:
+    try:
+        from .audio.demo import main as demo_main  # lazy: pulls in numpy and the codec
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.audio.demo":
+            raise
+        print("error: the audio demo is not available in this build", file=sys.stderr)
+        return 2
+    return int(demo_main(args.passthrough) or 0)
+
+
+# -- registry and entry point --------------------------------------------------------------------
+
+Command = tuple[Callable[[Any], None], Callable[[argparse.Namespace, Env], int]]
+
+_COMMANDS: dict[str, Command] = {
+    "check-config": (_add_check_config, _run_check_config),
+    "demo": (_add_demo, _run_demo),
+}
+_PASSTHROUGH = frozenset({"demo"})  # commands that take their arguments verbatim
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentic-fast",
+        description="Twilio phone calls bridged to realtime voice models and an OpenClaw agent.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add, _run in _COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
+    """Run the command line; returns the exit status (never raises for user errors)."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_usage(sys.stderr)
+            print("agentic-fast: error: a command is required", file=sys.stderr)
+            return 2
+        if extra and args.command not in _PASSTHROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    args.passthrough = extra
+    try:
+        return _COMMANDS[args.command][1](args, env)
+    except ConfigError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2

@@ -1,0 +1,610 @@
+"""Typed, validated settings loaded from ``config.yaml``.
+
+    config = Config.load("config.yaml")          # env defaults to os.environ
+    config.server.stream_url                     # wss://host/twilio/media-stream
+
+Rules, in the order the loader applies them:
+
+- The YAML is composed into nodes (not loaded), so every key keeps its line: any error names
+  the dotted key path and ``file:line``.
+- Inside string values ``${VAR}`` and ``${VAR:default}`` expand from the ``env`` mapping (also
+  inside longer strings, ``wss://${HOST}/x``). The default applies when ``VAR`` is unset *or
+  empty*; ``VAR`` unset with no default is an error. ``$${`` writes a literal ``${``. This is the
+  only place in the package that reads environment variables.
+- A missing key or an empty (null) value means the default. Unknown keys are errors (typos).
+- Strings convert to numbers where a number is expected (so ``port: ${PORT:8080}`` works);
+  numbers never silently become strings (``pin: 0123`` is an error: quote it).
+- Each section validates its own ranges and formats in ``__post_init__``; ``Config`` checks the
+  rules that span sections. Empty secrets are accepted here: the code that needs a secret
+  refuses to start without it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+
+MEDIA_STREAM_PATH = "/twilio/media-stream"
+"""Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
+
+_DEFAULT_INSTRUCTIONS = (
+    "You are a helpful voice assistant on a phone call. Keep answers short and natural, "
+    "one or two sentences, and ask when something is unclear."
+)
+_GEMINI_LIVE_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+)
+# Classifier defaults per provider (both speak the OpenAI-compatible chat API).
+_CLASSIFIER_DEFAULTS = {
+    "openai": ("https://api.openai.com/v1", "gpt-4.1-mini"),
+    "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash"),
+}
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+# -- field metadata and value checks ------------------------------------------------------------
+
+def _m(*, lo: float | None = None, hi: float | None = None, gt: float | None = None,
+       choices: tuple[str, ...] | None = None, check: Callable[[Any], Any] | None = None,
+       each: Callable[[Any], Any] | None = None, secret: bool = False) -> dict[str, Any]:
+    """Field metadata: inclusive ``lo``/``hi``, exclusive ``gt``, ``choices``, a normalising
+    ``check`` (returns the value, raises ``ValueError``), ``each`` (check per list item),
+    ``secret`` (masked in output)."""
+    meta = {"lo": lo, "hi": hi, "gt": gt, "choices": choices, "check": check, "each": each}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if secret:
+        meta["secret"] = True
+    return meta
+
+
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_PIN = re.compile(r"[0-9]{4,12}")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _e164(value: str) -> str:
+    if not _E164.fullmatch(value):
+        raise ValueError(f"{value!r} is not an E.164 phone number (like +15551230000)")
+    return value
+
+
+def _optional(check: Callable[[str], str]) -> Callable[[str], str]:
+    """``check`` for a string that may also be empty (unset)."""
+    return lambda value: check(value) if value else value
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    """Check for an absolute URL with one of ``schemes``; strips a trailing ``/``."""
+    def check(value: str) -> str:
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid URL ({exc})") from None
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"{value!r} must be an absolute {' or '.join(schemes)} URL")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r} must not have a query string or fragment")
+        return value.rstrip("/")
+    return check
+
+
+def _account_sid(value: str) -> str:
+    if not _ACCOUNT_SID.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Twilio Account SID (AC + 32 hex digits)")
+    return value
+
+
+def _pin(value: str) -> str:
+    if not _PIN.fullmatch(value):
+        raise ValueError("must be 4 to 12 digits")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}; got {value!r}")
+    return value.upper()
+
+
+def _audio_format(value: str) -> str:
+    if value not in ("", "pcm16", "pcmu"):
+        raise ValueError(f"must be pcm16 or pcmu (or empty: follow audio.provider); got {value!r}")
+    return value
+
+
+def _check_value(value: Any, meta: Mapping[str, Any]) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
+    if "lo" in meta and value < meta["lo"]:
+        raise ValueError(f"must be >= {meta['lo']}, got {value}")
+    if "hi" in meta and value > meta["hi"]:
+        raise ValueError(f"must be <= {meta['hi']}, got {value}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ValueError(f"must be > {meta['gt']}, got {value}")
+    check = meta.get("check")
+    return check(value) if check is not None else value
+
+
+def _checked(value: Any, meta: Mapping[str, Any], key: str) -> Any:
+    try:
+        return _check_value(value, meta)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}", key=key) from None
+
+
+class _Section:
+    """Base of the section dataclasses: validates fields against their metadata."""
+
+    __slots__ = ()
+    PATH: ClassVar[str]  # dotted key path of the section in config.yaml
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            if not f.metadata:
+                continue
+            key = f"{self.PATH}.{f.name}"
+            value = getattr(self, f.name)
+            if "each" in f.metadata:
+                each = {"check": f.metadata["each"]}
+                new = tuple(_checked(v, each, f"{key}[{i}]") for i, v in enumerate(value))
+            else:
+                new = _checked(value, f.metadata, key)
+            if new != value:
+                object.__setattr__(self, f.name, new)
+
+
+def mask_secret(value: str) -> str:
+    """``"****abcd"`` (last 4 shown only for secrets of 12+ chars), ``"****"``, or ``"(unset)"``."""
+    if not value:
+        return "(unset)"
+    return "****" + value[-4:] if len(value) >= 12 else "****"
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig(_Section):
+    """HTTP/WebSocket server: bind address, public URL, limits, auth of the /calls API."""
+
+    PATH: ClassVar[str] = "server"
+    host: str = field(default="127.0.0.1", metadata=_m(check=_nonempty))
+    port: int = field(default=8080, metadata=_m(lo=0, hi=65535))  # 0: any free port
+    public_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
+    drain_timeout_s: float = field(default=30.0, metadata=_m(lo=0, hi=3600))
+    max_connections_total: int = field(default=1000, metadata=_m(lo=1, hi=1_000_000))
+    max_connections_per_ip: int = field(default=100, metadata=_m(lo=1, hi=1_000_000))
+    start_timeout_s: float = field(default=5.0, metadata=_m(gt=0, hi=120))
+    ws_max_message_bytes: int = field(default=65536, metadata=_m(lo=1024, hi=16 * 2**20))
+    ws_heartbeat_s: float = field(default=20.0, metadata=_m(lo=0, hi=600))  # 0: off
+    api_token: str = field(default="", metadata=_m(secret=True))
+    stream_token_ttl_s: float = field(default=60.0, metadata=_m(gt=0, hi=3600))
+
+    def _require_public_url(self) -> str:
+        if not self.public_url:
+            raise ConfigError("server.public_url is not set (Twilio must reach this server)",
+                              key="server.public_url")
+        return self.public_url
+
+    @property
+    def stream_url(self) -> str:
+        """``wss://`` (or ``ws://`` for an http public URL) URL of the media stream route."""
+        base = self._require_public_url()
+        scheme, rest = base.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{MEDIA_STREAM_PATH}"
+
+    def webhook_url(self, path: str) -> str:
+        """Absolute public URL of ``path`` (e.g. ``/twilio/voice``), as Twilio will sign it."""
+        return f"{self._require_public_url()}/{path.lstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioConfig(_Section):
+    """Twilio account (REST API, webhook signature key) and the caller id of outbound calls."""
+
+    PATH: ClassVar[str] = "twilio"
+    account_sid: str = field(default="", metadata=_m(check=_optional(_account_sid)))
+    auth_token: str = field(default="", metadata=_m(secret=True))
+    from_number: str = field(default="", metadata=_m(check=_optional(_e164)))
+    api_base: str = field(default="https://api.twilio.com",
+                          metadata=_m(check=_url("https", "http")))
+    request_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig(_Section):
+    """OpenAI server VAD (turn detection)."""
+
+    PATH: ClassVar[str] = "openai_realtime.vad"
+    threshold: float = field(default=0.5, metadata=_m(lo=0, hi=1))
+    prefix_padding_ms: int = field(default=300, metadata=_m(lo=0, hi=5000))
+    silence_duration_ms: int = field(default=500, metadata=_m(lo=0, hi=10000))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRealtimeConfig(_Section):
+    """OpenAI Realtime (GA) session settings."""
+
+    PATH: ClassVar[str] = "openai_realtime"
+    api_key: str = field(default="", metadata=_m(secret=True))
+    url: str = field(default="wss://api.openai.com/v1/realtime",
+                     metadata=_m(check=_url("wss", "ws")))
+    model: str = field(default="gpt-realtime", metadata=_m(check=_nonempty))
+    voice: str = field(default="marin", metadata=_m(check=_nonempty))
+    # "" follows audio.provider (openai -> pcm16, openai-pcmu -> pcmu); always set after load.
+    audio_format: str = field(default="", metadata=_m(check=_audio_format))
+    instructions: str = _DEFAULT_INSTRUCTIONS
+    transcription_model: str = "gpt-4o-mini-transcribe"  # "" turns input transcription off
+    greeting: str = ""  # what to say first when the call connects; "" waits for the caller
+    vad: VadConfig = field(default_factory=VadConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiConfig(_Section):
+    """Gemini Live (BidiGenerateContent) session settings."""
+
+    PATH: ClassVar[str] = "gemini"
+    api_key: str = field(default="", metadata=_m(secret=True))
+    url: str = field(default=_GEMINI_LIVE_URL, metadata=_m(check=_url("wss", "ws")))
+    model: str = field(default="gemini-2.5-flash-native-audio-preview-09-2025",
+                       metadata=_m(check=_nonempty))
+    voice: str = field(default="Puck", metadata=_m(check=_nonempty))
+    instructions: str = _DEFAULT_INSTRUCTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig(_Section):
+    """OpenClaw gateway connection and device identity."""
+
+    PATH: ClassVar[str] = "gateway"
+    url: str = field(default="ws://127.0.0.1:18789", metadata=_m(check=_url("ws", "wss")))
+    token: str = field(default="", metadata=_m(secret=True))
+    device_key_path: str = field(default="~/.agentic_fast/gateway_device_key",
+                                 metadata=_m(check=_nonempty))
+    session_scope: str = field(default="call", metadata=_m(choices=("call", "caller")))
+
+    @property
+    def device_key_file(self) -> Path:
+        """``device_key_path`` with ``~`` expanded."""
+        return Path(self.device_key_path).expanduser()
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierConfig(_Section):
+    """Small chat model (OpenAI-compatible API) that classifies caller turns.
+
+    Empty ``base_url`` / ``model`` take the provider's default (set after load).
+    """
+
+    PATH: ClassVar[str] = "brain.classifier"
+    provider: str = field(default="openai", metadata=_m(choices=tuple(_CLASSIFIER_DEFAULTS)))
+    base_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
+    model: str = ""
+    api_key: str = field(default="", metadata=_m(secret=True))
+    timeout_s: float = field(default=5.0, metadata=_m(gt=0, hi=60))
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        base_url, model = _CLASSIFIER_DEFAULTS[self.provider]
+        if not self.base_url:
+            object.__setattr__(self, "base_url", base_url)
+        if not self.model:
+            object.__setattr__(self, "model", model)
+
+
+@dataclass(frozen=True, slots=True)
+class BrainConfig(_Section):
+    """Conversation brain: how turns reach the agent, who may use it, timing."""
+
+    PATH: ClassVar[str] = "brain"
+    mode: str = field(default="tool", metadata=_m(choices=("transcript", "tool", "both")))
+    allowed_callers: tuple[str, ...] = field(default=(), metadata=_m(each=_e164))
+    pin: str = field(default="", metadata=_m(check=_optional(_pin), secret=True))
+    filler_after_s: float = field(default=2.0, metadata=_m(lo=0, hi=60))  # 0: no filler
+    deadline_s: float = field(default=30.0, metadata=_m(gt=0, hi=600))
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig(_Section):
+    """Audio path: which provider format the converter targets, handoff chunk size."""
+
+    PATH: ClassVar[str] = "audio"
+    provider: str = field(default="openai", metadata=_m(choices=("openai", "gemini",
+                                                                   "openai-pcmu")))
+    handoff_ms: int = field(default=40, metadata=_m(lo=20, hi=100))
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig(_Section):
+    """Call registry limits."""
+
+    PATH: ClassVar[str] = "calls"
+    max_concurrent_calls: int = field(default=50, metadata=_m(lo=1, hi=100_000))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig(_Section):
+    """Log level and line format (see ``agentic_fast.log.configure``)."""
+
+    PATH: ClassVar[str] = "logging"
+    level: str = field(default="INFO", metadata=_m(check=_log_level))
+    format: str = field(default="text", metadata=_m(choices=("text", "json")))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
+    gemini: GeminiConfig = field(default_factory=GeminiConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    brain: BrainConfig = field(default_factory=BrainConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        provider, fmt = self.audio.provider, self.openai_realtime.audio_format
+        wanted = "pcmu" if provider == "openai-pcmu" else "pcm16"
+        if fmt and provider != "gemini" and fmt != wanted:
+            raise ConfigError(f"openai_realtime.audio_format: {fmt} contradicts audio.provider "
+                              f"{provider} (which needs {wanted}); leave it empty",
+                              key="openai_realtime.audio_format")
+        if not fmt:
+            object.__setattr__(self, "openai_realtime",
+                               replace(self.openai_realtime, audio_format=wanted))
+        brain = self.brain
+        if brain.filler_after_s >= brain.deadline_s:
+            raise ConfigError(f"brain.filler_after_s: must be below brain.deadline_s "
+                              f"({brain.deadline_s})", key="brain.filler_after_s")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] = os.environ) -> Config:
+        """Read and validate the YAML file at ``path``; raises ``ConfigError``."""
+        source = os.fspath(path)
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror or exc}",
+                              source=source) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("config file is not UTF-8 text", source=source) from exc
+        return cls.from_text(text, source=source, env=env)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>",
+                  env: Mapping[str, str] = os.environ) -> Config:
+        """Validate YAML ``text``; ``source`` names it in error messages."""
+        return _Loader(text, source, env).load()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets replaced by ``mask_secret``."""
+        return _to_dict(self)
+
+    def warnings(self) -> list[str]:
+        """Settings left empty that a production server needs (not errors at load)."""
+        out = []
+        if not self.server.public_url:
+            out.append("server.public_url is not set: no webhook or media stream URL for Twilio")
+        for key in ("account_sid", "auth_token"):
+            if not getattr(self.twilio, key):
+                out.append(f"twilio.{key} is not set: Twilio calls will be refused")
+        provider = "gemini" if self.audio.provider == "gemini" else "openai_realtime"
+        if not getattr(self, provider).api_key:
+            out.append(f"{provider}.api_key is not set (audio.provider is {self.audio.provider})")
+        if not self.server.api_token and self.server.host not in _LOOPBACK_HOSTS:
+            out.append("server.api_token is not set while server.host is not loopback: "
+                       "the /calls API is open")
+        return out
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            value = _to_dict(value)
+        elif f.metadata.get("secret"):
+            value = mask_secret(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+# -- loader: YAML nodes -> dataclasses, with line numbers --------------------------------------
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_WANT = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+_VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<default>[^}]*))?\}"
+                  r"|(?P<bad>\{[^}]*\}?))")
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+_KINDS = {int: "integer", float: "number", bool: "boolean"}
+
+
+def _describe(node: yaml.Node, value: Any = None) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if value is None:
+        return repr(node.value)
+    return f"{_KINDS.get(type(value), type(value).__name__)} {node.value}"
+
+
+class _Loader:
+    """One load: composes the YAML, walks nodes against the dataclass fields."""
+
+    def __init__(self, text: str, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.lines: dict[str, int] = {}  # dotted key -> line where it is set
+        self.text = text
+        self.yaml: yaml.SafeLoader
+
+    def error(self, key: str, message: str, node: yaml.Node | None) -> ConfigError:
+        line = _line(node) if node is not None else self.lines.get(key)
+        return ConfigError(f"{key}: {message}" if key else message, key=key or None,
+                           source=self.source, line=line)
+
+    def load(self) -> Config:
+        try:
+            self.yaml = yaml.SafeLoader(self.text)
+            root = self.yaml.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            problem = " ".join(str(p) for p in (exc.problem, exc.context) if p)
+            raise ConfigError(f"invalid YAML: {problem}", source=self.source,
+                              line=mark.line + 1 if mark else None) from exc
+        except yaml.reader.ReaderError as exc:
+            raise ConfigError(f"invalid YAML: unacceptable character #x{exc.character:04x}",
+                              source=self.source,
+                              line=self.text.count("\n", 0, exc.position) + 1) from exc
+        try:
+            if root is None or root.tag == _NULL_TAG:
+                return Config()
+            return self.section(Config, root, "")
+        finally:
+            self.yaml.dispose()
+
+    def section(self, cls: type, node: yaml.Node, path: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(path, f"expected a mapping of settings, got {_describe(node)}", node)
+        try:
+            self.yaml.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(path, f"invalid merge: {exc.problem}", node) from exc
+        names = [f.name for f in fields(cls)]
+        seen: dict[str, int] = {}
+        kwargs: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            key = f"{path}.{name}" if path else str(name)
+            if key_node.tag != _STR_TAG or not isinstance(name, str):
+                raise self.error(path, f"keys must be strings, got {key_node.value!r}",
+                                 key_node)
+            if name in seen:
+                raise self.error(key, f"duplicate key (first set at line {seen[name]})", key_node)
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                where = f"in {path}" if path else "at top level"
+                raise self.error(key, f"unknown key {where}{hint}", key_node)
+            seen[name] = _line(key_node)
+            self.lines[key] = _line(key_node)
+            if value_node.tag != _NULL_TAG:  # null: keep the default
+                kwargs[name] = self.value(_hints(cls)[name], value_node, key)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            if exc.source is not None:
+                raise
+            raise ConfigError(str(exc), key=exc.key, source=self.source,
+                              line=self.lines.get(exc.key or "")) from exc
+
+    def value(self, tp: Any, node: yaml.Node, key: str) -> Any:
+        if is_dataclass(tp):
+            return self.section(tp, node, key)
+        if get_origin(tp) is tuple:
+            return self.string_list(node, key)
+        return self.scalar(tp, node, key)
+
+    def string_list(self, node: yaml.Node, key: str) -> tuple[str, ...]:
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                self.lines[f"{key}[{i}]"] = _line(item)
+                items.append(self.scalar(str, item, f"{key}[{i}]"))
+            return tuple(items)
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG:
+            # "+1555..., +1666..." (typically from ${ALLOWED_CALLERS}): comma-separated.
+            parts = [p.strip() for p in self.expand(node, key).split(",")]
+            items = [p for p in parts if p]
+            for i in range(len(items)):
+                self.lines[f"{key}[{i}]"] = _line(node)
+            return tuple(items)
+        raise self.error(key, f"expected a list of strings, got {_describe(node)}", node)
+
+    def scalar(self, tp: type, node: yaml.Node, key: str) -> Any:
+        want = _WANT[tp]
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.error(key, f"expected {want}, got {_describe(node)}", node)
+        if node.tag == _STR_TAG:
+            text = self.expand(node, key)
+            if tp is str:
+                return text
+            try:
+                if tp is bool:
+                    return _BOOL_WORDS[text.strip().lower()]
+                return tp(text.strip())
+            except (KeyError, ValueError):
+                raise self.error(key, f"expected {want}, got {text!r}", node) from None
+        try:
+            value = self.yaml.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(key, f"cannot read value: {exc.problem}", node) from exc
+        if tp is float and type(value) is int:
+            value = float(value)
+        if type(value) is not tp:
+            hint = " (quote it to make it a string)" if tp is str else ""
+            raise self.error(key, f"expected {want}, got {_describe(node, value)}{hint}", node)
+        return value
+
+    def expand(self, node: yaml.ScalarNode, key: str) -> str:
+        """``${VAR}`` / ``${VAR:default}`` / ``$$`` expansion of a string scalar."""
+        def sub(match: re.Match[str]) -> str:
+            if match["esc"]:
+                return "$"
+            if match["bad"] is not None:
+                raise self.error(key, f"malformed variable reference {match[0]!r} "
+                                 "(use ${NAME} or ${NAME:default}; $$ for a literal $)", node)
+            name, default = match["name"], match["default"]
+            value = self.env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    raise self.error(key, f"environment variable {name} is not set (use "
+                                     f"${{{name}:default}} to give a default)", node)
+                return default
+            return value
+
+        return _VAR.sub(sub, node.value) if "$" in node.value else node.value

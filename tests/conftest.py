@@ -1,0 +1,42 @@
+"""Shared fixtures: every audio test runs against both implementations."""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import pytest
+
+from agentic_fast._audiocore import pyaudio
+
+
+def _native() -> ModuleType | None:
+    try:
+        from agentic_fast import _audio
+    except ImportError:
+        return None
+    return _audio
+
+
+@pytest.fixture(params=["native", "python"], scope="session")
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    """The native extension or its numpy twin (the same API)."""
+    if request.param == "python":
+        return pyaudio
+    native = _native()
+    if native is None:
+        if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
+            pytest.fail("AGENTIC_FAST_REQUIRE_EXT=1 but agentic_fast._audio is not importable")
+        pytest.skip("native extension not built")
+    return native
+
+
+@pytest.fixture(scope="session")
+def both_impls() -> tuple[ModuleType, ModuleType]:
+    """(native, python) for parity tests; skipped without the extension."""
+    native = _native()
+    if native is None:
+        if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
+            pytest.fail("AGENTIC_FAST_REQUIRE_EXT=1 but agentic_fast._audio is not importable")
+        pytest.skip("native extension not built")
+    return native, pyaudio
