@@ -86,13 +86,8 @@ def _add_demo(sub: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace, env: Env) -> int:
-    try:
-        from .audio.demo import main as demo_main  # lazy: pulls in numpy and the codec
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.audio.demo":
-            raise
-        print("error: the audio demo is not available in this build", file=sys.stderr)
-        return 2
+    from .audio.demo import main as demo_main  # lazy: pulls in numpy and the codec
+
     return int(demo_main(args.passthrough) or 0)
 
 
@@ -134,11 +129,10 @@ def main(argv: Sequence[str] | None = None, env: Env | None = None) -> int:
             return 2
         if extra and args.command not in _PASSTHROUGH:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
-        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
-    args.passthrough = extra
-    try:
+        args.passthrough = extra
         return _COMMANDS[args.command][1](args, env)
+    except SystemExit as exc:  # argparse (ours or a command's) on --help and usage errors
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     except ConfigError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

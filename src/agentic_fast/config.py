@@ -70,16 +70,20 @@ def _m(*, lo: float | None = None, hi: float | None = None, gt: float | None = N
     return meta
 
 
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
-_PIN = re.compile(r"[0-9]{4,12}")
+def _matching(pattern: str, what: str) -> Callable[[str], str]:
+    """Check that the whole value matches ``pattern``; ``what`` describes the format."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"must be {what}, got {value!r}")
+        return value
+    return check
+
+
+_e164 = _matching(r"\+[1-9][0-9]{1,14}", "an E.164 phone number (like +15551230000)")
+_account_sid = _matching(r"AC[0-9a-fA-F]{32}", "a Twilio Account SID (AC + 32 hex digits)")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _e164(value: str) -> str:
-    if not _E164.fullmatch(value):
-        raise ValueError(f"{value!r} is not an E.164 phone number (like +15551230000)")
-    return value
 
 
 def _optional(check: Callable[[str], str]) -> Callable[[str], str]:
@@ -110,15 +114,9 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return check
 
 
-def _account_sid(value: str) -> str:
-    if not _ACCOUNT_SID.fullmatch(value):
-        raise ValueError(f"{value!r} is not a Twilio Account SID (AC + 32 hex digits)")
-    return value
-
-
 def _pin(value: str) -> str:
-    if not _PIN.fullmatch(value):
-        raise ValueError("must be 4 to 12 digits")
+    if not value.isascii() or not value.isdigit() or not 4 <= len(value) <= 12:
+        raise ValueError("must be 4 to 12 digits")  # the value is secret: not echoed
     return value
 
 
@@ -443,9 +441,7 @@ def _to_dict(obj: Any) -> dict[str, Any]:
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
-_WANT = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
-               "false": False, "no": False, "off": False, "0": False}
+_WANT = {str: "a string", int: "an integer", float: "a number"}  # the field types in use
 _VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<default>[^}]*))?\}"
                   r"|(?P<bad>\{[^}]*\}?))")
 
@@ -482,10 +478,9 @@ class _Loader:
         self.text = text
         self.yaml: yaml.SafeLoader
 
-    def error(self, key: str, message: str, node: yaml.Node | None) -> ConfigError:
-        line = _line(node) if node is not None else self.lines.get(key)
+    def error(self, key: str, message: str, node: yaml.Node) -> ConfigError:
         return ConfigError(f"{key}: {message}" if key else message, key=key or None,
-                           source=self.source, line=line)
+                           source=self.source, line=_line(node))
 
     def load(self) -> Config:
         try:
@@ -510,12 +505,14 @@ class _Loader:
     def section(self, cls: type, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.MappingNode):
             raise self.error(path, f"expected a mapping of settings, got {_describe(node)}", node)
+        own = {id(key_node) for key_node, _ in node.value}  # keys not from a merge
         try:
-            self.yaml.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+            self.yaml.flatten_mapping(node)  # YAML merge keys (<<: *anchor); own keys win
         except yaml.MarkedYAMLError as exc:
             raise self.error(path, f"invalid merge: {exc.problem}", node) from exc
-        names = [f.name for f in fields(cls)]
-        seen: dict[str, int] = {}
+        fields_by_name = {f.name: f for f in fields(cls)}
+        names = list(fields_by_name)
+        seen: dict[str, yaml.Node] = {}
         kwargs: dict[str, Any] = {}
         for key_node, value_node in node.value:
             name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -523,31 +520,40 @@ class _Loader:
             if key_node.tag != _STR_TAG or not isinstance(name, str):
                 raise self.error(path, f"keys must be strings, got {key_node.value!r}",
                                  key_node)
-            if name in seen:
-                raise self.error(key, f"duplicate key (first set at line {seen[name]})", key_node)
+            if name in seen and id(seen[name]) in own:
+                raise self.error(key, f"duplicate key (first set at line {_line(seen[name])})",
+                                 key_node)
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 where = f"in {path}" if path else "at top level"
                 raise self.error(key, f"unknown key {where}{hint}", key_node)
-            seen[name] = _line(key_node)
+            seen[name] = key_node
             self.lines[key] = _line(key_node)
+            kwargs.pop(name, None)
             if value_node.tag != _NULL_TAG:  # null: keep the default
-                kwargs[name] = self.value(_hints(cls)[name], value_node, key)
+                secret = bool(fields_by_name[name].metadata.get("secret"))
+                kwargs[name] = self.value(_hints(cls)[name], value_node, key, secret)
         try:
             return cls(**kwargs)
         except ConfigError as exc:
             if exc.source is not None:
                 raise
             raise ConfigError(str(exc), key=exc.key, source=self.source,
-                              line=self.lines.get(exc.key or "")) from exc
+                              line=self.line_of(exc.key or "")) from exc
 
-    def value(self, tp: Any, node: yaml.Node, key: str) -> Any:
+    def line_of(self, key: str) -> int | None:
+        """Line of ``key``, else of its nearest enclosing section that the file sets."""
+        while key and key not in self.lines:
+            key = key.rpartition(".")[0]
+        return self.lines.get(key)
+
+    def value(self, tp: Any, node: yaml.Node, key: str, secret: bool = False) -> Any:
         if is_dataclass(tp):
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)
-        return self.scalar(tp, node, key)
+        return self.scalar(tp, node, key, secret)
 
     def string_list(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         if isinstance(node, yaml.SequenceNode):
@@ -565,7 +571,7 @@ class _Loader:
             return tuple(items)
         raise self.error(key, f"expected a list of strings, got {_describe(node)}", node)
 
-    def scalar(self, tp: type, node: yaml.Node, key: str) -> Any:
+    def scalar(self, tp: type, node: yaml.Node, key: str, secret: bool = False) -> Any:
         want = _WANT[tp]
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(key, f"expected {want}, got {_describe(node)}", node)
@@ -574,10 +580,8 @@ class _Loader:
             if tp is str:
                 return text
             try:
-                if tp is bool:
-                    return _BOOL_WORDS[text.strip().lower()]
                 return tp(text.strip())
-            except (KeyError, ValueError):
+            except ValueError:
                 raise self.error(key, f"expected {want}, got {text!r}", node) from None
         try:
             value = self.yaml.construct_object(node, deep=True)
@@ -587,7 +591,8 @@ class _Loader:
             value = float(value)
         if type(value) is not tp:
             hint = " (quote it to make it a string)" if tp is str else ""
-            raise self.error(key, f"expected {want}, got {_describe(node, value)}{hint}", node)
+            got = type(value).__name__ if secret else _describe(node, value)  # no secret echo
+            raise self.error(key, f"expected {want}, got {got}{hint}", node)
         return value
 
     def expand(self, node: yaml.ScalarNode, key: str) -> str:

@@ -1,0 +1,149 @@
+"""The agentic-fast command line: check-config output and exit codes, demo pass-through."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+import types
+
+import pytest
+import yaml
+
+from agentic_fast import __version__
+from agentic_fast.cli import main
+from agentic_fast.config import Config
+
+SECRET = "twilio-auth-token-9876"
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text("server:\n  port: 9000\ntwilio:\n  auth_token: ${TWILIO_AUTH_TOKEN:}\n")
+    return path
+
+
+def test_check_config_prints_masked_effective_config(config_file, capsys):
+    env = {"TWILIO_AUTH_TOKEN": SECRET}
+    assert main(["check-config", "--config", str(config_file)], env=env) == 0
+    out = capsys.readouterr().out
+    assert SECRET not in out
+    assert out.startswith(f"# effective config from {config_file}")
+    printed = yaml.safe_load(out)
+    assert printed == Config.load(config_file, env=env).masked()
+    assert printed["server"]["port"] == 9000
+    assert printed["twilio"]["auth_token"] == "****9876"
+
+
+def test_check_config_warns_about_missing_settings_on_stderr(config_file, capsys):
+    assert main(["check-config", "--config", str(config_file)], env={}) == 0
+    err = capsys.readouterr().err
+    assert "warning: server.public_url is not set" in err
+
+
+def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("server:\n  port: 8080\n  prot: 80\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {path}:3: server.prot: unknown key")
+
+
+def test_check_config_missing_variable(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("twilio:\n  auth_token: ${TWILIO_AUTH_TOKEN}\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:2: twilio.auth_token: ")
+    assert "TWILIO_AUTH_TOKEN" in err
+
+
+def test_check_config_invalid_yaml(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n port: 1\n  host: x\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: {path}:3: invalid YAML")
+
+
+def test_check_config_missing_file(tmp_path, capsys):
+    path = tmp_path / "absent.yaml"
+    assert main(["check-config", "--config", str(path)], env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: cannot read config file")
+    assert err.count("\n") == 1
+
+
+def test_config_path_from_env_and_flag_overrides_env(tmp_path, config_file, capsys):
+    other = tmp_path / "other.yaml"
+    other.write_text("server:\n  port: 9100\n")
+    env = {"AGENTIC_FAST_CONFIG": str(other)}
+    assert main(["check-config"], env=env) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["server"]["port"] == 9100
+    assert main(["check-config", "--config", str(config_file)], env=env) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["server"]["port"] == 9000
+
+
+def test_default_config_path_is_cwd_config_yaml(tmp_path, monkeypatch, capsys):
+    (tmp_path / "config.yaml").write_text("server:\n  port: 9200\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-config"], env={}) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["server"]["port"] == 9200
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([], env={}) == 2
+    assert "command is required" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error(config_file, capsys):
+    assert main(["check-config", "--config", str(config_file), "--bogus"], env={}) == 2
+    assert "--bogus" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert main(["frobnicate"], env={}) == 2
+    assert "frobnicate" in capsys.readouterr().err
+
+
+def test_version_and_help_exit_0(capsys):
+    assert main(["--version"], env={}) == 0
+    assert __version__ in capsys.readouterr().out
+    assert main(["--help"], env={}) == 0
+    assert "check-config" in capsys.readouterr().out
+
+
+def test_demo_passes_its_arguments_through(monkeypatch):
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        return 3
+
+    fake = types.ModuleType("agentic_fast.audio.demo")
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agentic_fast.audio.demo", fake)
+    assert main(["demo", "--seconds", "2", "--help", "in.wav"], env={}) == 3
+    assert seen == [["--seconds", "2", "--help", "in.wav"]]
+
+
+def test_demo_exit_status_is_returned_not_raised(monkeypatch):
+    def fake_main(argv):
+        raise SystemExit(0)  # what argparse does on --help
+
+    fake = types.ModuleType("agentic_fast.audio.demo")
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agentic_fast.audio.demo", fake)
+    assert main(["demo", "--help"], env={}) == 0
+
+
+def test_python_dash_m_runs_main(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["agentic_fast", "--version"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("agentic_fast", run_name="__main__")
+    assert info.value.code == 0
+    assert __version__ in capsys.readouterr().out
