@@ -1,8 +1,8 @@
 """The ``agentic-fast`` command.
 
 Each subcommand is a pair in ``_COMMANDS``: ``add(subparsers)`` declares its arguments and
-``run(args, env) -> exit code`` does the work. A new command (``serve``, ``call``) adds one
-pair; commands that need settings call ``_load_config`` and leave error reporting to ``main``.
+``run(args, env) -> exit code`` does the work; a new command adds one pair. Commands that
+need settings call ``_load_config`` and leave error reporting to ``main``.
 
 Exit codes: 0 success, 2 bad usage or invalid configuration. ``env`` is the environment
 mapping (``os.environ`` unless a test passes its own): it chooses the config file
@@ -91,6 +91,50 @@ def _run_demo(args: argparse.Namespace, env: Env) -> int:
     return int(demo_main(args.passthrough) or 0)
 
 
+# -- serve ---------------------------------------------------------------------------------------
+
+def _add_serve(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve", help="run the call server (uvloop; graceful drain on SIGTERM)",
+        description="Serve the Twilio webhooks, the media stream WebSocket and the /calls API.")
+    _add_config_option(parser)
+    parser.add_argument("--host", help="bind address (default: server.host)")
+    parser.add_argument("--port", type=int, help="port (default: server.port)")
+
+
+def _run_serve(args: argparse.Namespace, env: Env) -> int:
+    from .serve import run  # lazy: pulls in aiohttp, uvloop, the providers
+
+    return run(_load_config(args, env), host=args.host, port=args.port)
+
+
+# -- call ----------------------------------------------------------------------------------------
+
+def _add_call(sub: Any) -> None:
+    parser = sub.add_parser(
+        "call", help="place an outbound call through a running server",
+        description="POST /calls on a running server (bearer server.api_token).")
+    _add_config_option(parser)
+    parser.add_argument("--to", required=True, help="E.164 number to call, e.g. +15551230000")
+    parser.add_argument("--prompt", help="what the assistant should do on this call")
+    parser.add_argument("--server", metavar="URL",
+                        help="server base URL (default: http://server.host:server.port)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
+def _run_call(args: argparse.Namespace, env: Env) -> int:
+    import asyncio
+
+    from .client import place_call
+
+    config = _load_config(args, env)
+    base = args.server or f"http://{config.server.host}:{config.server.port}"
+    ok, text = asyncio.run(place_call(base, args.to, args.prompt, config.server.api_token,
+                                      timeout_s=args.timeout))
+    print(text, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 # -- registry and entry point --------------------------------------------------------------------
 
 Command = tuple[Callable[[Any], None], Callable[[argparse.Namespace, Env], int]]
@@ -98,6 +142,8 @@ Command = tuple[Callable[[Any], None], Callable[[argparse.Namespace, Env], int]]
 _COMMANDS: dict[str, Command] = {
     "check-config": (_add_check_config, _run_check_config),
     "demo": (_add_demo, _run_demo),
+    "serve": (_add_serve, _run_serve),
+    "call": (_add_call, _run_call),
 }
 _PASSTHROUGH = frozenset({"demo"})  # commands that take their arguments verbatim
 

@@ -1,0 +1,86 @@
+"""Run the server on uvloop with a graceful drain on SIGTERM/SIGINT.
+
+Twilio never reconnects a media stream, so closing sockets early hangs up on callers: on
+the first signal the server stops taking calls (``/readyz`` fails, webhooks answer a polite
+refusal) and waits for active calls to end, up to ``server.drain_timeout_s``; a second
+signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import uvloop
+from aiohttp import web
+
+from agentic_fast import log as logmod
+from agentic_fast.config import Config
+from agentic_fast.log import get_logger
+from agentic_fast.media_stream import BridgeFactory
+from agentic_fast.server import begin_drain, create_app, drain, require_public_config
+
+log = get_logger("serve")
+
+
+def default_bridge_factory(config: Config) -> BridgeFactory:
+    """The production bridge: audio to the configured realtime provider and back."""
+    from agentic_fast.bridge import make_bridge_factory
+
+    return make_bridge_factory(config)
+
+
+async def serve(config: Config, *, host: str | None = None, port: int | None = None,
+                bridge_factory: BridgeFactory | None = None,
+                ready: asyncio.Future[int] | None = None) -> None:
+    """Serve until a signal; ``ready`` (if given) receives the bound port."""
+    require_public_config(config)
+    app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host or config.server.host,
+                       config.server.port if port is None else port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else 0
+    log.info("server.listening", host=host or config.server.host, port=bound,
+             public_url=config.server.public_url)
+    if ready is not None and not ready.done():
+        ready.set_result(bound)
+
+    stop = asyncio.Event()
+    signals = 0
+    drain_task: asyncio.Future[bool] | None = None
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        log.info("server.signal", signal=signal.Signals(signum).name, count=signals)
+        if signals == 1:
+            begin_drain(app)
+        stop.set()
+        if signals > 1 and drain_task is not None:
+            drain_task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+        timeout = config.server.drain_timeout_s if signals == 1 else 0.0
+        drain_task = asyncio.ensure_future(drain(app, timeout))
+        try:
+            await drain_task
+        except asyncio.CancelledError:
+            log.warning("server.drain_aborted")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        log.info("server.stopped")
+
+
+def run(config: Config, *, host: str | None = None, port: int | None = None) -> int:
+    """Blocking entry point of ``agentic-fast serve``."""
+    logmod.configure(config.logging.level, config.logging.format)
+    uvloop.run(serve(config, host=host, port=port))
+    return 0

@@ -1,0 +1,417 @@
+"""aiohttp application: routes, auth, and lifecycle (startup, graceful drain).
+
+Routes only wire requests to the objects that own the logic (``CallManager``, the media
+stream handler, the Twilio REST client); see design.md. Twilio routes refuse to work
+without an auth token (never fail open); the ``/calls`` API needs ``server.api_token`` or,
+when none is configured, answers loopback clients only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from agentic_fast import metrics
+from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
+from agentic_fast.config import MEDIA_STREAM_PATH, Config
+from agentic_fast.errors import ConfigError, ProtocolError
+from agentic_fast.log import get_logger
+from agentic_fast.media_stream import (
+    PARAM_CALL_ID,
+    PARAM_TOKEN,
+    BridgeFactory,
+    ConnectionLimiter,
+    MediaStreamHandler,
+)
+from agentic_fast.telephony.rest import TwilioApiError, TwilioRestClient
+from agentic_fast.telephony.signature import SignatureNotConfiguredError, TwilioSignatureValidator
+from agentic_fast.telephony.status import map_call_status, parse_status_callback
+from agentic_fast.telephony.stream_token import StreamTokenSigner
+from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
+
+log = get_logger("server")
+
+VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/status"
+_E164 = re.compile(r"\+[1-9]\d{6,14}")
+_TOKEN_DOMAIN = b"agentic-fast/stream-token/v1"
+#: Seconds an outbound call may ring: its stream token must outlive the ringing.
+_RING_MARGIN_S = 15
+
+BUSY_TEXT = "Sorry, all our assistants are busy right now. Please call again later."
+DRAINING_TEXT = "Sorry, this line is restarting. Please call again in a minute."
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+
+
+def stream_token_secret(auth_token: str) -> bytes:
+    """The stream-token key, derived from the Twilio auth token.
+
+    Every process with the same config derives the same key, so any worker can check a
+    token minted by another (scale-out), and no second secret needs configuring.
+    """
+    return hmac.new(auth_token.encode(), _TOKEN_DOMAIN, hashlib.sha256).digest()
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything the routes use, built once per app."""
+
+    config: Config
+    manager: CallManager
+    media: MediaStreamHandler
+    rest: TwilioRestClient | None
+    validator: TwilioSignatureValidator | None
+    validator_problem: str | None
+    tokens: StreamTokenSigner
+    owns_rest: bool = False
+    draining: bool = False
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return _json({"error": message, **extra}, status=status)
+
+
+def _twiml(xml: str) -> web.Response:
+    return web.Response(text=xml, content_type="text/xml")
+
+
+# -- Twilio webhooks ------------------------------------------------------------------------
+
+async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[str]] | None:
+    """The webhook's form fields if its X-Twilio-Signature is valid, else None (logged)."""
+    if svc.validator is None:
+        metrics.incr("twilio.webhook.refused.not_configured")
+        log.error("webhook.refused", reason="not_configured", detail=svc.validator_problem,
+                  path=request.path)
+        return None
+    body = await request.read()
+    signature = request.headers.get("X-Twilio-Signature")
+    content_type = request.content_type
+    if content_type == "application/json":
+        ok = svc.validator.validate_json(request.raw_path, body, signature)
+        fields: dict[str, list[str]] = {}
+        if ok:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                doc = None
+            if not isinstance(doc, dict):
+                metrics.incr("twilio.webhook.rejected.bad_body")
+                return None
+            fields = {k: [str(v)] for k, v in doc.items()}
+    else:
+        post = await request.post()
+        fields = {}
+        for key, value in post.items():
+            fields.setdefault(key, []).append(value if isinstance(value, str) else "")
+        ok = svc.validator.validate_form(request.raw_path, fields, signature)
+    if not ok:
+        reason = "unsigned" if not signature else "bad_signature"
+        metrics.incr(f"twilio.webhook.rejected.{reason}")
+        log.warning("webhook.rejected", reason=reason, path=request.path,
+                    remote=request.remote)
+        return None
+    return fields
+
+
+def _first(fields: dict[str, list[str]], key: str) -> str:
+    values = fields.get(key)
+    return values[0] if values else ""
+
+
+async def voice_webhook(request: web.Request) -> web.StreamResponse:
+    """Incoming call: register it, answer ``<Connect><Stream>`` with a one-time token."""
+    svc = request.app[SERVICES]
+    fields = await _signed_form(request, svc)
+    if fields is None:
+        return _error(403, "forbidden")
+    call_sid = _first(fields, "CallSid")
+    if not call_sid:
+        metrics.incr("twilio.webhook.rejected.no_call_sid")
+        return _error(400, "CallSid missing")
+    if svc.draining:
+        metrics.incr("calls.refused.draining")
+        log.info("call.refused", reason="draining", call_sid=call_sid)
+        return _twiml(say_hangup_twiml(DRAINING_TEXT))
+    try:
+        session = svc.manager.create_inbound(call_sid, _first(fields, "From"),
+                                             _first(fields, "To"))
+    except CallLimitError:
+        log.warning("call.refused", reason="limit", call_sid=call_sid)
+        return _twiml(busy_twiml(BUSY_TEXT))
+    except CallRefusedError as exc:
+        log.info("call.refused", reason=exc.reason, call_sid=call_sid)
+        return _twiml(say_hangup_twiml(DRAINING_TEXT))
+    if session.ended or session.stream_started:
+        # a replay of a webhook we already answered: create nothing, connect nothing
+        metrics.incr("twilio.webhook.replayed")
+        log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
+        return _twiml(say_hangup_twiml("This call is already connected."))
+    return _twiml(_stream_twiml(svc, session, call_sid))
+
+
+def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
+    token = svc.tokens.issue(session.call_id, call_sid)
+    server = svc.config.server
+    return connect_stream_twiml(
+        server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
+        fallback_say="Sorry, the assistant could not be reached. Goodbye.",
+    )
+
+
+async def status_callback(request: web.Request) -> web.StreamResponse:
+    """Call progress: drive the session's lifecycle (out-of-order and repeats tolerated)."""
+    svc = request.app[SERVICES]
+    fields = await _signed_form(request, svc)
+    if fields is None:
+        return _error(403, "forbidden")
+    try:
+        cb = parse_status_callback({k: v[0] for k, v in fields.items() if v})
+        mapped = map_call_status(cb.call_status)
+    except ProtocolError as exc:
+        metrics.incr("twilio.status.rejected")
+        log.warning("status.rejected", detail=str(exc)[:200])
+        return _error(400, str(exc))
+    applied = svc.manager.apply_status(cb.call_sid, mapped.status.value, reason=mapped.reason,
+                                       sequence=cb.sequence_number)
+    log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
+             applied=applied)
+    return web.Response(status=204)
+
+
+# -- the /calls API -------------------------------------------------------------------------
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def _api_allowed(request: web.Request, svc: Services) -> bool:
+    token = svc.config.server.api_token
+    if not token:
+        return _is_loopback(request.remote)
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+@web.middleware
+async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path == "/calls" or request.path.startswith("/calls/"):
+        svc = request.app[SERVICES]
+        if not _api_allowed(request, svc):
+            metrics.incr("api.rejected.auth")
+            log.warning("api.rejected", path=request.path, remote=request.remote)
+            return _error(401, "unauthorized")
+    return await handler(request)
+
+
+def _rest_or_error(svc: Services) -> TwilioRestClient | web.Response:
+    if svc.rest is None:
+        return _error(503, "Twilio REST is not configured (twilio.account_sid / auth_token)")
+    return svc.rest
+
+
+async def create_call(request: web.Request) -> web.StreamResponse:
+    """Place an outbound call: REST create with inline ``<Connect><Stream>`` TwiML."""
+    svc = request.app[SERVICES]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "body must be JSON")
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    to, prompt, metadata = body.get("to"), body.get("prompt"), body.get("metadata") or {}
+    if not isinstance(to, str) or not _E164.fullmatch(to):
+        return _error(400, "'to' must be an E.164 number like +15551230000")
+    if prompt is not None and not isinstance(prompt, str):
+        return _error(400, "'prompt' must be a string")
+    if not isinstance(metadata, dict):
+        return _error(400, "'metadata' must be an object")
+    rest = _rest_or_error(svc)
+    if isinstance(rest, web.Response):
+        return rest
+    cfg = svc.config
+    if not cfg.twilio.from_number or not cfg.server.public_url:
+        return _error(503, "twilio.from_number and server.public_url must be configured")
+    if svc.draining:
+        return _error(503, "draining: not placing new calls")
+    try:
+        session = svc.manager.create_outbound(to, prompt, metadata,
+                                              from_number=cfg.twilio.from_number)
+    except CallRefusedError as exc:
+        return _error(503, str(exc), reason=exc.reason)
+    twiml = _stream_twiml(svc, session, None)
+    ring_s = max(5, int(svc.tokens.ttl_s) - _RING_MARGIN_S)
+    try:
+        call_sid = await rest.create_call(to, cfg.twilio.from_number, twiml,
+                                          cfg.server.webhook_url(STATUS_PATH), timeout=ring_s)
+    except TwilioApiError as exc:
+        svc.manager.fail(session, f"twilio-error-{exc.code or 'network'}")
+        return _error(502, "Twilio refused the call", code=exc.code, detail=str(exc))
+    svc.manager.attach_call_sid(session, call_sid)
+    return _json({"call_id": session.call_id, "call_sid": call_sid,
+                  "status": session.status.value}, status=201)
+
+
+def _find(request: web.Request) -> CallSession | None:
+    return request.app[SERVICES].manager.get(request.match_info["call_id"])
+
+
+async def list_calls(request: web.Request) -> web.StreamResponse:
+    manager = request.app[SERVICES].manager
+    return _json({"active": [s.to_dict() for s in manager.active_sessions()],
+                  "active_count": manager.active_count})
+
+
+async def get_call(request: web.Request) -> web.StreamResponse:
+    session = _find(request)
+    if session is None:
+        return _error(404, "unknown call")
+    return _json(session.to_dict())
+
+
+async def hangup_call(request: web.Request) -> web.StreamResponse:
+    svc = request.app[SERVICES]
+    session = _find(request)
+    if session is None:
+        return _error(404, "unknown call")
+    if session.ended:
+        return _error(409, "call already ended", status=session.status.value)
+    if not session.call_sid:
+        return _error(409, "call has no CallSid yet")
+    rest = _rest_or_error(svc)
+    if isinstance(rest, web.Response):
+        return rest
+    try:
+        await rest.hangup(session.call_sid)
+    except TwilioApiError as exc:
+        return _error(502, "Twilio refused the hang-up", code=exc.code, detail=str(exc))
+    session.log.info("call.hangup_requested")
+    return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
+
+
+# -- health ---------------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    svc = request.app[SERVICES]
+    problems = []
+    if svc.draining:
+        problems.append("draining")
+    if svc.validator is None:
+        problems.append(f"twilio webhooks disabled: {svc.validator_problem}")
+    if problems:
+        return _json({"status": "not-ready", "problems": problems}, status=503)
+    return _json({"status": "ready", "active_calls": svc.manager.active_count})
+
+
+# -- app ------------------------------------------------------------------------------------
+
+def create_app(config: Config, *, bridge_factory: BridgeFactory,
+               rest_client: TwilioRestClient | None = None,
+               manager: CallManager | None = None) -> web.Application:
+    """Build the aiohttp application; nothing touches the network until it starts."""
+    server = config.server
+    try:
+        validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
+            config.twilio.auth_token, server.public_url)
+        problem = None
+    except SignatureNotConfiguredError as exc:
+        validator, problem = None, str(exc)
+    # without an auth token nothing is signed and the Twilio routes refuse; the token
+    # signer still needs a key, so use a random one that no webhook can ever reach
+    secret = (stream_token_secret(config.twilio.auth_token) if config.twilio.auth_token
+              else hashlib.sha256(repr(id(config)).encode() + b"unconfigured").digest())
+    tokens = StreamTokenSigner(secret, ttl_s=int(server.stream_token_ttl_s))
+    if manager is None:
+        manager = CallManager(max_concurrent_calls=config.calls.max_concurrent_calls)
+    owns_rest = False
+    if rest_client is None and config.twilio.account_sid and config.twilio.auth_token:
+        rest_client = TwilioRestClient(config.twilio.account_sid, config.twilio.auth_token,
+                                       api_base=config.twilio.api_base,
+                                       timeout_s=config.twilio.request_timeout_s)
+        owns_rest = True
+    media = MediaStreamHandler(
+        manager=manager, tokens=tokens, bridge_factory=bridge_factory,
+        limiter=ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip),
+        start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
+        heartbeat_s=server.ws_heartbeat_s,
+    )
+    svc = Services(config, manager, media, rest_client, validator, problem, tokens, owns_rest)
+    app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
+    app[SERVICES] = svc
+    app.router.add_post(VOICE_PATH, voice_webhook)
+    app.router.add_post(STATUS_PATH, status_callback)
+    app.router.add_get(MEDIA_STREAM_PATH, media.handle)
+    app.router.add_post("/calls", create_call)
+    app.router.add_get("/calls", list_calls)
+    app.router.add_get("/calls/{call_id}", get_call)
+    app.router.add_post("/calls/{call_id}/hangup", hangup_call)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    if problem:
+        log.error("server.twilio_disabled", detail=problem)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    app[SERVICES].manager.start()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    svc = app[SERVICES]
+    svc.draining = True
+    await svc.media.close_all()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    svc = app[SERVICES]
+    await svc.manager.close()
+    if svc.owns_rest and svc.rest is not None:
+        await svc.rest.close()
+
+
+def begin_drain(app: web.Application) -> None:
+    """Stop taking calls: /readyz fails, webhooks answer a polite refusal."""
+    svc = app[SERVICES]
+    if not svc.draining:
+        svc.draining = True
+        svc.manager.drain()
+        log.info("server.draining", active_calls=svc.manager.active_count)
+
+
+async def drain(app: web.Application, timeout_s: float) -> bool:
+    """Drain: refuse new calls, wait for active ones to end (True) or the timeout (False)."""
+    begin_drain(app)
+    idle = await app[SERVICES].manager.wait_idle(timeout_s)
+    log.info("server.drained", idle=idle,
+             still_active=app[SERVICES].manager.active_count)
+    return idle
+
+
+def require_public_config(config: Config) -> None:
+    """Errors a production ``serve`` should stop on (the tests may build partial apps)."""
+    if not config.server.public_url:
+        raise ConfigError("server.public_url is not set: Twilio cannot reach the server",
+                          key="server.public_url")

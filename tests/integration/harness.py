@@ -1,0 +1,171 @@
+"""A call server on loopback with the fake Twilio peers around it (for integration tests).
+
+Twilio knows the server as ``PUBLIC_URL`` (https, as in production behind a TLS proxy);
+the fakes reach it on loopback and sign for the public URL, as a proxy in front would let
+them. The bridge is a recording ``MediaSink`` that runs the real ``AudioConverter``, so the
+tests see exactly what would reach a provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from agentic_fast.audio import AudioConverter
+from agentic_fast.calls import CallManager, CallSession
+from agentic_fast.config import Config
+from agentic_fast.media_stream import TwilioStreamSender
+from agentic_fast.server import SERVICES, create_app
+from tests.fakes.twilio_media import FakeTwilioMediaClient
+from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.fakes.twilio_webhooks import TwilioWebhookSender, incoming_call_form, new_sid
+
+PUBLIC_URL = "https://agent.example.test"
+FROM_NUMBER = "+15550001111"
+
+
+def make_config(rest: FakeTwilioRest | None, **server: Any) -> Config:
+    lines = ["server:", f"  public_url: {PUBLIC_URL}"]
+    lines += [f"  {k}: {v}" for k, v in server.items()]
+    if rest is not None:
+        lines += ["twilio:", f"  account_sid: {rest.account_sid}",
+                  f"  auth_token: {rest.auth_token}", f"  from_number: '{FROM_NUMBER}'",
+                  f"  api_base: {rest.base_url}", "  request_timeout_s: 5"]
+    return Config.from_text("\n".join(lines) + "\n", source="test-config", env={})
+
+
+@dataclass
+class RecordingBridge:
+    """A MediaSink that converts like the real bridge and records everything."""
+
+    session: CallSession
+    sender: TwilioStreamSender
+    converter: AudioConverter = field(default_factory=lambda: AudioConverter("openai"))
+    chunks: list[bytes] = field(default_factory=list)
+    marks: list[str] = field(default_factory=list)
+    digits: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    media_count: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        """Wait (event-driven) until ``predicate()`` holds after some bridge activity."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def start(self) -> None:
+        self.started.set()
+
+    def on_media(self, payload_b64: str, timestamp_ms: int) -> None:
+        self.media_count += 1
+        self._changed.set()
+        self.chunks.extend(self.converter.feed_twilio(payload_b64))
+
+    def on_mark(self, name: str) -> None:
+        self.marks.append(name)
+        self._changed.set()
+
+    def on_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+        self._changed.set()
+
+    async def close(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+
+
+class Harness:
+    """Server + fake REST + webhook sender; ``bridges`` holds one RecordingBridge per call."""
+
+    def __init__(self, config: Config, rest: FakeTwilioRest | None,
+                 manager: CallManager | None = None) -> None:
+        self.config = config
+        self.rest = rest
+        self.bridges: dict[str, RecordingBridge] = {}
+        self.app = create_app(config, bridge_factory=self._bridge, manager=manager)
+        self.server = TestServer(self.app, host="127.0.0.1")
+        self.http: aiohttp.ClientSession | None = None
+        self.clients: list[FakeTwilioMediaClient] = []
+        self.bridge_ready: asyncio.Queue[RecordingBridge] = asyncio.Queue()
+
+    def _bridge(self, session: CallSession, sender: TwilioStreamSender) -> RecordingBridge:
+        bridge = RecordingBridge(session, sender)
+        self.bridges[session.call_id] = bridge
+        self.bridge_ready.put_nowait(bridge)
+        return bridge
+
+    @property
+    def services(self) -> Any:
+        return self.app[SERVICES]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/twilio/media-stream"
+
+    async def __aenter__(self) -> Harness:
+        await self.server.start_server()
+        self.http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for client in self.clients:
+            await client.close()
+        assert self.http is not None
+        await self.http.close()
+        await self.server.close()
+
+    def webhooks(self, auth_token: str | None = None) -> TwilioWebhookSender:
+        assert self.http is not None
+        token = auth_token or (self.rest.auth_token if self.rest else "no-token")
+        return TwilioWebhookSender(self.http, auth_token=token, base_url=self.base_url,
+                                   public_url=PUBLIC_URL)
+
+    async def incoming_call(self, call_sid: str | None = None, **form: str
+                            ) -> tuple[str, dict[str, str], str]:
+        """Post a signed incoming-call webhook; returns (call_sid, stream params, TwiML)."""
+        call_sid = call_sid or new_sid("CA")
+        resp = await self.webhooks().post(
+            "/twilio/voice", incoming_call_form(call_sid=call_sid, **form))
+        assert resp.status == 200, resp.status
+        twiml = await resp.text()
+        return call_sid, stream_parameters(twiml), twiml
+
+    def media_client(self, call_sid: str, params: dict[str, str],
+                     **kwargs: Any) -> FakeTwilioMediaClient:
+        client = FakeTwilioMediaClient(self.ws_url, custom_parameters=params,
+                                       call_sid=call_sid, **kwargs)
+        self.clients.append(client)
+        return client
+
+
+def stream_parameters(twiml: str) -> dict[str, str]:
+    """The ``<Parameter>``s of the TwiML's ``<Connect><Stream>`` (and checks its url)."""
+    root = ET.fromstring(twiml)
+    stream = root.find("./Connect/Stream")
+    assert stream is not None, twiml
+    assert stream.get("url") == PUBLIC_URL.replace("https", "wss") + "/twilio/media-stream"
+    return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+
+
+async def start_harness(rest: FakeTwilioRest | None, *, manager: CallManager | None = None,
+                        **server: Any) -> Harness:
+    return await Harness(make_config(rest, **server), rest, manager).__aenter__()
+
+
+def app_of(harness: Harness) -> web.Application:
+    return harness.app

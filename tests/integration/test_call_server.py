@@ -1,0 +1,369 @@
+"""The call server end to end with the fake Twilio (REST, webhooks, media streams)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from agentic_fast import metrics
+from agentic_fast.audio import AudioConverter
+from agentic_fast.calls import CallManager
+from agentic_fast.server import begin_drain, drain, stream_token_secret
+from agentic_fast.telephony.stream_token import StreamTokenSigner
+from tests.fakes.audio import load_speech_ulaw
+from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.fakes.twilio_webhooks import incoming_call_form, new_sid, status_callback_form
+from tests.integration.harness import PUBLIC_URL, Harness, start_harness
+
+pytestmark = pytest.mark.asyncio
+FAST = 10.0  # the fake caller sends its audio 10x faster than real time
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[FakeTwilioRest]:
+    async with FakeTwilioRest() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
+    h = await start_harness(rest, start_timeout_s=2)
+    try:
+        yield h
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def _connected_call(harness: Harness, **client_kwargs):
+    call_sid, params, _ = await harness.incoming_call()
+    client = harness.media_client(call_sid, params, time_scale=FAST, **client_kwargs)
+    await client.connect()
+    bridge = await asyncio.wait_for(harness.bridge_ready.get(), 5)
+    await asyncio.wait_for(bridge.started.wait(), 5)
+    return call_sid, params, client, bridge
+
+
+async def test_inbound_call_reaches_the_bridge_as_provider_audio(harness: Harness) -> None:
+    call_sid, params, client, bridge = await _connected_call(harness, continuous=False)
+    session = harness.services.manager.get(params["callId"])
+    assert session is not None and session.call_sid == call_sid
+    assert session.status.value == "in-progress"
+
+    speech = load_speech_ulaw()
+    await asyncio.wait_for(client.say(speech), 10)
+    await client.send_dtmf("5")
+    await bridge.wait_until(lambda: bridge.digits == ["5"])
+    await client.hangup()
+    assert await asyncio.wait_for(bridge.closed, 5) == "stream-stopped"
+
+    # exactly what the converter makes of the caller's audio: 40 ms PCM16 24 kHz chunks
+    expected = AudioConverter("openai")
+    want = [c for i in range(0, len(speech), 160)
+            for c in expected.feed_twilio(_payload(speech, i))]
+    assert bridge.chunks == want and len(want) == len(speech) // 320
+    assert {len(c) for c in bridge.chunks} == {1920}
+    assert session.status.value == "completed" and session.dtmf == "5"
+    doc = orjson.loads(await (await harness.http.get(
+        f"{harness.base_url}/calls/{session.call_id}")).read())
+    assert doc["status"] == "completed" and doc["call_sid"] == call_sid
+    client.assert_no_violations()
+
+
+def _payload(audio: bytes, i: int) -> str:
+    import base64
+
+    return base64.b64encode(audio[i:i + 160]).decode()
+
+
+async def test_bridge_can_talk_back_and_marks_are_echoed(harness: Harness) -> None:
+    _, _, client, bridge = await _connected_call(harness)
+    frames = AudioConverter("openai").feed_provider(bytes(960 * 5))
+    for frame in frames:
+        await bridge.sender.media(frame)
+    await bridge.sender.mark("end-of-reply")
+    echo = await client.wait_for_echo("end-of-reply")
+    assert not echo.flushed
+    await bridge.wait_until(lambda: bridge.marks == ["end-of-reply"])
+    assert client.received_audio_bytes == 800
+    client.assert_no_violations()
+
+
+@pytest.mark.parametrize("signature", [None, "forged"])
+async def test_unsigned_or_forged_webhook_is_403_and_registers_nothing(
+        harness: Harness, signature: str | None) -> None:
+    sender = harness.webhooks(auth_token="not-the-token" if signature else None)
+    headers = None
+    if signature is None:  # strip the header entirely
+        async with harness.http.post(f"{harness.base_url}/twilio/voice",
+                                     data=incoming_call_form()) as resp:
+            assert resp.status == 403
+    else:
+        resp = await sender.post("/twilio/voice", incoming_call_form(), headers=headers)
+        assert resp.status == 403
+    assert harness.services.manager.active_count == 0
+
+
+async def test_without_auth_token_twilio_routes_refuse_and_not_ready() -> None:
+    h = await start_harness(None)
+    try:
+        resp = await h.webhooks(auth_token="anything").post("/twilio/voice", {"CallSid": "x"})
+        assert resp.status == 403
+        ready = await h.http.get(f"{h.base_url}/readyz")
+        assert ready.status == 503
+        assert (await h.http.get(f"{h.base_url}/healthz")).status == 200
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_replayed_webhook_creates_nothing_new(harness: Harness) -> None:
+    call_sid, params, _ = await harness.incoming_call()
+    _, params2, _ = await harness.incoming_call(call_sid=call_sid)
+    assert params2["callId"] == params["callId"]
+    assert params2["streamToken"] != params["streamToken"]  # a fresh one-time token
+    assert harness.services.manager.active_count == 1
+
+
+async def _expect_policy_close(client) -> None:
+    await client.wait_closed()
+    assert client.close_code == 1008
+
+
+async def test_reused_stream_token_is_rejected(harness: Harness) -> None:
+    call_sid, params, client, _ = await _connected_call(harness)
+    again = harness.media_client(call_sid, params)
+    await again.connect(start_media=False)
+    await _expect_policy_close(again)
+    assert not client.closed.is_set()
+
+
+async def test_expired_token_is_rejected(harness: Harness, rest: FakeTwilioRest) -> None:
+    call_sid, params, _ = await harness.incoming_call()
+    past = StreamTokenSigner(stream_token_secret(rest.auth_token), ttl_s=60,
+                             clock=lambda: time.time() - 3600)
+    params["streamToken"] = past.issue(params["callId"], call_sid)
+    client = harness.media_client(call_sid, params)
+    await client.connect(start_media=False)
+    await _expect_policy_close(client)
+    assert metrics.get("twilio.media.token.expired") >= 1
+
+
+async def test_token_for_another_call_sid_is_rejected(harness: Harness) -> None:
+    _, params, _ = await harness.incoming_call()
+    client = harness.media_client(new_sid("CA"), params)
+    await client.connect(start_media=False)
+    await _expect_policy_close(client)
+    assert harness.bridges == {}
+
+
+async def test_socket_without_start_is_closed(rest: FakeTwilioRest) -> None:
+    h = await start_harness(rest, start_timeout_s=0.2)
+    try:
+        client = h.media_client(new_sid("CA"), {})
+        await client.connect(send_start=False)
+        await client.send_connected()
+        await _expect_policy_close(client)
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_bad_frames_are_counted_and_other_calls_carry_on(harness: Harness) -> None:
+    _, _, noisy, noisy_bridge = await _connected_call(harness)
+    _, _, calm, calm_bridge = await _connected_call(harness)
+    before = metrics.snapshot()
+    await noisy.send_raw("{not json")
+    await noisy.send_raw(orjson.dumps({"event": "teleport",
+                                       "streamSid": noisy.stream_sid}).decode())
+    await noisy.send_raw(orjson.dumps({
+        "event": "media", "sequenceNumber": "9999", "streamSid": noisy.stream_sid,
+        "media": {"track": "inbound", "chunk": "1", "timestamp": "1",
+                  "payload": "!!!not-base64!!!"}}).decode())
+    await noisy.send_raw(b"\x00\x01binary")
+    seen = noisy_bridge.media_count
+    await noisy_bridge.wait_until(lambda: noisy_bridge.media_count > seen + 3)  # still flowing
+    n_calm = calm_bridge.media_count
+    await calm_bridge.wait_until(lambda: calm_bridge.media_count > n_calm + 3)
+    after = metrics.snapshot()
+    for reason in ("malformed_json", "unknown_event", "binary_frame"):
+        key = f"twilio.media.rejected.{reason}"
+        assert after.get(key, 0) - before.get(key, 0) == 1, key
+    bad_audio = "twilio.media.rejected.bad_audio"
+    bad_payload = "twilio.media.rejected.bad_value"
+    assert (after.get(bad_audio, 0) - before.get(bad_audio, 0)
+            + after.get(bad_payload, 0) - before.get(bad_payload, 0)) == 1
+    assert not noisy.closed.is_set() and not calm.closed.is_set()
+
+
+async def test_oversize_message_ends_only_that_call(rest: FakeTwilioRest) -> None:
+    h = await start_harness(rest, ws_max_message_bytes=4096)
+    try:
+        _, _, big, big_bridge = await _connected_call(h)
+        _, _, calm, calm_bridge = await _connected_call(h)
+        await big.send_raw("x" * 10000)
+        await big.wait_closed()
+        assert await asyncio.wait_for(big_bridge.closed, 5) == "socket-error"
+        n = calm_bridge.media_count
+        await calm_bridge.wait_until(lambda: calm_bridge.media_count > n + 3)
+        assert not calm.closed.is_set()
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_connection_cap_per_address(rest: FakeTwilioRest) -> None:
+    h = await start_harness(rest, max_connections_per_ip=1)
+    try:
+        await _connected_call(h)
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(h.ws_url):
+                pass
+        assert info.value.response.status_code == 503
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_outbound_call_and_status_lifecycle(harness: Harness, rest: FakeTwilioRest) -> None:
+    resp = await harness.http.post(f"{harness.base_url}/calls",
+                                   json={"to": "+15557654321", "prompt": "Remind Sam"})
+    assert resp.status == 201, await resp.text()
+    doc = await resp.json()
+    session = harness.services.manager.get(doc["call_id"])
+    assert session.status.value == "initiating" and session.prompt == "Remind Sam"
+    create = rest.requests[-1]
+    assert create.get("To") == "+15557654321" and create.get("From") == "+15550001111"
+    assert create.get("StatusCallback") == f"{PUBLIC_URL}/twilio/status"
+    assert create.getall("StatusCallbackEvent") == ["initiated", "ringing", "answered",
+                                                    "completed"]
+    params = _params_of(create.get("Twiml"))
+    assert params["callId"] == doc["call_id"]
+
+    hooks = harness.webhooks()
+    sid = doc["call_sid"]
+    for seq, status in enumerate(["initiated", "ringing", "in-progress"]):
+        r = await hooks.post("/twilio/status", status_callback_form(
+            call_sid=sid, call_status=status, sequence_number=seq))
+        assert r.status == 204
+    assert session.status.value == "in-progress"
+    client = harness.media_client(sid, params, time_scale=FAST)
+    await client.connect()
+    bridge = await asyncio.wait_for(harness.bridge_ready.get(), 5)
+    await asyncio.wait_for(bridge.started.wait(), 5)
+
+    hang = await harness.http.post(f"{harness.base_url}/calls/{doc['call_id']}/hangup")
+    assert hang.status == 202
+    assert rest.requests[-1].get("Status") == "completed"
+    r = await hooks.post("/twilio/status", status_callback_form(
+        call_sid=sid, call_status="completed", sequence_number=3, call_duration=12))
+    assert r.status == 204
+    assert session.status.value == "completed"
+    # a late, out-of-order callback changes nothing
+    await hooks.post("/twilio/status", status_callback_form(
+        call_sid=sid, call_status="ringing", sequence_number=1))
+    assert session.status.value == "completed"
+
+
+def _params_of(twiml: str) -> dict[str, str]:
+    from tests.integration.harness import stream_parameters
+
+    return stream_parameters(twiml)
+
+
+@pytest.mark.parametrize("final", ["busy", "no-answer"])
+async def test_unanswered_outbound_call_fails_with_reason(harness: Harness, final: str) -> None:
+    resp = await harness.http.post(f"{harness.base_url}/calls", json={"to": "+15557654321"})
+    doc = await resp.json()
+    hooks = harness.webhooks()
+    await hooks.post("/twilio/status", status_callback_form(
+        call_sid=doc["call_sid"], call_status="ringing", sequence_number=1))
+    await hooks.post("/twilio/status", status_callback_form(
+        call_sid=doc["call_sid"], call_status=final, sequence_number=2))
+    session = harness.services.manager.get(doc["call_id"])
+    assert session.status.value == "failed" and session.reason == final
+
+
+async def test_outbound_rejected_by_twilio_is_a_clear_error(
+        harness: Harness, rest: FakeTwilioRest) -> None:
+    rest.reject_number("+15550009999", 21211)
+    resp = await harness.http.post(f"{harness.base_url}/calls", json={"to": "+15550009999"})
+    assert resp.status == 502
+    assert (await resp.json())["code"] == 21211
+    assert harness.services.manager.active_count == 0
+
+
+@pytest.mark.parametrize("body", [b"nope", b"[]", b'{"to": "555"}', b'{"to": "+15551234567",'
+                                  b' "prompt": 5}'])
+async def test_calls_api_validates_input(harness: Harness, body: bytes) -> None:
+    resp = await harness.http.post(f"{harness.base_url}/calls", data=body)
+    assert resp.status == 400
+
+
+async def test_calls_api_needs_the_bearer_token_when_configured(rest: FakeTwilioRest) -> None:
+    h = await start_harness(rest, api_token="s3cret-token-123")
+    try:
+        assert (await h.http.get(f"{h.base_url}/calls")).status == 401
+        ok = await h.http.get(f"{h.base_url}/calls",
+                              headers={"Authorization": "Bearer s3cret-token-123"})
+        assert ok.status == 200
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_cli_call_places_a_call_through_the_server(
+        harness: Harness, rest: FakeTwilioRest, tmp_path) -> None:
+    from agentic_fast.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("server:\n  host: 127.0.0.1\n")
+    code = await asyncio.to_thread(main, ["call", "--config", str(cfg), "--to", "+15557654321",
+                                          "--prompt", "hi", "--server", harness.base_url], {})
+    assert code == 0
+    assert rest.requests[-1].get("To") == "+15557654321"
+    assert harness.services.manager.active_count == 1
+
+
+async def test_call_that_never_connects_is_cleaned_up(rest: FakeTwilioRest) -> None:
+    class Clock:
+        mono = 1000.0
+
+        def monotonic(self) -> float:
+            return self.mono
+
+        def time(self) -> float:
+            return 1.7e9 + self.mono
+
+    clock = Clock()
+    manager = CallManager(stream_timeout_s=10, clock=clock)
+    h = await start_harness(rest, manager=manager)
+    try:
+        _, params, _ = await h.incoming_call()
+        assert manager.active_count == 1
+        clock.mono += 11
+        assert manager.sweep() == 1
+        session = manager.get(params["callId"])
+        assert session.status.value == "failed" and session.reason == "stream-timeout"
+        assert manager.active_count == 0
+        # its token is useless now
+        client = h.media_client("CA" + "0" * 32, params)
+        await client.connect(start_media=False)
+        await _expect_policy_close(client)
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_drain_refuses_new_calls_but_keeps_active_ones(harness: Harness) -> None:
+    _, _, client, bridge = await _connected_call(harness)
+    begin_drain(harness.app)
+    assert (await harness.http.get(f"{harness.base_url}/readyz")).status == 503
+    resp = await harness.webhooks().post("/twilio/voice", incoming_call_form())
+    assert resp.status == 200 and "<Hangup" in await resp.text()
+    assert harness.services.manager.active_count == 1
+    drained = asyncio.ensure_future(drain(harness.app, 10))
+    n = bridge.media_count
+    await bridge.wait_until(lambda: bridge.media_count > n + 3)  # the call goes on
+    assert not drained.done()
+    await client.hangup()
+    assert await asyncio.wait_for(drained, 5) is True
