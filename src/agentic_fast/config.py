@@ -338,6 +338,20 @@ class AudioConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeConfig(_Section):
+    """Per-call bridge: outbound pacing, marks, barge-in sensitivity, provider reach."""
+
+    PATH: ClassVar[str] = "bridge"
+    lead_ms: int = field(default=120, metadata=_m(lo=40, hi=1000))
+    mark_every_frames: int = field(default=5, metadata=_m(lo=1, hi=50))
+    max_queue_s: float = field(default=60.0, metadata=_m(gt=0, hi=600))
+    barge_in_min_speech_ms: int = field(default=0, metadata=_m(lo=0, hi=2000))
+    prewarm: bool = True
+    provider_connect_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    unavailable_message: str = "Sorry, the assistant is not available right now. Goodbye."
+
+
+@dataclass(frozen=True, slots=True)
 class CallsConfig(_Section):
     """Call registry limits."""
 
@@ -365,6 +379,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     brain: BrainConfig = field(default_factory=BrainConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -441,7 +456,9 @@ def _to_dict(obj: Any) -> dict[str, Any]:
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
-_WANT = {str: "a string", int: "an integer", float: "a number"}  # the field types in use
+_WANT = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
 _VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<default>[^}]*))?\}"
                   r"|(?P<bad>\{[^}]*\}?))")
 
@@ -579,6 +596,11 @@ class _Loader:
             text = self.expand(node, key)
             if tp is str:
                 return text
+            if tp is bool:
+                word = _BOOL_WORDS.get(text.strip().lower())
+                if word is None:
+                    raise self.error(key, f"expected {want}, got {text!r}", node)
+                return word
             try:
                 return tp(text.strip())
             except ValueError:

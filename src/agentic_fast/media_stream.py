@@ -49,12 +49,21 @@ _LOG_FIRST, _LOG_EVERY = 5, 500
 class TwilioStreamSender:
     """Writes our frames to one Media Stream (text frames only, streamSid fixed)."""
 
-    __slots__ = ("_build", "_ws", "stream_sid")
+    __slots__ = ("_build", "_transport", "_ws", "stream_sid")
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, stream_sid: str,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self._ws = ws
+        self._transport = transport
         self._build = TwilioOutbound(stream_sid)
         self.stream_sid = stream_sid
+
+    def write_buffer_size(self) -> int:
+        """Bytes queued in the socket, not yet taken by the peer (a slow peer grows it)."""
+        transport = self._transport
+        if transport is None or not hasattr(transport, "get_write_buffer_size"):
+            return 0
+        return int(transport.get_write_buffer_size())
 
     @property
     def closed(self) -> bool:
@@ -188,7 +197,7 @@ class MediaStreamHandler:
             await ws.prepare(request)
             self._sockets.add(ws)
             metrics.incr("twilio.media.connections")
-            await self._serve(ws, address)
+            await self._serve(ws, address, request.transport)
         finally:
             self._sockets.discard(ws)
             self.limiter.release(address)
@@ -196,7 +205,8 @@ class MediaStreamHandler:
                 await ws.close()
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse, address: str) -> None:
+    async def _serve(self, ws: web.WebSocketResponse, address: str,
+                     transport: asyncio.BaseTransport | None) -> None:
         state = TwilioStreamState()
         start = await self._await_start(ws, state, address)
         if start is None:
@@ -207,7 +217,7 @@ class MediaStreamHandler:
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"stream not authorised")
             return
         clog = session.log.bind(stream_sid=start.stream_sid)
-        sender = TwilioStreamSender(ws, start.stream_sid)
+        sender = TwilioStreamSender(ws, start.stream_sid, transport)
         bridge = self.bridge_factory(session, sender)
         session.bridge = bridge
         reason = "socket-closed"

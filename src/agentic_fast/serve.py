@@ -25,7 +25,7 @@ log = get_logger("serve")
 
 def default_bridge_factory(config: Config) -> BridgeFactory:
     """The production bridge: audio to the configured realtime provider and back."""
-    from agentic_fast.bridge import make_bridge_factory
+    from agentic_fast.bridge_factory import make_bridge_factory
 
     return make_bridge_factory(config)
 

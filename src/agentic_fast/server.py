@@ -71,6 +71,7 @@ class Services:
     validator: TwilioSignatureValidator | None
     validator_problem: str | None
     tokens: StreamTokenSigner
+    bridge_factory: BridgeFactory
     owns_rest: bool = False
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -160,7 +161,15 @@ async def voice_webhook(request: web.Request) -> web.StreamResponse:
         metrics.incr("twilio.webhook.replayed")
         log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
         return _twiml(say_hangup_twiml("This call is already connected."))
+    _prewarm(svc, session)
     return _twiml(_stream_twiml(svc, session, call_sid))
+
+
+def _prewarm(svc: Services, session: CallSession) -> None:
+    """Open the model's socket now, while Twilio sets up the media stream."""
+    prewarm = getattr(svc.bridge_factory, "prewarm", None)
+    if prewarm is not None:
+        prewarm(session)
 
 
 def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
@@ -264,6 +273,7 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         svc.manager.fail(session, f"twilio-error-{exc.code or 'network'}")
         return _error(502, "Twilio refused the call", code=exc.code, detail=str(exc))
     svc.manager.attach_call_sid(session, call_sid)
+    _prewarm(svc, session)
     return _json({"call_id": session.call_id, "call_sid": call_sid,
                   "status": session.status.value}, status=201)
 
@@ -343,6 +353,9 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     tokens = StreamTokenSigner(secret, ttl_s=int(server.stream_token_ttl_s))
     if manager is None:
         manager = CallManager(max_concurrent_calls=config.calls.max_concurrent_calls)
+    discard = getattr(bridge_factory, "discard", None)
+    if discard is not None and manager.on_end is None:
+        manager.on_end = discard  # a pre-warmed provider whose call ended is closed
     owns_rest = False
     if rest_client is None and config.twilio.account_sid and config.twilio.auth_token:
         rest_client = TwilioRestClient(config.twilio.account_sid, config.twilio.auth_token,
@@ -355,7 +368,11 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
         heartbeat_s=server.ws_heartbeat_s,
     )
-    svc = Services(config, manager, media, rest_client, validator, problem, tokens, owns_rest)
+    bind = getattr(bridge_factory, "bind_server", None)
+    if bind is not None:
+        bind(manager, rest_client)
+    svc = Services(config, manager, media, rest_client, validator, problem, tokens,
+                   bridge_factory, owns_rest)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app.router.add_post(VOICE_PATH, voice_webhook)
@@ -388,6 +405,9 @@ async def _on_shutdown(app: web.Application) -> None:
 async def _on_cleanup(app: web.Application) -> None:
     svc = app[SERVICES]
     await svc.manager.close()
+    close_factory = getattr(svc.bridge_factory, "close", None)
+    if close_factory is not None:
+        await close_factory()
     if svc.owns_rest and svc.rest is not None:
         await svc.rest.close()
 

@@ -420,7 +420,7 @@ def test_masked_is_plain_data_of_the_effective_config():
     assert masked["openai_realtime"]["audio_format"] == "pcm16"
     assert masked["twilio"]["auth_token"] == "(unset)"
     assert list(masked) == ["server", "twilio", "openai_realtime", "gemini", "gateway", "brain",
-                            "audio", "calls", "logging"]
+                            "audio", "bridge", "calls", "logging"]
 
 
 def test_warnings_list_missing_production_settings():
@@ -476,3 +476,10 @@ def test_bad_urls(text, key):
 def test_device_key_file_expands_home():
     config = load("gateway:\n  device_key_path: ~/k\n")
     assert config.gateway.device_key_file == Path("~/k").expanduser()
+
+
+def test_bridge_section_booleans() -> None:
+    cfg = Config.from_text("bridge:\n  prewarm: ${PREWARM:off}\n  lead_ms: 150\n", env={})
+    assert cfg.bridge.prewarm is False and cfg.bridge.lead_ms == 150
+    with pytest.raises(ConfigError, match=r"bridge\.prewarm.*true or false"):
+        Config.from_text("bridge:\n  prewarm: 3\n", env={})
