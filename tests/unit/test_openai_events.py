@@ -1,0 +1,393 @@
+"""OpenAI Realtime events, sans-I/O: builders checked against the SDK's client-event models,
+the parser against server events shaped like protocols.md section 2."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from agentic_fast import metrics
+from agentic_fast.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.providers import openai_events as oe
+from tests.fakes.openai_realtime import SERVER_MODELS, InvalidEvent, validate_client_event
+
+# --------------------------------------------------------------------------- builders
+
+END_CALL = oe.function_tool("end_call", "Hang up politely.",
+                            {"type": "object", "properties": {"reason": {"type": "string"}},
+                             "required": []})
+
+BUILT: dict[str, str] = {
+    "session_update_full": oe.session_update(
+        instructions="You are a concise phone assistant.", voice="marin", audio_format="pcmu",
+        vad=oe.server_vad(threshold=0.6, prefix_padding_ms=200, silence_duration_ms=400),
+        input_transcription_model="gpt-4o-mini-transcribe", transcription_language="en",
+        noise_reduction="near_field", tools=[END_CALL], tool_choice="auto",
+        output_modalities=["audio"], max_output_tokens="inf", speed=1.1, event_id="evt_1"),
+    "session_update_pcm16_semantic": oe.session_update(
+        audio_format="pcm16", vad=oe.semantic_vad(eagerness="high"),
+        tool_choice={"type": "function", "name": "end_call"}),
+    "session_update_manual_turns": oe.session_update(
+        vad=None, input_transcription_model=None, noise_reduction=None),
+    "session_update_instructions_only": oe.session_update(instructions="Be brief."),
+    "session_update_split_formats": oe.session_update(audio_format="pcm16",
+                                                      output_audio_format="pcmu"),
+    "input_audio_append": oe.input_audio_append(base64.b64encode(b"\xff" * 160).decode()),
+    "input_audio_append_id": oe.input_audio_append("AAAA", event_id="evt_2"),
+    "input_audio_commit": oe.input_audio_commit(event_id="evt_3"),
+    "input_audio_clear": oe.input_audio_clear(),
+    "response_create_bare": oe.response_create(),
+    "response_create_full": oe.response_create(
+        "Say goodbye.", output_modalities=["audio"], tools=[END_CALL], tool_choice="required",
+        conversation="none", metadata={"topic": "bye"}, max_output_tokens=200,
+        input_items=[{"type": "message", "role": "user",
+                      "content": [{"type": "input_text", "text": "hi"}]}], event_id="evt_4"),
+    "response_cancel": oe.response_cancel(),
+    "response_cancel_id": oe.response_cancel("resp_R1", event_id="evt_5"),
+    "truncate": oe.conversation_item_truncate("item_A1", 0, 1840, event_id="evt_6"),
+    "user_text": oe.conversation_item_create_user_text("The caller pressed 5.",
+                                                       previous_item_id="item_U1"),
+    "system_text": oe.conversation_item_create_system_text("Caller is a VIP."),
+    "function_output": oe.conversation_item_create_function_output("call_8xA", '{"ok":true}'),
+    "function_output_mapping": oe.conversation_item_create_function_output(
+        "call_8xA", {"ok": True, "note": 'quote " and \\ slash'}, event_id="evt_7"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILT))
+def test_built_event_validates_against_sdk_model(name: str) -> None:
+    """Correct on the wire: the SDK's client-event model accepts it, with no unknown fields."""
+    event = orjson.loads(BUILT[name])
+    model = validate_client_event(event)
+    assert model.type == event["type"]  # type: ignore[attr-defined]
+
+
+def test_validator_has_teeth() -> None:
+    """The check above rejects beta shapes and missing fields (so it can fail)."""
+    beta = {"type": "session.update", "session": {"type": "realtime", "modalities": ["audio"],
+                                                  "input_audio_format": "g711_ulaw"}}
+    with pytest.raises(InvalidEvent) as info:
+        validate_client_event(beta)
+    assert info.value.code == "unknown_parameter"
+    with pytest.raises(InvalidEvent) as info:
+        validate_client_event({"type": "session.update", "session": {"instructions": "x"}})
+    assert info.value.param == "session.type"
+    with pytest.raises(InvalidEvent):
+        validate_client_event({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"format": "pcm16"}}}})
+
+
+def test_session_update_is_ga_shape() -> None:
+    session = orjson.loads(BUILT["session_update_full"])["session"]
+    assert session["type"] == "realtime"
+    assert session["output_modalities"] == ["audio"]
+    audio_in, audio_out = session["audio"]["input"], session["audio"]["output"]
+    assert audio_in["format"] == {"type": "audio/pcmu"} == audio_out["format"]
+    assert audio_in["turn_detection"] == {
+        "type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 200,
+        "silence_duration_ms": 400, "create_response": True, "interrupt_response": True}
+    assert audio_in["transcription"] == {"model": "gpt-4o-mini-transcribe", "language": "en"}
+    assert audio_in["noise_reduction"] == {"type": "near_field"}
+    assert audio_out["voice"] == "marin"
+    assert session["tools"][0]["name"] == "end_call"
+    assert not {"modalities", "voice", "input_audio_format", "turn_detection"} & set(session)
+
+
+def test_session_update_pcm16_and_partial_updates() -> None:
+    session = orjson.loads(BUILT["session_update_pcm16_semantic"])["session"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    manual = orjson.loads(BUILT["session_update_manual_turns"])["session"]["audio"]["input"]
+    assert manual == {"turn_detection": None, "transcription": None, "noise_reduction": None}
+    only = orjson.loads(BUILT["session_update_instructions_only"])
+    assert only == {"type": "session.update",
+                    "session": {"type": "realtime", "instructions": "Be brief."}}
+    split = orjson.loads(BUILT["session_update_split_formats"])["session"]["audio"]
+    assert split["output"]["format"] == {"type": "audio/pcmu"}
+    transcription_off = orjson.loads(oe.session_update(input_transcription_model=""))
+    assert transcription_off["session"]["audio"]["input"]["transcription"] is None
+
+
+def test_input_audio_append_is_plain_concatenation() -> None:
+    payload = base64.b64encode(bytes(range(256)) * 4).decode()
+    text = oe.input_audio_append(payload)
+    assert text == '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
+    assert orjson.loads(text) == {"type": "input_audio_buffer.append", "audio": payload}
+    assert orjson.loads(oe.input_audio_append("AAAA", event_id='id"x')) == {
+        "type": "input_audio_buffer.append", "audio": "AAAA", "event_id": 'id"x'}
+
+
+def test_small_builders_exact_json() -> None:
+    assert orjson.loads(BUILT["response_create_bare"]) == {"type": "response.create"}
+    assert orjson.loads(BUILT["response_cancel"]) == {"type": "response.cancel"}
+    assert orjson.loads(BUILT["truncate"]) == {
+        "type": "conversation.item.truncate", "item_id": "item_A1", "content_index": 0,
+        "audio_end_ms": 1840, "event_id": "evt_6"}
+    out = orjson.loads(BUILT["function_output_mapping"])["item"]
+    assert out["type"] == "function_call_output"
+    assert orjson.loads(out["output"]) == {"ok": True, "note": 'quote " and \\ slash'}
+    user = orjson.loads(BUILT["user_text"])
+    assert user["item"]["content"] == [{"type": "input_text", "text": "The caller pressed 5."}]
+    assert user["previous_item_id"] == "item_U1"
+
+
+@pytest.mark.parametrize("build", [
+    lambda: oe.session_update(audio_format="g711_ulaw"),  # type: ignore[arg-type]
+    lambda: oe.session_update(vad={"type": "server_vad", "bogus": 1}),
+    lambda: oe.session_update(vad={"type": "loud"}),
+    lambda: oe.session_update(tool_choice="sometimes"),
+    lambda: oe.session_update(tools=[{"name": "x"}]),
+    lambda: oe.session_update(output_modalities=["text", "audio"]),
+    lambda: oe.session_update(speed=3.0),
+    lambda: oe.session_update(voice=""),
+    lambda: oe.server_vad(threshold=1.5),
+    lambda: oe.input_audio_commit(event_id=""),
+    lambda: oe.conversation_item_truncate("item_A1", 0, -1),
+    lambda: oe.conversation_item_truncate("item_A1", 0, 1.5),  # type: ignore[arg-type]
+    lambda: oe.conversation_item_truncate("", 0, 10),
+    lambda: oe.response_create(conversation="other"),  # type: ignore[arg-type]
+    lambda: oe.conversation_item_create_function_output("", "x"),
+])
+def test_builder_misuse_is_local_protocol_error(build: Any) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        build()
+    assert info.value.peer == "openai"
+
+
+# --------------------------------------------------------------------------- parser
+
+IDS = {"response_id": "resp_R1", "item_id": "item_A1", "output_index": 0, "content_index": 0}
+SESSION = {"type": "realtime", "object": "realtime.session", "id": "sess_S1",
+           "model": "gpt-realtime", "output_modalities": ["audio"], "instructions": "Hi",
+           "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                     "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"}}}
+ITEM_A1 = {"id": "item_A1", "type": "message", "object": "realtime.item",
+           "status": "completed", "role": "assistant",
+           "content": [{"type": "output_audio", "transcript": "Sure, one moment."}]}
+FN_ITEM = {"id": "item_F1", "type": "function_call", "object": "realtime.item",
+           "status": "completed", "call_id": "call_8xA", "name": "end_call",
+           "arguments": '{"reason":"done"}'}
+RESPONSE_DONE = {
+    "object": "realtime.response", "id": "resp_R1", "status": "completed",
+    "status_details": None, "conversation_id": "conv_C1", "output_modalities": ["audio"],
+    "max_output_tokens": "inf", "output": [ITEM_A1, FN_ITEM],
+    "usage": {"total_tokens": 912, "input_tokens": 760, "output_tokens": 152}, "metadata": None}
+
+# (event as the server sends it, expected type, expected attributes)
+SERVER_EVENTS: list[tuple[dict[str, Any], type, dict[str, Any]]] = [
+    ({"type": "session.created", "session": SESSION}, oe.SessionCreated,
+     {"session_id": "sess_S1", "output_format": "pcmu"}),
+    ({"type": "session.updated", "session": SESSION}, oe.SessionUpdated,
+     {"output_format": "pcmu"}),
+    ({"type": "input_audio_buffer.speech_started", "audio_start_ms": 1000,
+      "item_id": "item_U1"}, oe.SpeechStarted, {"audio_start_ms": 1000, "item_id": "item_U1"}),
+    ({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 2400,
+      "item_id": "item_U1"}, oe.SpeechStopped, {"audio_end_ms": 2400}),
+    ({"type": "input_audio_buffer.committed", "item_id": "item_U1", "previous_item_id": None},
+     oe.InputAudioCommitted, {"item_id": "item_U1", "previous_item_id": None}),
+    ({"type": "input_audio_buffer.cleared"}, oe.InputAudioCleared, {}),
+    ({"type": "conversation.item.input_audio_transcription.delta", "item_id": "item_U1",
+      "content_index": 0, "delta": "I need"}, oe.InputTranscriptionDelta, {"delta": "I need"}),
+    ({"type": "conversation.item.input_audio_transcription.completed", "item_id": "item_U1",
+      "content_index": 0, "transcript": "I need a dentist.",
+      "usage": {"type": "duration", "seconds": 1.2}},
+     oe.InputTranscriptionCompleted, {"item_id": "item_U1", "transcript": "I need a dentist."}),
+    ({"type": "conversation.item.input_audio_transcription.failed", "item_id": "item_U1",
+      "content_index": 0, "error": {"type": "transcription_error", "code": "audio_unintelligible",
+                                    "message": "bad audio", "param": None}},
+     oe.InputTranscriptionFailed, {"code": "audio_unintelligible", "message": "bad audio"}),
+    ({"type": "conversation.item.added", "item": ITEM_A1, "previous_item_id": "item_U1"},
+     oe.ConversationItemAdded, {"item_id": "item_A1", "previous_item_id": "item_U1"}),
+    ({"type": "conversation.item.done", "item": ITEM_A1, "previous_item_id": None},
+     oe.ConversationItemDone, {"item_id": "item_A1"}),
+    ({"type": "conversation.item.truncated", "item_id": "item_A1", "content_index": 0,
+      "audio_end_ms": 1840}, oe.ConversationItemTruncated, {"audio_end_ms": 1840}),
+    ({"type": "response.created", "response": {**RESPONSE_DONE, "status": "in_progress",
+                                               "output": [], "usage": None}},
+     oe.ResponseCreated, {"response_id": "resp_R1", "status": "in_progress"}),
+    ({"type": "response.output_item.added", "response_id": "resp_R1", "output_index": 0,
+      "item": {**ITEM_A1, "status": "in_progress", "content": []}},
+     oe.ResponseOutputItemAdded, {"item_id": "item_A1", "output_index": 0}),
+    ({"type": "response.output_item.done", "response_id": "resp_R1", "output_index": 0,
+      "item": ITEM_A1}, oe.ResponseOutputItemDone, {"item_id": "item_A1"}),
+    ({"type": "response.content_part.added", **IDS, "part": {"type": "audio", "transcript": ""}},
+     oe.ResponseContentPartAdded, {"content_index": 0}),
+    ({"type": "response.content_part.done", **IDS,
+      "part": {"type": "audio", "transcript": "Sure."}}, oe.ResponseContentPartDone, {}),
+    ({"type": "response.output_audio.delta", **IDS, "delta": "//9/fw=="}, oe.OutputAudioDelta,
+     {"response_id": "resp_R1", "item_id": "item_A1", "delta": "//9/fw=="}),
+    ({"type": "response.output_audio.done", **IDS}, oe.OutputAudioDone, {"item_id": "item_A1"}),
+    ({"type": "response.output_audio_transcript.delta", **IDS, "delta": "Sure"},
+     oe.OutputAudioTranscriptDelta, {"delta": "Sure"}),
+    ({"type": "response.output_audio_transcript.done", **IDS, "transcript": "Sure."},
+     oe.OutputAudioTranscriptDone, {"transcript": "Sure."}),
+    ({"type": "response.output_text.delta", **IDS, "delta": "Hi"}, oe.OutputTextDelta,
+     {"delta": "Hi"}),
+    ({"type": "response.output_text.done", **IDS, "text": "Hi."}, oe.OutputTextDone,
+     {"text": "Hi."}),
+    ({"type": "response.function_call_arguments.delta", "response_id": "resp_R1",
+      "item_id": "item_F1", "output_index": 1, "call_id": "call_8xA", "delta": '{"rea'},
+     oe.FunctionCallArgumentsDelta, {"call_id": "call_8xA", "delta": '{"rea'}),
+    ({"type": "response.function_call_arguments.done", "response_id": "resp_R1",
+      "item_id": "item_F1", "output_index": 1, "call_id": "call_8xA", "name": "end_call",
+      "arguments": '{"reason":"done"}'}, oe.FunctionCallArgumentsDone,
+     {"call_id": "call_8xA", "name": "end_call", "arguments": '{"reason":"done"}'}),
+    ({"type": "response.done", "response": RESPONSE_DONE}, oe.ResponseDone,
+     {"response_id": "resp_R1", "status": "completed", "reason": None}),
+    ({"type": "error", "error": {
+        "type": "invalid_request_error", "code": "conversation_already_has_active_response",
+        "message": "Conversation already has an active response in progress: resp_R1.",
+        "param": None, "event_id": "evt_4"}}, oe.ErrorEvent,
+     {"error_type": "invalid_request_error", "code": "conversation_already_has_active_response",
+      "param": None, "client_event_id": "evt_4"}),
+    ({"type": "rate_limits.updated", "rate_limits": [
+        {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 1.5}]},
+     oe.RateLimitsUpdated, {}),
+]
+
+
+@pytest.mark.parametrize(("event", "cls", "attrs"), SERVER_EVENTS,
+                         ids=[e[0]["type"] for e in SERVER_EVENTS])
+def test_parse_server_event(event: dict[str, Any], cls: type, attrs: dict[str, Any]) -> None:
+    event = {**event, "event_id": "event_X1"}
+    model = SERVER_MODELS[event["type"]]
+    model.model_validate(event)  # the example itself is a valid GA server event
+    text = orjson.dumps(event)
+    for wire in (text, text.decode()):
+        parsed = oe.parse_server_event(wire)
+        assert type(parsed) is cls
+        assert parsed.event_id == "event_X1"
+        for key, value in attrs.items():
+            assert getattr(parsed, key) == value, key
+
+
+def test_response_done_details_and_function_calls() -> None:
+    done = oe.parse_server_event(orjson.dumps({"type": "response.done", "response": {
+        **RESPONSE_DONE, "status": "cancelled",
+        "status_details": {"type": "cancelled", "reason": "turn_detected"}}}))
+    assert isinstance(done, oe.ResponseDone)
+    assert done.status == "cancelled" and done.reason == "turn_detected"
+    assert done.function_calls == (
+        oe.FunctionCall("call_8xA", "end_call", '{"reason":"done"}', "item_F1"),)
+    assert done.usage is not None and done.usage["total_tokens"] == 912
+
+
+def test_rate_limits_values() -> None:
+    ev = oe.parse_server_event(orjson.dumps(SERVER_EVENTS[-1][0]))
+    assert isinstance(ev, oe.RateLimitsUpdated)
+    assert ev.rate_limits == (oe.RateLimit("requests", 1000, 999, 1.5),)
+
+
+@pytest.mark.parametrize(("beta", "cls"), [
+    ("response.audio.delta", oe.OutputAudioDelta),
+    ("response.audio.done", oe.OutputAudioDone),
+    ("response.audio_transcript.delta", oe.OutputAudioTranscriptDelta),
+    ("response.text.delta", oe.OutputTextDelta),
+])
+def test_beta_delta_names_map_to_the_same_events(beta: str, cls: type) -> None:
+    event = {"type": beta, **IDS, "delta": "AAAA", "transcript": "x", "text": "x"}
+    assert type(oe.parse_server_event(orjson.dumps(event))) is cls
+
+
+def test_unknown_event_type_is_counted_not_an_error() -> None:
+    before = metrics.get("openai.events.unknown")
+    event = {"type": "output_audio_buffer.started", "event_id": "event_9", "response_id": "r"}
+    parsed = oe.parse_server_event(orjson.dumps(event))
+    assert isinstance(parsed, oe.UnknownServerEvent)
+    assert parsed.type == "output_audio_buffer.started" and parsed.raw["response_id"] == "r"
+    assert metrics.get("openai.events.unknown") == before + 1
+
+
+@pytest.mark.parametrize(("text", "reason", "fld"), [
+    (b"{not json", "malformed_json", None),
+    (b"", "malformed_json", None),
+    (b'["a"]', "not_object", None),
+    (b'{"event_id":"e"}', "missing_field", "type"),
+    (b'{"type":5}', "bad_type", "type"),
+    (b'{"type":"response.output_audio.delta","response_id":"r","item_id":"i",'
+     b'"output_index":0,"content_index":0}', "missing_field", "delta"),
+    (b'{"type":"response.output_audio.delta","response_id":"r","item_id":7,'
+     b'"output_index":0,"content_index":0,"delta":"AA=="}', "bad_type", "item_id"),
+    (b'{"type":"response.output_audio.delta","response_id":"r","item_id":"i",'
+     b'"output_index":"0","content_index":0,"delta":"AA=="}', "bad_type", "output_index"),
+    (b'{"type":"response.output_audio.delta","response_id":"r","item_id":"i",'
+     b'"output_index":0,"content_index":0,"delta":null}', "bad_type", "delta"),
+    (b'{"type":"input_audio_buffer.speech_started","item_id":"i"}', "missing_field",
+     "audio_start_ms"),
+    (b'{"type":"input_audio_buffer.speech_started","item_id":"i","audio_start_ms":"5"}',
+     "bad_type", "audio_start_ms"),
+    (b'{"type":"response.done"}', "missing_field", "response"),
+    (b'{"type":"response.done","response":{"id":"r"}}', "missing_field", "status"),
+    (b'{"type":"response.done","response":{"id":"r","status":"completed","output":{}}}',
+     "bad_type", "response.output"),
+    (b'{"type":"error","error":{"type":"x"}}', "missing_field", "message"),
+    (b'{"type":"error","error":"boom"}', "bad_type", "error"),
+    (b'{"type":"session.created","session":[]}', "bad_type", "session"),
+    (b'{"type":"conversation.item.added","item":{"type":"message"}}', "missing_field", "id"),
+    (b'{"type":"response.function_call_arguments.done","response_id":"r","item_id":"i",'
+     b'"output_index":0,"call_id":"c","name":"f"}', "missing_field", "arguments"),
+])
+def test_malformed_input_is_remote_protocol_error(text: bytes, reason: str,
+                                                  fld: str | None) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        oe.parse_server_event(text)
+    err = info.value
+    assert isinstance(err, oe.OpenAIProtocolError)
+    assert err.peer == "openai" and err.reason == reason
+    if fld is not None:
+        assert err.field is not None and err.field.endswith(fld)
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _delta(item_id: str, nbytes: int, response_id: str = "resp_R1") -> bytes:
+    return orjson.dumps({"type": "response.output_audio.delta", "response_id": response_id,
+                         "item_id": item_id, "output_index": 0, "content_index": 0,
+                         "delta": base64.b64encode(b"\xff" * nbytes).decode()})
+
+
+def test_state_tracks_response_and_audio_for_truncate() -> None:
+    state = oe.RealtimeState()
+    assert state.truncate(100) is None
+    state.receive(orjson.dumps({"type": "session.created", "session": SESSION}))
+    assert state.output_format == "pcmu"
+    state.receive(orjson.dumps({"type": "response.created", "response": {
+        "id": "resp_R1", "status": "in_progress", "output": []}}))
+    assert state.response_active and state.active_response_id == "resp_R1"
+    for n in (800, 801, 799):  # odd sizes exercise base64 padding
+        state.receive(_delta("item_A1", n))
+    assert state.audio_bytes == 2400 and state.audio_ms == 300
+    truncate = orjson.loads(state.truncate(1840) or "")
+    assert truncate == {"type": "conversation.item.truncate", "item_id": "item_A1",
+                        "content_index": 0, "audio_end_ms": 300}  # clamped to what arrived
+    assert orjson.loads(state.truncate(120) or "")["audio_end_ms"] == 120
+    state.receive(orjson.dumps({"type": "conversation.item.truncated", "item_id": "item_A1",
+                                "content_index": 0, "audio_end_ms": 120}))
+    assert state.audio_ms == 120
+    state.receive(orjson.dumps({"type": "response.done", "response": {
+        "id": "resp_R1", "status": "cancelled",
+        "status_details": {"type": "cancelled", "reason": "client_cancelled"}}}))
+    assert not state.response_active
+    state.receive(_delta("item_A2", 480, "resp_R2"))
+    assert state.audio_item_id == "item_A2" and state.audio_ms == 60
+    assert state.audio_ms_of("item_A1") == 120 and state.audio_ms_of("item_X") is None
+    assert orjson.loads(state.truncate(500, "item_A1") or "")["audio_end_ms"] == 120
+    assert state.truncate(10, "item_X") is None
+
+
+def test_state_remembers_a_bounded_number_of_items() -> None:
+    state = oe.RealtimeState("pcmu")
+    for n in range(oe.RealtimeState.MAX_EARLIER_ITEMS + 3):
+        state.receive(_delta(f"item_{n}", 80))
+    assert state.audio_ms_of("item_0") is None
+    assert state.audio_ms_of(f"item_{oe.RealtimeState.MAX_EARLIER_ITEMS + 1}") == 10
+
+
+def test_state_pcm16_rate() -> None:
+    state = oe.RealtimeState("pcm16")
+    state.receive(_delta("item_A1", 4800))
+    assert state.audio_ms == 100
