@@ -1,0 +1,318 @@
+"""AudioBridge: one call's audio both ways, paced playout, marks and barge-in.
+
+Inbound: Twilio payload -> ``AudioConverter`` -> provider chunks (synchronous, no awaits).
+Outbound: provider deltas -> 20 ms Twilio frames in a bounded queue, sent by the shared
+pacer with a small lead over the caller's playout, with a ``mark`` every few frames so the
+bridge knows, per assistant item, how much audio the caller has really heard.
+
+Barge-in: on caller speech the bridge sends ``clear``, drops queued audio, and asks the
+provider to stop, passing the milliseconds confirmed played by marks (clamped to what the
+item really had; ``None`` when nothing was heard yet). Marks that Twilio echoes because of
+the ``clear`` belong to an older epoch and are not counted as heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agentic_fast import metrics
+from agentic_fast.audio import AudioConverter
+from agentic_fast.calls import CallSession
+from agentic_fast.errors import AudioFormatError
+from agentic_fast.media_stream import TwilioStreamSender
+from agentic_fast.pacer import SharedPacer
+from agentic_fast.providers.base import ProviderListener, RealtimeProvider
+
+FRAME_MS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """Knobs of the outbound path and barge-in (from config)."""
+
+    handoff_ms: int = 40
+    #: how far ahead of the caller's playout we keep Twilio's buffer (ms)
+    lead_ms: int = 120
+    #: a mark every N frames (100 ms at 5)
+    mark_every_frames: int = 5
+    #: bound of queued outbound audio (frames of 20 ms); beyond it audio is dropped, counted
+    max_queue_frames: int = 3000
+    #: caller speech must last this long while the assistant talks to cut it off (0 = at once)
+    barge_in_min_speech_ms: int = 0
+    #: Twilio socket write buffer above which a tick skips this call (slow peer)
+    max_write_buffer: int = 64 * 1024
+
+
+TurnSink = Callable[[CallSession, str, str], None]
+
+
+class AudioBridge(ProviderListener):
+    """Owns one call's audio path; built when the media stream is authenticated."""
+
+    def __init__(self, session: CallSession, sender: TwilioStreamSender,
+                 provider: RealtimeProvider, pacer: SharedPacer, *,
+                 settings: BridgeSettings | None = None, speak_first: str | None = None,
+                 turn_sink: TurnSink | None = None,
+                 on_provider_failed: Callable[[CallSession, str], Any] | None = None,
+                 write_buffer: Callable[[], int] | None = None) -> None:
+        self.session = session
+        self.sender = sender
+        self.provider = provider
+        self.pacer = pacer
+        self.settings = settings or BridgeSettings()
+        self.converter = AudioConverter(provider.converter_format,
+                                        handoff_ms=self.settings.handoff_ms)
+        self.speak_first = speak_first
+        self.turn_sink = turn_sink
+        self.on_provider_failed = on_provider_failed
+        self._write_buffer = write_buffer or (lambda: 0)
+        self.log = session.log
+        # outbound queue: payloads, and runs of (item_id, frames) saying whose they are
+        self._queue: deque[str] = deque()
+        self._runs: deque[list[Any]] = deque()
+        self._epoch = 0
+        self._t0 = 0.0           # loop time the current playout started
+        self._sent_ms = 0        # ms sent since _t0
+        self._since_mark = 0
+        self._mark_seq = 0
+        self._marks: dict[str, tuple[int, str, int]] = {}   # name -> (epoch, item, item_ms)
+        self._item_sent_ms: dict[str, int] = {}
+        self._item_heard_ms: dict[str, int] = {}
+        self._item_audio_ms: dict[str, int] = {}
+        self._current_item: str | None = None
+        self._cancelled: deque[str] = deque(maxlen=8)
+        self._speech_timer: asyncio.TimerHandle | None = None
+        self._clearing: asyncio.Task[None] | None = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # counters for the closing log line and tests
+        self.frames_out = 0
+        self.dropped_frames = 0
+        self.barge_ins = 0
+        self.barge_in_latencies_ms: deque[float] = deque(maxlen=64)
+
+    # -- MediaSink: what the media stream feeds ---------------------------------------------
+
+    async def start(self) -> None:
+        self.provider.attach(self)
+        await self.provider.connect()
+        self.provider.begin(speak_first=self.speak_first)
+        self.pacer.register(self)
+
+    def on_media(self, payload_b64: str, timestamp_ms: int) -> None:
+        send = self.provider.send_audio
+        for chunk in self.converter.feed_twilio_b64(payload_b64):
+            send(chunk)
+
+    def on_mark(self, name: str) -> None:
+        entry = self._marks.pop(name, None)
+        if entry is None:
+            metrics.incr("bridge.marks.unknown")
+            return
+        epoch, item, item_ms = entry
+        if epoch != self._epoch:
+            metrics.incr("bridge.marks.flushed")  # echoed by a clear: not heard
+            return
+        if item_ms > self._item_heard_ms.get(item, 0):
+            self._item_heard_ms[item] = item_ms
+
+    def on_dtmf(self, digit: str) -> None:
+        if self.turn_sink is not None:
+            self.turn_sink(self.session, "dtmf", digit)
+
+    async def close(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.pacer.unregister(self)
+        if self._speech_timer is not None:
+            self._speech_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self.provider.close()
+        metrics.incr("bridge.closed")
+        self.log.info("bridge.closed", reason=reason, frames_out=self.frames_out,
+                      dropped=self.dropped_frames, barge_ins=self.barge_ins)
+
+    # -- ProviderListener: what the model sends ---------------------------------------------
+
+    def on_audio(self, audio_b64: str, item_id: str) -> None:
+        if item_id in self._cancelled:
+            metrics.incr("bridge.audio.after_cancel")
+            return
+        try:
+            frames = self.converter.feed_provider_b64(audio_b64)
+        except AudioFormatError as exc:
+            metrics.incr("bridge.audio.bad_provider_audio")
+            self.log.warning("bridge.bad_provider_audio", detail=str(exc)[:200])
+            return
+        if item_id != self._current_item:
+            self._new_item(item_id)
+        self._enqueue(frames, item_id)
+
+    def _new_item(self, item_id: str) -> None:
+        self._current_item = item_id
+        for table in (self._item_sent_ms, self._item_heard_ms, self._item_audio_ms):
+            while len(table) >= 16:  # only recent items can still be truncated
+                table.pop(next(iter(table)))
+
+    def on_audio_done(self, item_id: str) -> None:
+        if item_id in self._cancelled:
+            return
+        self._enqueue(self.converter.flush_provider(), item_id)
+
+    def _enqueue(self, frames: list[str], item_id: str) -> None:
+        if not frames:
+            return
+        room = self.settings.max_queue_frames - len(self._queue)
+        if len(frames) > room:
+            dropped = len(frames) - max(room, 0)
+            self.dropped_frames += dropped
+            metrics.incr("bridge.queue.overflow_frames", dropped)
+            self.log.warning("bridge.queue_overflow", dropped=dropped)
+            frames = frames[:max(room, 0)]
+            if not frames:
+                return
+        self._queue.extend(frames)
+        self._item_audio_ms[item_id] = self._item_audio_ms.get(item_id, 0) + FRAME_MS * len(frames)
+        if self._runs and self._runs[-1][0] == item_id:
+            self._runs[-1][1] += len(frames)
+        else:
+            self._runs.append([item_id, len(frames)])
+
+    def on_speech_started(self) -> None:
+        if not self.assistant_speaking:
+            return
+        wait = self.settings.barge_in_min_speech_ms
+        if wait <= 0:
+            self._barge_in(time.perf_counter())
+        elif self._speech_timer is None:
+            started = time.perf_counter()
+            self._speech_timer = asyncio.get_running_loop().call_later(
+                wait / 1000.0, self._confirm_barge_in, started)
+
+    def _confirm_barge_in(self, started: float) -> None:
+        self._speech_timer = None
+        if self.assistant_speaking:
+            self._barge_in(started)
+
+    def on_speech_stopped(self) -> None:
+        if self._speech_timer is not None:  # too short to count ("mhm", line noise)
+            self._speech_timer.cancel()
+            self._speech_timer = None
+            metrics.incr("bridge.barge_in.ignored_short")
+
+    def on_transcript(self, role: str, text: str, final: bool) -> None:
+        if final and text:
+            self.session.add_transcript(role, text)
+            if self.turn_sink is not None:
+                self.turn_sink(self.session, role, text)
+
+    def on_tool_call(self, call_id: str, name: str, arguments: str) -> None:
+        if self.turn_sink is not None:
+            self.turn_sink(self.session, "tool_call", f"{call_id}\x00{name}\x00{arguments}")
+        else:
+            self.provider.send_tool_result(call_id, '{"error": "no tools are available"}')
+
+    def on_failed(self, reason: str) -> None:
+        self.log.error("bridge.provider_failed", reason=reason)
+        metrics.incr("bridge.provider_failed")
+        if self.on_provider_failed is not None:
+            self._spawn(self._run_failed(reason))
+
+    async def _run_failed(self, reason: str) -> None:
+        result = self.on_provider_failed(self.session, reason) if self.on_provider_failed else None
+        if asyncio.iscoroutine(result):
+            await result
+
+    # -- outbound pacing (called by the shared pacer) -----------------------------------------
+
+    @property
+    def wants_pump(self) -> bool:
+        return bool(self._queue)
+
+    @property
+    def assistant_speaking(self) -> bool:
+        """Audio is queued here or sent and not yet confirmed played."""
+        return bool(self._queue) or any(e[0] == self._epoch for e in self._marks.values())
+
+    async def pump(self, now: float) -> None:
+        if self.sender.closed:
+            return
+        if self._clearing is not None:  # the clear goes out before any newer audio
+            await self._clearing
+            self._clearing = None
+        if self._write_buffer() > self.settings.max_write_buffer:
+            metrics.incr("bridge.slow_peer_ticks")
+            return
+        played_ms = (now - self._t0) * 1000.0
+        if self._sent_ms <= played_ms:  # playout idle: a new stretch starts now
+            self._t0, self._sent_ms, played_ms = now, 0, 0.0
+        budget = int((self.settings.lead_ms - (self._sent_ms - played_ms) + 1e-6) // FRAME_MS)
+        queue, runs, sender = self._queue, self._runs, self.sender
+        every = self.settings.mark_every_frames
+        for _ in range(min(budget, len(queue))):
+            run = runs[0]
+            item = run[0]
+            await sender.media(queue.popleft())
+            run[1] -= 1
+            if run[1] == 0:
+                runs.popleft()
+            self._sent_ms += FRAME_MS
+            self.frames_out += 1
+            item_ms = self._item_sent_ms.get(item, 0) + FRAME_MS
+            self._item_sent_ms[item] = item_ms
+            self._since_mark += 1
+            if self._since_mark >= every or not queue:
+                await self._mark(item, item_ms)
+
+    async def _mark(self, item: str, item_ms: int) -> None:
+        self._since_mark = 0
+        self._mark_seq += 1
+        name = f"m{self._mark_seq}"
+        self._marks[name] = (self._epoch, item, item_ms)
+        if len(self._marks) > 512:  # Twilio never echoed: do not grow
+            self._marks.pop(next(iter(self._marks)))
+            metrics.incr("bridge.marks.evicted")
+        await self.sender.mark(name)
+
+    # -- barge-in -------------------------------------------------------------------------------
+
+    def _barge_in(self, started: float) -> None:
+        item = self._current_item
+        self._epoch += 1
+        dropped = len(self._queue)
+        self._queue.clear()
+        self._runs.clear()
+        self.converter.clear_outbound()
+        self._sent_ms = 0
+        self._t0 = 0.0
+        self._since_mark = 0
+        heard = None
+        if item is not None:
+            self._cancelled.append(item)
+            played = min(self._item_heard_ms.get(item, 0), self._item_audio_ms.get(item, 0))
+            heard = played if played > 0 else None
+        self.barge_ins += 1
+        metrics.incr("bridge.barge_in")
+        self._clearing = self._spawn(self._send_clear(started))
+        self.provider.interrupt(item, heard)
+        self.log.info("bridge.barge_in", item_id=item, audio_end_ms=heard,
+                      dropped_frames=dropped)
+
+    async def _send_clear(self, started: float) -> None:
+        await self.sender.clear()
+        self.barge_in_latencies_ms.append((time.perf_counter() - started) * 1000.0)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,131 @@
+"""Builds each call's AudioBridge, with its provider socket opened early (pre-warm).
+
+The webhook calls :meth:`AudioBridgeFactory.prewarm` while it answers Twilio, so the TLS and
+session handshake with the model happen while Twilio is still opening the media stream;
+the stream then gets a provider that is (nearly) ready. A pre-warmed provider whose stream
+never arrives is closed when the call ends (``discard``), never leaked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from agentic_fast import metrics
+from agentic_fast.bridge import AudioBridge, BridgeSettings, TurnSink
+from agentic_fast.calls import CallDirection, CallManager, CallSession
+from agentic_fast.config import Config
+from agentic_fast.log import get_logger
+from agentic_fast.media_stream import TwilioStreamSender
+from agentic_fast.pacer import SharedPacer
+from agentic_fast.providers.base import RealtimeProvider
+from agentic_fast.telephony.rest import TwilioApiError, TwilioRestClient
+from agentic_fast.telephony.twiml import say_hangup_twiml
+
+log = get_logger("bridge")
+
+ProviderFactory = Callable[[CallSession], RealtimeProvider]
+
+
+class AudioBridgeFactory:
+    """``BridgeFactory`` for the media stream handler; one per server."""
+
+    def __init__(self, config: Config, provider_factory: ProviderFactory, *,
+                 pacer: SharedPacer | None = None, turn_sink: TurnSink | None = None) -> None:
+        self.config = config
+        self.provider_factory = provider_factory
+        self.pacer = pacer or SharedPacer()
+        self.turn_sink = turn_sink
+        b = config.bridge
+        self.settings = BridgeSettings(
+            handoff_ms=config.audio.handoff_ms, lead_ms=b.lead_ms,
+            mark_every_frames=b.mark_every_frames,
+            max_queue_frames=int(b.max_queue_s * 50),
+            barge_in_min_speech_ms=b.barge_in_min_speech_ms)
+        self._warm: dict[str, RealtimeProvider] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.manager: CallManager | None = None
+        self.rest: TwilioRestClient | None = None
+
+    def bind_server(self, manager: CallManager, rest: TwilioRestClient | None) -> None:
+        """Called by ``create_app``: what the factory needs to end a call gracefully."""
+        self.manager = manager
+        self.rest = rest
+
+    # -- pre-warm ---------------------------------------------------------------------------
+
+    def prewarm(self, session: CallSession) -> None:
+        if not self.config.bridge.prewarm or session.call_id in self._warm:
+            return
+        provider = self.provider_factory(session)
+        self._warm[session.call_id] = provider
+        metrics.incr("bridge.prewarm")
+        self._spawn(self._connect_quietly(provider, session))
+
+    async def _connect_quietly(self, provider: RealtimeProvider, session: CallSession) -> None:
+        try:
+            async with asyncio.timeout(self.config.bridge.provider_connect_timeout_s):
+                await provider.connect()
+        except Exception as exc:  # the bridge retries when the stream arrives
+            metrics.incr("bridge.prewarm.failed")
+            session.log.warning("bridge.prewarm_failed", error=repr(exc)[:200])
+
+    def discard(self, session: CallSession) -> None:
+        """The call ended: close a pre-warmed provider its stream never used."""
+        provider = self._warm.pop(session.call_id, None)
+        if provider is not None:
+            metrics.incr("bridge.prewarm.discarded")
+            self._spawn(provider.close())
+
+    # -- MediaStreamHandler's factory ---------------------------------------------------------
+
+    def __call__(self, session: CallSession, sender: TwilioStreamSender) -> AudioBridge:
+        provider = self._warm.pop(session.call_id, None) or self.provider_factory(session)
+        if session.direction is CallDirection.OUTBOUND:
+            speak_first = session.prompt or None
+        else:
+            speak_first = self.config.openai_realtime.greeting or None
+        return AudioBridge(session, sender, provider, self.pacer, settings=self.settings,
+                           speak_first=speak_first, turn_sink=self.turn_sink,
+                           on_provider_failed=self.provider_failed,
+                           write_buffer=sender.write_buffer_size)
+
+    async def provider_failed(self, session: CallSession, reason: str) -> None:
+        """The model cannot be reached: say so to the caller, then end the call cleanly."""
+        if self.manager is not None and not session.ended:
+            self.manager.fail(session, f"provider-unavailable: {reason}")
+        if self.rest is not None and session.call_sid:
+            try:
+                await self.rest.update_twiml(
+                    session.call_sid, say_hangup_twiml(self.config.bridge.unavailable_message))
+                return
+            except TwilioApiError as exc:
+                session.log.warning("bridge.fallback_failed", error=str(exc)[:200])
+        bridge = session.bridge
+        sender = getattr(bridge, "sender", None)
+        if sender is not None:  # no REST: closing the stream plays the TwiML's <Say>
+            with contextlib.suppress(Exception):
+                await sender.close()
+
+    async def close(self) -> None:
+        for provider in list(self._warm.values()):
+            with contextlib.suppress(Exception):
+                await provider.close()
+        self._warm.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pacer.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def make_bridge_factory(config: Config) -> AudioBridgeFactory:
+    """The production factory: the provider named by ``audio.provider``."""
+    from agentic_fast.providers.factory import provider_factory
+
+    return AudioBridgeFactory(config, provider_factory(config))

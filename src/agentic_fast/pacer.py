@@ -1,0 +1,82 @@
+"""One 20 ms clock for every call's outbound audio (not a timer per call).
+
+Each tick the pacer lets every registered bridge send what it may (``pump``): bridges keep
+a small bounded lead over the caller's playout, so a barge-in has little to clear and a
+slow socket never holds more than that lead. The loop corrects drift against the event
+loop's monotonic clock and counts ticks it ran late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+from agentic_fast import metrics
+from agentic_fast.log import get_logger
+
+log = get_logger("pacer")
+
+TICK_S = 0.020
+
+
+class Pumped(Protocol):
+    """A bridge as the pacer sees it."""
+
+    @property
+    def wants_pump(self) -> bool:
+        """True while outbound frames are queued."""
+
+    async def pump(self, now: float) -> None:
+        """Send the frames due at loop time ``now``; must not block on a slow peer."""
+
+
+class SharedPacer:
+    """Ticks every ``tick_s`` while any bridge is registered; stops when none are."""
+
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        self.tick_s = tick_s
+        self._members: dict[int, Pumped] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.late_ticks = 0
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def register(self, member: Pumped) -> None:
+        self._members[id(member)] = member
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
+
+    def unregister(self, member: Pumped) -> None:
+        self._members.pop(id(member), None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = self.tick_s
+        deadline = loop.time()
+        while self._members:
+            now = loop.time()
+            for member in list(self._members.values()):
+                if member.wants_pump:
+                    try:
+                        await member.pump(now)
+                    except Exception:
+                        metrics.incr("pacer.pump.error")
+                        log.exception("pacer.pump_error")
+            deadline += tick
+            delay = deadline - loop.time()
+            if delay < 0:
+                self.late_ticks += 1
+                metrics.incr("pacer.late_ticks")
+                if delay < -tick:  # fell behind by more than a tick: resynchronise
+                    deadline = loop.time()
+                    delay = 0.0
+            await asyncio.sleep(max(delay, 0.0))

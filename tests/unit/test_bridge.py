@@ -1,0 +1,213 @@
+"""AudioBridge logic: pacing lead, marks -> heard milliseconds, barge-in, bounds.
+
+The provider here is a recorder of our own ``RealtimeProvider`` interface (the wire side of
+each provider is tested against its fake server); the pacer is driven by hand with explicit
+times, so nothing depends on the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+
+from agentic_fast.bridge import AudioBridge, BridgeSettings
+from agentic_fast.calls import CallManager
+from agentic_fast.providers.base import RealtimeProvider
+
+pytestmark = pytest.mark.asyncio
+
+
+class RecordingProvider(RealtimeProvider):
+    converter_format = "openai"
+
+    def __init__(self) -> None:
+        self.audio: list[str] = []
+        self.interrupts: list[tuple[str | None, int | None]] = []
+        self.begun: list[str | None] = []
+        self.closed = False
+        self.listener: Any = None
+        self.tool_results: list[tuple[str, str]] = []
+        self.interrupted = asyncio.Event()
+
+    async def connect(self) -> None:
+        pass
+
+    def attach(self, listener: Any) -> None:
+        self.listener = listener
+
+    def send_audio(self, chunk_b64: str) -> None:
+        self.audio.append(chunk_b64)
+
+    def begin(self, *, speak_first: str | None) -> None:
+        self.begun.append(speak_first)
+
+    def interrupt(self, item_id: str | None, audio_end_ms: int | None) -> None:
+        self.interrupts.append((item_id, audio_end_ms))
+        self.interrupted.set()
+
+    def say(self, text: str) -> None:
+        pass
+
+    def send_tool_result(self, call_id: str, output: str) -> None:
+        self.tool_results.append((call_id, output))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class RecordingSender:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, str]] = []
+        self.closed = False
+        self.buffered = 0
+
+    async def media(self, payload_b64: str) -> None:
+        self.frames.append(("media", payload_b64))
+
+    async def mark(self, name: str) -> None:
+        self.frames.append(("mark", name))
+
+    async def clear(self) -> None:
+        self.frames.append(("clear", ""))
+
+    def write_buffer_size(self) -> int:
+        return self.buffered
+
+    def media_count(self) -> int:
+        return sum(1 for kind, _ in self.frames if kind == "media")
+
+    def marks(self) -> list[str]:
+        return [name for kind, name in self.frames if kind == "mark"]
+
+
+class ManualPacer:
+    def register(self, member: Any) -> None:
+        self.member = member
+
+    def unregister(self, member: Any) -> None:
+        self.member = None
+
+
+def _delta(ms: int) -> str:
+    return base64.b64encode(bytes(48 * ms)).decode()  # PCM16 24 kHz silence
+
+
+async def _bridge(**settings: Any) -> tuple[AudioBridge, RecordingProvider, RecordingSender]:
+    manager = CallManager()
+    session = manager.create_inbound("CA" + "1" * 32, "+15551230000", "+15557654321")
+    provider, sender = RecordingProvider(), RecordingSender()
+    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
+                         settings=BridgeSettings(**settings), speak_first="hello",
+                         write_buffer=sender.write_buffer_size)
+    await bridge.start()
+    return bridge, provider, sender
+
+
+async def test_inbound_audio_goes_to_the_provider_in_handoff_chunks() -> None:
+    bridge, provider, _ = await _bridge()
+    assert provider.begun == ["hello"] and provider.listener is bridge
+    for _ in range(4):
+        bridge.on_media(base64.b64encode(b"\xff" * 160).decode(), 0)
+    assert len(provider.audio) == 2  # 80 ms -> two 40 ms chunks
+    assert {len(base64.b64decode(c)) for c in provider.audio} == {1920}
+
+
+async def test_pacing_keeps_a_bounded_lead_over_playout() -> None:
+    bridge, _, sender = await _bridge(lead_ms=120, mark_every_frames=5)
+    bridge.on_audio(_delta(1000), "item1")
+    assert bridge.wants_pump
+    await bridge.pump(100.0)
+    assert sender.media_count() == 6  # 120 ms lead
+    await bridge.pump(100.0)  # same instant: nothing more is due
+    assert sender.media_count() == 6
+    await bridge.pump(100.1)  # 100 ms later: 5 more frames
+    assert sender.media_count() == 11
+    assert sender.marks() == ["m1", "m2"]  # every 5 frames
+
+
+async def test_marks_tell_what_was_heard_and_barge_in_truncates_there() -> None:
+    bridge, provider, sender = await _bridge(lead_ms=200, mark_every_frames=5)
+    bridge.on_audio(_delta(2000), "item1")
+    await bridge.pump(10.0)  # 10 frames: marks m1 (100 ms) and m2 (200 ms)
+    bridge.on_mark("m1")  # the caller heard 100 ms
+    assert bridge.assistant_speaking
+    bridge.on_speech_started()
+    await asyncio.sleep(0)  # let the clear task run
+    assert ("clear", "") in sender.frames
+    assert provider.interrupts == [("item1", 100)]
+    assert not bridge.wants_pump  # queue dropped
+    bridge.on_mark("m2")  # echoed by the clear: not heard
+    bridge.on_audio(_delta(100), "item1")  # stray delta of the cancelled item: dropped
+    assert not bridge.wants_pump
+
+
+async def test_barge_in_before_anything_was_heard_skips_the_truncate() -> None:
+    bridge, provider, _ = await _bridge()
+    bridge.on_audio(_delta(500), "item7")
+    await bridge.pump(1.0)
+    bridge.on_speech_started()
+    assert provider.interrupts == [("item7", None)]
+
+
+async def test_speech_while_the_assistant_is_silent_is_not_a_barge_in() -> None:
+    bridge, provider, sender = await _bridge()
+    bridge.on_speech_started()
+    assert provider.interrupts == [] and sender.frames == []
+
+
+async def test_short_speech_does_not_cut_the_assistant_off() -> None:
+    bridge, provider, _ = await _bridge(barge_in_min_speech_ms=50)
+    bridge.on_audio(_delta(1000), "item1")
+    await bridge.pump(1.0)
+    bridge.on_speech_started()
+    bridge.on_speech_stopped()  # "mhm": shorter than 50 ms
+    assert provider.interrupts == []
+    bridge.on_speech_started()  # long enough this time: the confirmation timer fires
+    await asyncio.wait_for(provider.interrupted.wait(), 5)
+    assert provider.interrupts == [("item1", None)]
+
+
+async def test_response_end_flushes_a_padded_last_frame() -> None:
+    bridge, _, sender = await _bridge(lead_ms=1000)
+    bridge.on_audio(_delta(30), "item1")
+    bridge.on_audio_done("item1")
+    await bridge.pump(5.0)
+    assert sender.media_count() == 2  # 30 ms + filter tail, padded to two frames
+    assert sender.marks()  # a mark at the end of the queue
+
+
+async def test_queue_is_bounded_and_overflow_counted() -> None:
+    bridge, _, _ = await _bridge(max_queue_frames=50)
+    bridge.on_audio(_delta(2000), "item1")
+    assert len(bridge._queue) == 50
+    assert bridge.dropped_frames == 50
+
+
+async def test_slow_peer_is_skipped_not_awaited() -> None:
+    bridge, _, sender = await _bridge(max_write_buffer=1000)
+    bridge.on_audio(_delta(500), "item1")
+    sender.buffered = 5000
+    await bridge.pump(1.0)
+    assert sender.media_count() == 0
+    sender.buffered = 0
+    await bridge.pump(1.0)
+    assert sender.media_count() > 0
+
+
+async def test_transcripts_and_tool_calls_without_a_brain() -> None:
+    bridge, provider, _ = await _bridge()
+    bridge.on_transcript("user", "what time is it", True)
+    bridge.on_transcript("user", "partial", False)
+    assert [e.text for e in bridge.session.transcript] == ["what time is it"]
+    bridge.on_tool_call("call_1", "run_command", "{}")
+    assert provider.tool_results and provider.tool_results[0][0] == "call_1"
+
+
+async def test_close_closes_the_provider_once() -> None:
+    bridge, provider, _ = await _bridge()
+    await bridge.close("stream-stopped")
+    await bridge.close("again")
+    assert provider.closed
