@@ -56,3 +56,53 @@ class PeerUnavailableError(AgenticFastError):
     def __init__(self, message: str, *, peer: str) -> None:
         self.peer = peer
         super().__init__(f"{peer}: {message}")
+
+
+# --- OpenClaw gateway (protocols.md section 5) ---------------------------------------------
+
+
+class GatewayError(PeerUnavailableError):
+    """The OpenClaw gateway answered a request with an error frame.
+
+    Branch on ``code`` (``INVALID_REQUEST``, ``FORBIDDEN``, ``UNAVAILABLE``...) and
+    ``details_code`` (``AUTH_TOKEN_MISMATCH``, ``MISSING_SCOPE``...), never on the text.
+    """
+
+    def __init__(self, message: str, *, code: str, details_code: str | None = None,
+                 details: object = None, retryable: bool = False,
+                 retry_after_ms: int | None = None, method: str | None = None) -> None:
+        self.code = code
+        self.details_code = details_code
+        self.details = details
+        self.retryable = retryable
+        self.retry_after_ms = retry_after_ms
+        self.method = method
+        super().__init__(message, peer="openclaw")
+
+
+class GatewayConnectionError(PeerUnavailableError):
+    """No usable gateway connection: unreachable, dropped mid-request, or the client closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, peer="openclaw")
+
+
+class GatewayBusyError(GatewayConnectionError):
+    """A local bound was hit (pending requests, concurrent runs): shed load, do not wait."""
+
+
+class GatewayTimeoutError(PeerUnavailableError, TimeoutError):
+    """A handshake, request or run passed its deadline (``run_id`` set for runs, then aborted)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message, peer="openclaw")
+
+
+class GatewayPayloadTooLargeError(LocalProtocolError):
+    """A frame we were about to send exceeds the gateway's ``policy.maxPayload``."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message, peer="openclaw")
