@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agentic_fast import metrics
 from agentic_fast.audio import AudioConverter
@@ -49,7 +49,25 @@ class BridgeSettings:
     max_write_buffer: int = 64 * 1024
 
 
-TurnSink = Callable[[CallSession, str, str], None]
+class ConversationSink(Protocol):
+    """Where a call's conversation goes (the ConversationBrain). Every method must return
+    at once: it enqueues (bounded) and never awaits, so the audio path never waits on it."""
+
+    def on_turn(self, session: CallSession, role: str, text: str) -> None:
+        """A final transcript turn: ``role`` is ``user`` or ``assistant``."""
+
+    def on_dtmf(self, session: CallSession, digit: str) -> None:
+        """The caller pressed a key."""
+
+    def on_tool_call(self, session: CallSession, call_id: str, name: str,
+                     arguments: str) -> None:
+        """The model delegated a function tool call; answer with provider.send_tool_result."""
+
+    def on_barge_in(self, session: CallSession) -> None:
+        """The caller interrupted the assistant."""
+
+    def on_call_end(self, session: CallSession) -> None:
+        """The call is over: abort what is still running for it."""
 
 
 class AudioBridge(ProviderListener):
@@ -58,7 +76,7 @@ class AudioBridge(ProviderListener):
     def __init__(self, session: CallSession, sender: TwilioStreamSender,
                  provider: RealtimeProvider, pacer: SharedPacer, *,
                  settings: BridgeSettings | None = None, speak_first: str | None = None,
-                 turn_sink: TurnSink | None = None,
+                 conversation: ConversationSink | None = None,
                  on_provider_failed: Callable[[CallSession, str], Any] | None = None,
                  write_buffer: Callable[[], int] | None = None) -> None:
         self.session = session
@@ -69,7 +87,7 @@ class AudioBridge(ProviderListener):
         self.converter = AudioConverter(provider.converter_format,
                                         handoff_ms=self.settings.handoff_ms)
         self.speak_first = speak_first
-        self.turn_sink = turn_sink
+        self.conversation = conversation
         self.on_provider_failed = on_provider_failed
         self._write_buffer = write_buffer or (lambda: 0)
         self.log = session.log
@@ -123,14 +141,20 @@ class AudioBridge(ProviderListener):
             self._item_heard_ms[item] = item_ms
 
     def on_dtmf(self, digit: str) -> None:
-        if self.turn_sink is not None:
-            self.turn_sink(self.session, "dtmf", digit)
+        if self.conversation is not None:
+            self.conversation.on_dtmf(self.session, digit)
 
     async def close(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         self.pacer.unregister(self)
+        if self.conversation is not None:
+            try:
+                self.conversation.on_call_end(self.session)
+            except Exception:
+                metrics.incr("bridge.conversation.error")
+                self.log.exception("bridge.conversation_error")
         if self._speech_timer is not None:
             self._speech_timer.cancel()
         for task in list(self._tasks):
@@ -212,12 +236,12 @@ class AudioBridge(ProviderListener):
     def on_transcript(self, role: str, text: str, final: bool) -> None:
         if final and text:
             self.session.add_transcript(role, text)
-            if self.turn_sink is not None:
-                self.turn_sink(self.session, role, text)
+            if self.conversation is not None:
+                self.conversation.on_turn(self.session, role, text)
 
     def on_tool_call(self, call_id: str, name: str, arguments: str) -> None:
-        if self.turn_sink is not None:
-            self.turn_sink(self.session, "tool_call", f"{call_id}\x00{name}\x00{arguments}")
+        if self.conversation is not None:
+            self.conversation.on_tool_call(self.session, call_id, name, arguments)
         else:
             self.provider.send_tool_result(call_id, '{"error": "no tools are available"}')
 
@@ -304,6 +328,8 @@ class AudioBridge(ProviderListener):
         metrics.incr("bridge.barge_in")
         self._clearing = self._spawn(self._send_clear(started))
         self.provider.interrupt(item, heard)
+        if self.conversation is not None:
+            self.conversation.on_barge_in(self.session)
         self.log.info("bridge.barge_in", item_id=item, audio_end_ms=heard,
                       dropped_frames=dropped)
 

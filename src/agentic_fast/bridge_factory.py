@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentic_fast import metrics
-from agentic_fast.bridge import AudioBridge, BridgeSettings, TurnSink
+from agentic_fast.bridge import AudioBridge, BridgeSettings, ConversationSink
 from agentic_fast.calls import CallDirection, CallManager, CallSession
 from agentic_fast.config import Config
 from agentic_fast.log import get_logger
@@ -33,11 +33,12 @@ class AudioBridgeFactory:
     """``BridgeFactory`` for the media stream handler; one per server."""
 
     def __init__(self, config: Config, provider_factory: ProviderFactory, *,
-                 pacer: SharedPacer | None = None, turn_sink: TurnSink | None = None) -> None:
+                 pacer: SharedPacer | None = None,
+                 conversation: ConversationSink | None = None) -> None:
         self.config = config
         self.provider_factory = provider_factory
         self.pacer = pacer or SharedPacer()
-        self.turn_sink = turn_sink
+        self.conversation = conversation
         b = config.bridge
         self.settings = BridgeSettings(
             handoff_ms=config.audio.handoff_ms, lead_ms=b.lead_ms,
@@ -88,7 +89,7 @@ class AudioBridgeFactory:
         else:
             speak_first = self.config.openai_realtime.greeting or None
         return AudioBridge(session, sender, provider, self.pacer, settings=self.settings,
-                           speak_first=speak_first, turn_sink=self.turn_sink,
+                           speak_first=speak_first, conversation=self.conversation,
                            on_provider_failed=self.provider_failed,
                            write_buffer=sender.write_buffer_size)
 

@@ -1,0 +1,43 @@
+"""Pick and build the realtime provider named by ``audio.provider``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agentic_fast.calls import CallSession
+from agentic_fast.config import Config
+from agentic_fast.errors import ConfigError
+from agentic_fast.providers.base import RealtimeProvider
+
+
+def provider_factory(config: Config) -> Callable[[CallSession], RealtimeProvider]:
+    """A function making one provider per call; checks the provider's settings up front."""
+    name = config.audio.provider
+    timeout = config.bridge.provider_connect_timeout_s
+    if name in ("openai", "openai-pcmu"):
+        from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
+
+        if not config.openai_realtime.api_key:
+            raise ConfigError("openai_realtime.api_key is not set (audio.provider is "
+                              f"{name})", key="openai_realtime.api_key")
+        settings = config.openai_realtime
+
+        def make_openai(session: CallSession) -> RealtimeProvider:
+            return OpenAIRealtimeProvider(settings, call_id=session.call_id,
+                                          connect_timeout_s=timeout)
+
+        return make_openai
+    if name == "gemini":
+        from agentic_fast.providers.gemini_live import GeminiLiveProvider
+
+        if not config.gemini.api_key:
+            raise ConfigError("gemini.api_key is not set (audio.provider is gemini)",
+                              key="gemini.api_key")
+        gemini = config.gemini
+
+        def make_gemini(session: CallSession) -> RealtimeProvider:
+            return GeminiLiveProvider(gemini, call_id=session.call_id,
+                                      connect_timeout_s=timeout)
+
+        return make_gemini
+    raise ConfigError(f"unknown audio.provider {name!r}", key="audio.provider")
