@@ -107,6 +107,7 @@ class AudioBridge(ProviderListener):
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
         self._clearing: asyncio.Task[None] | None = None
+        self._pumping = False
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # counters for the closing log line and tests
@@ -204,7 +205,10 @@ class AudioBridge(ProviderListener):
             frames = frames[:max(room, 0)]
             if not frames:
                 return
+        was_idle = not self._queue
         self._queue.extend(frames)
+        if was_idle and not self._pumping and hasattr(self.pacer, "kick"):
+            self.pacer.kick(self)
         self._item_audio_ms[item_id] = self._item_audio_ms.get(item_id, 0) + FRAME_MS * len(frames)
         if self._runs and self._runs[-1][0] == item_id:
             self._runs[-1][1] += len(frames)
@@ -268,8 +272,15 @@ class AudioBridge(ProviderListener):
         return bool(self._queue) or any(e[0] == self._epoch for e in self._marks.values())
 
     async def pump(self, now: float) -> None:
-        if self.sender.closed:
+        if self._pumping or self.sender.closed:  # a kick and a tick may meet
             return
+        self._pumping = True
+        try:
+            await self._pump(now)
+        finally:
+            self._pumping = False
+
+    async def _pump(self, now: float) -> None:
         if self._clearing is not None:  # the clear goes out before any newer audio
             await self._clearing
             self._clearing = None

@@ -31,6 +31,12 @@ class Pumped(Protocol):
         """Send the frames due at loop time ``now``; must not block on a slow peer."""
 
 
+def _log_kick_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        metrics.incr("pacer.pump.error")
+        log.error("pacer.kick_error", error=repr(task.exception())[:200])
+
+
 class SharedPacer:
     """Ticks every ``tick_s`` while any bridge is registered; stops when none are."""
 
@@ -50,6 +56,13 @@ class SharedPacer:
 
     def unregister(self, member: Pumped) -> None:
         self._members.pop(id(member), None)
+
+    def kick(self, member: Pumped) -> None:
+        """Pump ``member`` now instead of at the next tick (audio arrived on an idle call:
+        its first frame should not wait up to a tick)."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(member.pump(loop.time()))
+        task.add_done_callback(_log_kick_error)
 
     async def close(self) -> None:
         if self._task is not None:

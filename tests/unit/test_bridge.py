@@ -84,8 +84,13 @@ class RecordingSender:
 
 
 class ManualPacer:
+    kicks = 0
+
     def register(self, member: Any) -> None:
         self.member = member
+
+    def kick(self, member: Any) -> None:
+        self.kicks += 1
 
     def unregister(self, member: Any) -> None:
         self.member = None
@@ -177,6 +182,13 @@ async def test_response_end_flushes_a_padded_last_frame() -> None:
     await bridge.pump(5.0)
     assert sender.media_count() == 2  # 30 ms + filter tail, padded to two frames
     assert sender.marks()  # a mark at the end of the queue
+
+
+async def test_audio_on_an_idle_call_is_pumped_at_once_not_at_the_next_tick() -> None:
+    bridge, _, _ = await _bridge()
+    bridge.on_audio(_delta(100), "item1")
+    bridge.on_audio(_delta(100), "item1")
+    assert bridge.pacer.kicks == 1  # only the idle -> busy edge
 
 
 async def test_queue_is_bounded_and_overflow_counted() -> None:
