@@ -793,7 +793,8 @@ class FakeOpenAIRealtime:
                                 "session": copy.deepcopy(session.config)})
             if self.max_session_s is not None:
                 loop = asyncio.get_running_loop()
-                expiry = loop.call_later(self.max_session_s, self._spawn, self._expire(session))
+                expiry = loop.call_later(self.max_session_s,
+                                         lambda: self._spawn(self._expire(session)))
             async for message in ws:
                 await session.on_message(message)
         except ConnectionClosed:
