@@ -324,6 +324,19 @@ class BrainConfig(_Section):
     pin: str = field(default="", metadata=_m(check=_optional(_pin), secret=True))
     filler_after_s: float = field(default=2.0, metadata=_m(lo=0, hi=60))  # 0: no filler
     deadline_s: float = field(default=30.0, metadata=_m(gt=0, hi=600))
+    # turns of both sides kept as context for the classifier
+    memory_turns: int = field(default=12, metadata=_m(lo=1, hi=200))
+    # transcript fragments without end punctuation are joined until this much quiet (0: none)
+    turn_gap_s: float = field(default=0.6, metadata=_m(lo=0, hi=10))
+    # the same command (normalised text) is not sent twice within this window of a call
+    dedupe_window_s: float = field(default=120.0, metadata=_m(gt=0, hi=86400))
+    # mode both: a tool call and a transcript command this close in time are one command
+    delegation_window_s: float = field(default=5.0, metadata=_m(lo=0, hi=60))
+    barge_in_aborts: bool = False  # hang-up always aborts in-flight runs; barge-in only if set
+    gateway_wait_s: float = field(default=3.0, metadata=_m(lo=0, hi=60))  # gateway not up
+    workers: int = field(default=32, metadata=_m(lo=1, hi=1024))  # brain task pool size
+    queue_size: int = field(default=1024, metadata=_m(lo=1, hi=1_000_000))  # all calls
+    call_queue_size: int = field(default=32, metadata=_m(lo=1, hi=10_000))  # per call
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
