@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from agentic_fast import metrics
 from agentic_fast.audio import AudioConverter
 from agentic_fast.calls import CallSession
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.errors import AudioFormatError, PeerUnavailableError
 from agentic_fast.media_stream import TwilioStreamSender
 from agentic_fast.pacer import SharedPacer
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
@@ -47,6 +47,12 @@ class BridgeSettings:
     barge_in_min_speech_ms: int = 0
     #: Twilio socket write buffer above which a tick skips this call (slow peer)
     max_write_buffer: int = 64 * 1024
+    #: bound on reaching the provider when the stream starts (beyond: spoken fallback)
+    connect_timeout_s: float = 10.0
+
+
+class ProviderUnreachableError(PeerUnavailableError):
+    """The provider could not be reached when the call's stream started."""
 
 
 class ConversationSink(Protocol):
@@ -119,8 +125,23 @@ class AudioBridge(ProviderListener):
     # -- MediaSink: what the media stream feeds ---------------------------------------------
 
     async def start(self) -> None:
+        """Connect the provider (bounded) and start the conversation.
+
+        If the provider cannot be reached, the caller is told (``on_provider_failed``: a
+        spoken fallback and a clean end, status ``failed``) and ``ProviderUnreachableError``
+        is raised so the stream handler ends the stream.
+        """
         self.provider.attach(self)
-        await self.provider.connect()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                await self.provider.connect()
+        except (PeerUnavailableError, TimeoutError, OSError) as exc:
+            reason = f"connect failed: {exc!r}"[:200]
+            self.log.error("bridge.provider_unreachable", error=reason)
+            metrics.incr("bridge.provider_unreachable")
+            if self.on_provider_failed is not None:
+                await self._run_failed(reason)
+            raise ProviderUnreachableError(reason, peer="provider") from exc
         self.provider.begin(speak_first=self.speak_first)
         self.pacer.register(self)
 

@@ -44,11 +44,14 @@ class AudioBridgeFactory:
             handoff_ms=config.audio.handoff_ms, lead_ms=b.lead_ms,
             mark_every_frames=b.mark_every_frames,
             max_queue_frames=int(b.max_queue_s * 50),
-            barge_in_min_speech_ms=b.barge_in_min_speech_ms)
+            barge_in_min_speech_ms=b.barge_in_min_speech_ms,
+            connect_timeout_s=b.provider_connect_timeout_s)
         self._warm: dict[str, RealtimeProvider] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.manager: CallManager | None = None
         self.rest: TwilioRestClient | None = None
+        #: objects started with the app and closed with it (gateway client, brain)
+        self.owned: list[Any] = []
 
     def bind_server(self, manager: CallManager, rest: TwilioRestClient | None) -> None:
         """Called by ``create_app``: what the factory needs to end a call gracefully."""
@@ -110,7 +113,17 @@ class AudioBridgeFactory:
             with contextlib.suppress(Exception):
                 await sender.close()
 
+    async def start(self) -> None:
+        """App startup: start what the factory owns (the brain, the gateway link)."""
+        for part in self.owned:
+            start = getattr(part, "start", None)
+            if start is not None:
+                await start()
+
     async def close(self) -> None:
+        for part in reversed(self.owned):
+            with contextlib.suppress(Exception):
+                await part.close()
         for provider in list(self._warm.values()):
             with contextlib.suppress(Exception):
                 await provider.close()
@@ -126,7 +139,17 @@ class AudioBridgeFactory:
 
 
 def make_bridge_factory(config: Config) -> AudioBridgeFactory:
-    """The production factory: the provider named by ``audio.provider``."""
+    """The production factory: the provider named by ``audio.provider``, and the
+    ConversationBrain with the process's one OpenClaw gateway connection."""
+    from agentic_fast.brain import ConversationBrain
+    from agentic_fast.gateway import GatewayClient
     from agentic_fast.providers.factory import provider_factory
 
-    return AudioBridgeFactory(config, provider_factory(config))
+    gateway = GatewayClient.from_config(config.gateway)
+    brain = ConversationBrain.from_config(config, gateway)
+    factory = AudioBridgeFactory(
+        config, provider_factory(config, tools=brain.tools(),
+                                 gemini_tools=brain.function_declarations()),
+        conversation=brain)
+    factory.owned = [gateway, brain]
+    return factory

@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from agentic_fast import metrics
 from agentic_fast.calls import CallManager, CallSession
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.errors import AudioFormatError, PeerUnavailableError
 from agentic_fast.log import BoundLogger, get_logger
 from agentic_fast.telephony.media import (
     Dtmf,
@@ -160,7 +160,8 @@ class MediaStreamHandler:
 
     def __init__(self, *, manager: CallManager, tokens: StreamTokenSigner,
                  bridge_factory: BridgeFactory, limiter: ConnectionLimiter,
-                 start_timeout_s: float, max_message_bytes: int, heartbeat_s: float) -> None:
+                 start_timeout_s: float, max_message_bytes: int, heartbeat_s: float,
+                 record_dtmf: bool = True) -> None:
         self.manager = manager
         self.tokens = tokens
         self.bridge_factory = bridge_factory
@@ -168,6 +169,7 @@ class MediaStreamHandler:
         self.start_timeout_s = start_timeout_s
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
+        self.record_dtmf = record_dtmf
         self._sockets: set[web.WebSocketResponse] = set()
 
     @property
@@ -222,7 +224,13 @@ class MediaStreamHandler:
         session.bridge = bridge
         reason = "socket-closed"
         try:
-            await bridge.start()
+            try:
+                await bridge.start()
+            except PeerUnavailableError as exc:
+                # the bridge already told the caller and failed the call; end the stream
+                reason = "provider-unavailable"
+                clog.warning("media.bridge_start_failed", error=str(exc)[:200])
+                return
             clog.info("media.started", remote=address)
             reason = await self._read_loop(ws, state, session, bridge, clog)
         finally:
@@ -309,7 +317,8 @@ class MediaStreamHandler:
                     elif type(event) is Mark:
                         bridge.on_mark(event.name)
                     elif type(event) is Dtmf:
-                        session.add_dtmf(event.digit)
+                        if self.record_dtmf:
+                            session.add_dtmf(event.digit)
                         bridge.on_dtmf(event.digit)
                     elif type(event) is Stop:
                         return "stream-stopped"

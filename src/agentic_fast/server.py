@@ -354,8 +354,15 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     if manager is None:
         manager = CallManager(max_concurrent_calls=config.calls.max_concurrent_calls)
     discard = getattr(bridge_factory, "discard", None)
-    if discard is not None and manager.on_end is None:
-        manager.on_end = discard  # a pre-warmed provider whose call ended is closed
+    conversation = getattr(bridge_factory, "conversation", None)
+    if manager.on_end is None and (discard is not None or conversation is not None):
+        def on_end(session: CallSession) -> None:
+            if discard is not None:  # a pre-warmed provider whose call ended is closed
+                discard(session)
+            if conversation is not None:  # runs of a call that never got a bridge
+                conversation.on_call_end(session)
+
+        manager.on_end = on_end
     owns_rest = False
     if rest_client is None and config.twilio.account_sid and config.twilio.auth_token:
         rest_client = TwilioRestClient(config.twilio.account_sid, config.twilio.auth_token,
@@ -367,6 +374,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         limiter=ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip),
         start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
         heartbeat_s=server.ws_heartbeat_s,
+        record_dtmf=not config.brain.pin,  # a PIN must not end up in /calls or the logs
     )
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
@@ -393,7 +401,11 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
 
 
 async def _on_startup(app: web.Application) -> None:
-    app[SERVICES].manager.start()
+    svc = app[SERVICES]
+    svc.manager.start()
+    start_factory = getattr(svc.bridge_factory, "start", None)
+    if start_factory is not None:
+        await start_factory()
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -31,14 +31,14 @@ PUBLIC_URL = "https://agent.example.test"
 FROM_NUMBER = "+15550001111"
 
 
-def make_config(rest: FakeTwilioRest | None, **server: Any) -> Config:
+def make_config(rest: FakeTwilioRest | None, extra: str = "", **server: Any) -> Config:
     lines = ["server:", f"  public_url: {PUBLIC_URL}"]
     lines += [f"  {k}: {v}" for k, v in server.items()]
     if rest is not None:
         lines += ["twilio:", f"  account_sid: {rest.account_sid}",
                   f"  auth_token: {rest.auth_token}", f"  from_number: '{FROM_NUMBER}'",
                   f"  api_base: {rest.base_url}", "  request_timeout_s: 5"]
-    return Config.from_text("\n".join(lines) + "\n", source="test-config", env={})
+    return Config.from_text("\n".join(lines) + "\n" + extra, source="test-config", env={})
 
 
 @dataclass
@@ -89,11 +89,12 @@ class Harness:
     """Server + fake REST + webhook sender; ``bridges`` holds one RecordingBridge per call."""
 
     def __init__(self, config: Config, rest: FakeTwilioRest | None,
-                 manager: CallManager | None = None) -> None:
+                 manager: CallManager | None = None, bridge_factory: Any = None) -> None:
         self.config = config
         self.rest = rest
         self.bridges: dict[str, RecordingBridge] = {}
-        self.app = create_app(config, bridge_factory=self._bridge, manager=manager)
+        self.app = create_app(config, bridge_factory=bridge_factory or self._bridge,
+                              manager=manager)
         self.server = TestServer(self.app, host="127.0.0.1")
         self.http: aiohttp.ClientSession | None = None
         self.clients: list[FakeTwilioMediaClient] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from agentic_fast.calls import CallSession
 from agentic_fast.config import Config
@@ -10,8 +11,13 @@ from agentic_fast.errors import ConfigError
 from agentic_fast.providers.base import RealtimeProvider
 
 
-def provider_factory(config: Config) -> Callable[[CallSession], RealtimeProvider]:
-    """A function making one provider per call; checks the provider's settings up front."""
+def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = None,
+                     gemini_tools: list[dict[str, Any]] | None = None,
+                     ) -> Callable[[CallSession], RealtimeProvider]:
+    """A function making one provider per call; checks the provider's settings up front.
+
+    ``tools`` are OpenAI Realtime function tools, ``gemini_tools`` the same tools as Gemini
+    ``functionDeclarations`` (the brain's ``run_command``)."""
     name = config.audio.provider
     timeout = config.bridge.provider_connect_timeout_s
     if name in ("openai", "openai-pcmu"):
@@ -21,10 +27,13 @@ def provider_factory(config: Config) -> Callable[[CallSession], RealtimeProvider
             raise ConfigError("openai_realtime.api_key is not set (audio.provider is "
                               f"{name})", key="openai_realtime.api_key")
         settings = config.openai_realtime
+        # a minimum barge-in speech duration needs us (not the server's VAD) to cancel
+        server_cancels = config.bridge.barge_in_min_speech_ms == 0
 
         def make_openai(session: CallSession) -> RealtimeProvider:
             return OpenAIRealtimeProvider(settings, call_id=session.call_id,
-                                          connect_timeout_s=timeout)
+                                          connect_timeout_s=timeout, tools=tools or None,
+                                          interrupt_response=server_cancels)
 
         return make_openai
     if name == "gemini":
@@ -37,7 +46,8 @@ def provider_factory(config: Config) -> Callable[[CallSession], RealtimeProvider
 
         def make_gemini(session: CallSession) -> RealtimeProvider:
             return GeminiLiveProvider(gemini, call_id=session.call_id,
-                                      connect_timeout_s=timeout)
+                                      connect_timeout_s=timeout,
+                                      tools=gemini_tools or None)
 
         return make_gemini
     raise ConfigError(f"unknown audio.provider {name!r}", key="audio.provider")

@@ -126,6 +126,9 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self.audio_format: oe.AudioFormat = fmt
         self.log = get_logger("providers.openai").bind(call_id=call_id)
         self._connect_timeout_s = connect_timeout_s
+        # with server VAD's interrupt_response the server cancels the response itself on
+        # speech_started; a second response.cancel from us would only earn an error
+        self._server_cancels = interrupt_response
         self._backoff = backoff or Backoff()
         self._max_session_s = max_session_s
         self._grace_s = carry_over_grace_s
@@ -255,7 +258,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             return
         conn.pending = False  # the caller's new turn gets a response of its own
         state = conn.state
-        if state.active_response_id is not None:
+        if state.active_response_id is not None and not self._server_cancels:
             self._write(conn, oe.response_cancel(state.active_response_id,
                                               event_id=self._event_id("cx")))
             metrics.incr("openai.interrupt.cancel")

@@ -1,0 +1,158 @@
+"""A whole call: fake Twilio caller -> server -> AudioBridge -> OpenAI provider -> fake
+OpenAI Realtime, and back. Nothing of ours is replaced: the fakes speak the wire protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from agentic_fast.audio import AudioConverter
+from agentic_fast.bridge_factory import AudioBridgeFactory
+from agentic_fast.providers.factory import provider_factory
+from tests.fakes.audio import load_speech_ulaw
+from tests.fakes.openai_realtime import FakeOpenAIRealtime, tone
+from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.integration.harness import Harness, make_config
+
+
+def _openai_config(rest: FakeTwilioRest, url: str, key: str, **bridge: object) -> str:
+    lines = ["openai_realtime:", f"  url: {url}", f"  api_key: {key}",
+             "audio:", "  provider: openai", "bridge:", "  lead_ms: 120",
+             "  mark_every_frames: 5"]
+    lines += [f"  {k}: {v}" for k, v in bridge.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[FakeTwilioRest]:
+    async with FakeTwilioRest() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
+    async with FakeOpenAIRealtime() as fake:
+        yield fake
+
+
+async def _harness(rest: FakeTwilioRest, url: str, key: str, **bridge: object) -> Harness:
+    config = make_config(rest, extra=_openai_config(rest, url, key, **bridge))
+    factory = AudioBridgeFactory(config, provider_factory(config))
+    harness = Harness(config, rest, bridge_factory=factory)
+    return await harness.__aenter__()
+
+
+@pytest.fixture
+async def harness(rest: FakeTwilioRest, openai: FakeOpenAIRealtime) -> AsyncIterator[Harness]:
+    h = await _harness(rest, openai.url.split("?")[0], openai.api_key)
+    try:
+        yield h
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+def _payloads(ulaw: bytes) -> list[str]:
+    return [base64.b64encode(ulaw[i:i + 160]).decode() for i in range(0, len(ulaw), 160)]
+
+
+async def _call(harness: Harness, openai: FakeOpenAIRealtime, **client_kwargs):
+    call_sid, params, _ = await harness.incoming_call()
+    session = await openai.wait_session(0)  # pre-warmed while answering the webhook
+    await session.wait_received("session.update")
+    client = harness.media_client(call_sid, params, **client_kwargs)
+    await client.connect()
+    return client, session, harness.services.manager.get(params["callId"])
+
+
+async def test_caller_audio_reaches_openai_as_pcm16_24k_and_the_reply_comes_back_paced(
+        harness: Harness, openai: FakeOpenAIRealtime) -> None:
+    client, s, call = await _call(harness, openai, continuous=False, time_scale=4.0)
+    speech = load_speech_ulaw()[:160 * 100]  # 2 s
+    await asyncio.wait_for(client.say(speech), 10)
+    expected = AudioConverter("openai")
+    want = b"".join(base64.b64decode(c) for p in _payloads(speech)
+                    for c in expected.feed_twilio_b64(p))
+    await s.wait_until(lambda: s.audio_bytes.get("audio/pcm", 0) >= len(want))
+    assert bytes(s.audio_in["audio/pcm"]) == want  # the samples, not just the byte count
+    assert not s.rejected
+
+    reply = tone("audio/pcm", 1000, 600.0)
+    s.script_response(audio=reply, chunk_ms=200, pace=0)  # faster than real time
+    await s.user_turn("what is the weather like")
+    out = AudioConverter("openai")
+    frames = out.feed_provider(reply) + out.flush_provider()
+    await client.wait_for_audio(160 * len(frames), timeout=10)
+    got = client.media
+    assert [base64.b64decode(f) for f in frames] == [m.audio for m in got[:len(frames)]]
+    assert {len(m.audio) for m in got} == {160}
+    # paced: 1 s of audio arrives over at least ~1 s minus the lead, not in one burst
+    span = got[len(frames) - 1].at - got[0].at
+    assert span >= 0.7
+    assert [e.text for e in call.transcript if e.role == "user"] == ["what is the weather like"]
+    client.assert_no_violations()
+
+
+async def test_barge_in_clears_the_caller_and_truncates_at_what_was_heard(
+        harness: Harness, openai: FakeOpenAIRealtime) -> None:
+    client, s, _ = await _call(harness, openai)
+    s.script_response(audio_ms=3000, chunk_ms=100, pace=0, hold_after_chunks=15)
+    await s.user_turn("tell me a long story")
+    await client.wait_for(lambda: len([e for e in client.echoes if not e.flushed]) >= 4)
+    heard_ms = 100 * len([e for e in client.echoes if not e.flushed])
+    await s.speech_started()  # the caller talks over the assistant
+    await client.wait_for(lambda: client.clears)
+    await s.wait_until(lambda: s.truncates, timeout=5)
+    truncate = s.truncates[0]
+    cleared_at = client.clears[0]
+    played = 100 * len([e for e in client.echoes if not e.flushed and e.at <= cleared_at])
+    # what marks had confirmed at the server: at most one mark behind the caller's playout
+    assert heard_ms - 100 <= truncate["audio_end_ms"] <= played
+    assert not s.rejected  # a truncate the real server accepts
+    late = [m for m in client.media if m.at > cleared_at]
+    assert not late  # nothing of the interrupted answer after the clear
+    s.release()
+    s.script_response(audio_ms=200, pace=0)
+    await s.user_turn("actually, never mind")
+    n = len(client.media)
+    await client.wait_for(lambda: len(client.media) >= n + 10)  # the session is not wedged
+    client.assert_no_violations()
+
+
+async def test_provider_drop_mid_call_reconnects_and_the_call_stays_up(
+        harness: Harness, openai: FakeOpenAIRealtime) -> None:
+    client, s, call = await _call(harness, openai)
+    await s.wait_until(lambda: s.audio_bytes.get("audio/pcm", 0) > 0)
+    await s.abort()
+    s2 = await openai.wait_session(1, timeout=10)
+    await s2.wait_until(lambda: s2.audio_bytes.get("audio/pcm", 0) > 9600, timeout=10)
+    assert not client.closed.is_set() and not call.ended
+    s2.script_response(audio_ms=400, pace=0)
+    await s2.user_turn("are you still there")
+    await client.wait_for_audio(160 * 15, timeout=10)
+
+
+async def test_unreachable_provider_gives_a_spoken_fallback_and_a_clean_end(
+        rest: FakeTwilioRest) -> None:
+    h = await _harness(rest, "ws://127.0.0.1:9/v1/realtime", "sk-none",
+                       provider_connect_timeout_s=1, prewarm="false")
+    try:
+        call_sid, params, _ = await h.incoming_call()
+        client = h.media_client(call_sid, params)
+        await client.connect()
+        await client.wait_closed()
+        call = h.services.manager.get(params["callId"])
+        assert call.status.value == "failed" and call.reason.startswith("provider-unavailable")
+        update = rest.requests[-1]
+        assert update.get("Twiml") and "<Say>" in update.get("Twiml")
+        assert "<Hangup" in update.get("Twiml")
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+def test_tone_helper_is_pcm16() -> None:
+    assert len(tone("audio/pcm", 100)) == 4800
+    assert np.frombuffer(tone("audio/pcm", 10), "<i2").any()
