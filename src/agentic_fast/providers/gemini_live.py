@@ -70,7 +70,7 @@ from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_s
 __all__ = ["GeminiLiveProvider"]
 
 _audio = ge.realtime_audio  # HOT: one call per caller audio chunk
-_B64_CHARS_PER_MS = ge.INPUT_RATE * 2 // 1000 * 4 // 3  # PCM16 16 kHz as base64 text
+_B64_CHARS_PER_MS = ge.INPUT_RATE * 2 / 1000 * 4 / 3  # PCM16 16 kHz as base64 text
 
 # A buffered control item: ("text", text, "") or ("tool", call_id, output).
 _Item = tuple[str, str, str]
@@ -131,8 +131,9 @@ class GeminiLiveProvider(RealtimeProvider):
         self._failed = False
         self._resume = Resumption()
         # buffers while no connection carries the call, and audio to replay after a switch
-        self._backlog = ChunkBacklog(max_buffered_audio_ms * _B64_CHARS_PER_MS)
-        self._replay = ChunkBacklog(max_replay_ms * _B64_CHARS_PER_MS) if max_replay_ms else None
+        self._backlog = ChunkBacklog(int(max_buffered_audio_ms * _B64_CHARS_PER_MS))
+        self._replay = (ChunkBacklog(int(max_replay_ms * _B64_CHARS_PER_MS)) if max_replay_ms
+                        else None)
         self._items: deque[_Item] = deque()
         self._max_items = max_pending_items
         self._turns = TurnTracker(self._listener, self._resume, recent_lines=recent_lines)
