@@ -1,0 +1,88 @@
+"""A whole call with Gemini Live: fake Twilio caller -> server -> AudioBridge -> Gemini
+provider -> fake Gemini Live (16 kHz in, 24 kHz out), and back; barge-in and goAway."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agentic_fast.audio import AudioConverter
+from agentic_fast.bridge_factory import AudioBridgeFactory
+from agentic_fast.providers.factory import provider_factory
+from tests.fakes.audio import load_speech_ulaw
+from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
+from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.integration.harness import Harness, make_config
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[Harness, FakeGeminiLive]]:
+    async with FakeTwilioRest() as rest, FakeGeminiLive(respond_on_stream_end=False) as gemini:
+        extra = (f"gemini:\n  url: {gemini.url}\n  api_key: {gemini.api_key}\n"
+                 "audio:\n  provider: gemini\n")
+        config = make_config(rest, extra=extra)
+        harness = await Harness(config, rest, bridge_factory=AudioBridgeFactory(
+            config, provider_factory(config))).__aenter__()
+        try:
+            yield harness, gemini
+        finally:
+            await harness.__aexit__(None, None, None)
+
+
+async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
+    call_sid, params, _ = await harness.incoming_call()
+    await gemini.wait_for(lambda: gemini.connections and gemini.current.setup)  # pre-warmed
+    client = harness.media_client(call_sid, params, **kwargs)
+    await client.connect()
+    return client
+
+
+async def test_audio_both_ways_in_gemini_formats(stack) -> None:
+    harness, gemini = stack
+    client = await _call(harness, gemini, continuous=False, time_scale=4.0)
+    speech = load_speech_ulaw()[:160 * 50]
+    await client.say(speech)
+    conv = AudioConverter("gemini")
+    want = b"".join(base64.b64decode(c) for i in range(0, len(speech), 160)
+                    for c in conv.feed_twilio_b64(base64.b64encode(speech[i:i + 160]).decode()))
+    await gemini.wait_for(lambda: len(gemini.audio_received) >= len(want))
+    assert gemini.audio_received[:len(want)] == want  # 16 kHz PCM16 samples, exactly
+
+    reply = tone(600)
+    await gemini.play_turn(ModelTurn(audio=reply, chunk_ms=100))
+    out = AudioConverter("gemini")
+    frames = [base64.b64decode(f) for f in out.feed_provider(reply) + out.flush_provider()]
+    await client.wait_for_audio(160 * len(frames), timeout=10)
+    assert [m.audio for m in client.media[:len(frames)]] == frames
+    assert not gemini.violations
+    client.assert_no_violations()
+
+
+async def test_interrupted_turn_clears_the_caller(stack) -> None:
+    harness, gemini = stack
+    client = await _call(harness, gemini)
+    # the model streams 3 s faster than real time, then the server hears the caller
+    await gemini.play_turn(ModelTurn(audio_ms=3000, chunk_ms=100, interrupt_after_chunks=10))
+    await client.wait_for(lambda: client.clears, timeout=10)
+    cleared_at = client.clears[0]
+    assert sum(len(m.audio) for m in client.media) < 8 * 1000  # the rest never reached it
+    assert not [m for m in client.media if m.at > cleared_at]
+    client.assert_no_violations()
+
+
+async def test_go_away_is_invisible_to_the_caller(stack) -> None:
+    harness, gemini = stack
+    client = await _call(harness, gemini)
+    await gemini.wait_for(lambda: len(gemini.audio_received) > 3200)
+    await gemini.send_resumption_update()
+    await gemini.go_away(time_left_s=1.0)
+    await gemini.wait_for(lambda: gemini.connection_count >= 2 and gemini.current.setup,
+                          timeout=10)
+    assert gemini.handles_used  # resumed, not a fresh session
+    n = len(gemini.current.audio)
+    await gemini.wait_for(lambda: len(gemini.current.audio) > n + 3200, timeout=10)
+    assert not client.closed.is_set()
+    call = harness.services.manager.get(client.custom_parameters["callId"])
+    assert not call.ended
