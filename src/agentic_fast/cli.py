@@ -135,6 +135,31 @@ def _run_call(args: argparse.Namespace, env: Env) -> int:
     return 0 if ok else 1
 
 
+# -- bench ---------------------------------------------------------------------------------------
+
+def _add_bench(sub: Any) -> None:
+    sub.add_parser(
+        "bench", add_help=False,
+        help="load test: simulated Twilio calls against a local server (bench --help)",
+        description="Runs bench.loadgen from the source checkout; every argument after "
+                    "'bench' is its own.")
+
+
+def _run_bench(args: argparse.Namespace, env: Env) -> int:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]  # src/agentic_fast/cli.py -> checkout
+    if not (root / "bench" / "loadgen.py").is_file():
+        print("error: agentic-fast bench needs the source checkout (bench/loadgen.py)",
+              file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench.loadgen import main as loadgen_main  # lazy: the bench is not installed
+
+    return int(loadgen_main(args.passthrough) or 0)
+
+
 # -- registry and entry point --------------------------------------------------------------------
 
 Command = tuple[Callable[[Any], None], Callable[[argparse.Namespace, Env], int]]
@@ -144,8 +169,9 @@ _COMMANDS: dict[str, Command] = {
     "demo": (_add_demo, _run_demo),
     "serve": (_add_serve, _run_serve),
     "call": (_add_call, _run_call),
+    "bench": (_add_bench, _run_bench),
 }
-_PASSTHROUGH = frozenset({"demo"})  # commands that take their arguments verbatim
+_PASSTHROUGH = frozenset({"demo", "bench"})  # commands that take their arguments verbatim
 
 
 def build_parser() -> argparse.ArgumentParser:
