@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from agentic_fast.audio import AudioConverter
@@ -166,7 +165,3 @@ def stream_parameters(twiml: str) -> dict[str, str]:
 async def start_harness(rest: FakeTwilioRest | None, *, manager: CallManager | None = None,
                         **server: Any) -> Harness:
     return await Harness(make_config(rest, **server), rest, manager).__aenter__()
-
-
-def app_of(harness: Harness) -> web.Application:
-    return harness.app

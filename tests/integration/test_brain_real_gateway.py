@@ -13,7 +13,6 @@ Select with ``pytest -m openclaw``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,9 +28,7 @@ from agentic_fast.gateway import Backoff, GatewayClient, load_or_create_identity
 from tests.fakes.fake_chat_model import FakeChatModel
 from tests.fakes.openclaw_real import (
     OpenClawInstall,
-    OpenClawUnavailable,
     RealGateway,
-    ensure_installed,
 )
 from tests.integration.test_brain import RecordingProvider
 
@@ -45,16 +42,6 @@ SPOKEN = "Done! I texted Sam: running late, there in 20. Details: messages.examp
 COMMAND = "Text Sam that I'm running late and will be there in 20 minutes."
 READY_TIMEOUT_S = 180.0
 TURN_DEADLINE_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def openclaw() -> OpenClawInstall:
-    if os.environ.get("AGENTIC_FAST_SKIP_OPENCLAW") == "1":
-        pytest.skip("AGENTIC_FAST_SKIP_OPENCLAW=1")
-    try:
-        return ensure_installed()
-    except OpenClawUnavailable as exc:
-        pytest.skip(f"real OpenClaw gateway unavailable: {exc}")
 
 
 def classify(body: dict[str, Any]) -> str:

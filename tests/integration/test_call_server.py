@@ -367,3 +367,23 @@ async def test_drain_refuses_new_calls_but_keeps_active_ones(harness: Harness) -
     assert not drained.done()
     await client.hangup()
     assert await asyncio.wait_for(drained, 5) is True
+
+
+async def test_json_body_webhook_is_checked_by_its_body_hash(
+        harness: Harness, rest: FakeTwilioRest) -> None:
+    from tests.fakes.twilio_webhooks import SIGNATURE_HEADER, sign_json_body
+
+    resp = await harness.http.post(f"{harness.base_url}/calls", json={"to": "+15557654321"})
+    sid = (await resp.json())["call_sid"]
+    body = orjson.dumps({"CallSid": sid, "CallStatus": "ringing", "SequenceNumber": "1"})
+    signed_url, signature = sign_json_body(rest.auth_token, f"{PUBLIC_URL}/twilio/status", body)
+    path_qs = signed_url[len(PUBLIC_URL):]
+    headers = {SIGNATURE_HEADER: signature, "Content-Type": "application/json"}
+    ok = await harness.http.post(harness.base_url + path_qs, data=body, headers=headers)
+    assert ok.status == 204
+    session = harness.services.manager.get_by_sid(sid)
+    assert session.status.value == "ringing"
+    tampered = body.replace(b"ringing", b"completed")
+    bad = await harness.http.post(harness.base_url + path_qs, data=tampered, headers=headers)
+    assert bad.status == 403
+    assert session.status.value == "ringing"

@@ -13,7 +13,6 @@ Select with ``pytest -m openclaw``. Timings are printed and recorded as properti
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -29,9 +28,7 @@ from agentic_fast.gateway import (
 from tests.fakes.fake_chat_model import FakeChatModel
 from tests.fakes.openclaw_real import (
     OpenClawInstall,
-    OpenClawUnavailable,
     RealGateway,
-    ensure_installed,
 )
 
 pytestmark = pytest.mark.openclaw
@@ -40,16 +37,6 @@ TOKEN = "agentic-fast-test-token"
 REPLY = "Done: the porch lights are on and the door is locked."
 READY_TIMEOUT_S = 180.0
 TURN_DEADLINE_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def openclaw() -> OpenClawInstall:
-    if os.environ.get("AGENTIC_FAST_SKIP_OPENCLAW") == "1":
-        pytest.skip("AGENTIC_FAST_SKIP_OPENCLAW=1")
-    try:
-        return ensure_installed()
-    except OpenClawUnavailable as exc:
-        pytest.skip(f"real OpenClaw gateway unavailable: {exc}")
 
 
 async def test_real_gateway_answers_a_command_and_aborts(
