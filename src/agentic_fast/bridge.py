@@ -112,8 +112,6 @@ class AudioBridge(ProviderListener):
         self._current_item: str | None = None
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
-        self._clearing: asyncio.Task[None] | None = None
-        self._pumping = False
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # counters for the closing log line and tests
@@ -228,7 +226,7 @@ class AudioBridge(ProviderListener):
                 return
         was_idle = not self._queue
         self._queue.extend(frames)
-        if was_idle and not self._pumping and hasattr(self.pacer, "kick"):
+        if was_idle and hasattr(self.pacer, "kick"):
             self.pacer.kick(self)
         self._item_audio_ms[item_id] = self._item_audio_ms.get(item_id, 0) + FRAME_MS * len(frames)
         if self._runs and self._runs[-1][0] == item_id:
@@ -292,19 +290,12 @@ class AudioBridge(ProviderListener):
         """Audio is queued here or sent and not yet confirmed played."""
         return bool(self._queue) or any(e[0] == self._epoch for e in self._marks.values())
 
-    async def pump(self, now: float) -> None:
-        if self._pumping or self.sender.closed:  # a kick and a tick may meet
+    def pump(self, now: float) -> None:
+        """Send what is due at loop time ``now``: frames up to the lead and their marks, in
+        one write (synchronous: the pacer ticks every bridge without a coroutine each)."""
+        sender = self.sender
+        if sender.closed:
             return
-        self._pumping = True
-        try:
-            await self._pump(now)
-        finally:
-            self._pumping = False
-
-    async def _pump(self, now: float) -> None:
-        if self._clearing is not None:  # the clear goes out before any newer audio
-            await self._clearing
-            self._clearing = None
         if self._write_buffer() > self.settings.max_write_buffer:
             metrics.incr("bridge.slow_peer_ticks")
             return
@@ -312,24 +303,30 @@ class AudioBridge(ProviderListener):
         if self._sent_ms <= played_ms:  # playout idle: a new stretch starts now
             self._t0, self._sent_ms, played_ms = now, 0, 0.0
         budget = int((self.settings.lead_ms - (self._sent_ms - played_ms) + 1e-6) // FRAME_MS)
-        queue, runs, sender = self._queue, self._runs, self.sender
+        queue, runs = self._queue, self._runs
+        count = min(budget, len(queue))
+        if count <= 0:
+            return
         every = self.settings.mark_every_frames
-        for _ in range(min(budget, len(queue))):
+        item_sent = self._item_sent_ms
+        batch: list[tuple[str, str]] = []
+        for _ in range(count):
             run = runs[0]
             item = run[0]
-            await sender.media(queue.popleft())
+            batch.append(("media", queue.popleft()))
             run[1] -= 1
             if run[1] == 0:
                 runs.popleft()
-            self._sent_ms += FRAME_MS
-            self.frames_out += 1
-            item_ms = self._item_sent_ms.get(item, 0) + FRAME_MS
-            self._item_sent_ms[item] = item_ms
+            item_ms = item_sent.get(item, 0) + FRAME_MS
+            item_sent[item] = item_ms
             self._since_mark += 1
             if self._since_mark >= every or not queue:
-                await self._mark(item, item_ms)
+                batch.append(("mark", self._new_mark(item, item_ms)))
+        self._sent_ms += FRAME_MS * count
+        self.frames_out += count
+        sender.send(batch)
 
-    async def _mark(self, item: str, item_ms: int) -> None:
+    def _new_mark(self, item: str, item_ms: int) -> str:
         self._since_mark = 0
         self._mark_seq += 1
         name = f"m{self._mark_seq}"
@@ -337,7 +334,7 @@ class AudioBridge(ProviderListener):
         if len(self._marks) > 512:  # Twilio never echoed: do not grow
             self._marks.pop(next(iter(self._marks)))
             metrics.incr("bridge.marks.evicted")
-        await self.sender.mark(name)
+        return name
 
     # -- barge-in -------------------------------------------------------------------------------
 
@@ -358,16 +355,13 @@ class AudioBridge(ProviderListener):
             heard = played if played > 0 else None
         self.barge_ins += 1
         metrics.incr("bridge.barge_in")
-        self._clearing = self._spawn(self._send_clear(started))
+        self.sender.clear()  # before any newer audio: sends are synchronous and in order
+        self.barge_in_latencies_ms.append((time.perf_counter() - started) * 1000.0)
         self.provider.interrupt(item, heard)
         if self.conversation is not None:
             self.conversation.on_barge_in(self.session)
         self.log.info("bridge.barge_in", item_id=item, audio_end_ms=heard,
                       dropped_frames=dropped)
-
-    async def _send_clear(self, started: float) -> None:
-        await self.sender.clear()
-        self.barge_in_latencies_ms.append((time.perf_counter() - started) * 1000.0)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -1,12 +1,13 @@
 """The Twilio Media Streams WebSocket: admission, authentication, and the read loop.
 
-One :class:`MediaStreamHandler` serves every ``GET /twilio/media-stream``. Per socket:
+One :class:`MediaStreamHandler` serves every ``GET /twilio/media-stream`` upgrade (handed
+over by ``listener``; the socket itself is ``media_socket.MediaSocket``). Per socket:
 
-1. admission: total and per-address caps, checked before the upgrade;
+1. admission: total and per-address caps, checked before the 101 (refused: 503);
 2. ``connected`` + ``start`` must arrive within ``start_timeout_s``; ``start`` must carry a
    valid, unused stream token for a known call, bound to that call's CallSid — otherwise the
    socket is closed with 1008 (policy violation) before any audio is touched;
-3. the read loop hands each message to the call's :class:`MediaSink` (the bridge);
+3. each message is handed, as it is parsed, to the call's :class:`MediaSink` (the bridge);
    malformed frames, unknown events and bad audio are counted and logged, never fatal;
 4. ``stop`` or a closed socket ends the call and tears the bridge down.
 """
@@ -19,12 +20,20 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
 from agentic_fast import metrics
 from agentic_fast.calls import CallManager, CallSession
 from agentic_fast.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.http_upgrade import UpgradeRequest, http_error, switching_protocols
 from agentic_fast.log import BoundLogger, get_logger
+from agentic_fast.media_socket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_OK,
+    CLOSE_POLICY_VIOLATION,
+    MediaSocket,
+    text_frame,
+)
 from agentic_fast.telephony.media import (
     Dtmf,
     Mark,
@@ -36,6 +45,7 @@ from agentic_fast.telephony.media import (
     TwilioStreamState,
 )
 from agentic_fast.telephony.stream_token import StreamTokenError, StreamTokenSigner
+from agentic_fast.wsframe import OP_CLOSE, OP_TEXT
 
 log = get_logger("media_stream")
 
@@ -47,39 +57,46 @@ _LOG_FIRST, _LOG_EVERY = 5, 500
 
 
 class TwilioStreamSender:
-    """Writes our frames to one Media Stream (text frames only, streamSid fixed)."""
+    """Writes our frames to one Media Stream (text frames only, streamSid fixed).
 
-    __slots__ = ("_build", "_transport", "_ws", "stream_sid")
+    Synchronous: a frame goes straight to the socket's transport; ``send`` puts a tick's
+    frames and marks in one write."""
 
-    def __init__(self, ws: web.WebSocketResponse, stream_sid: str,
-                 transport: asyncio.BaseTransport | None = None) -> None:
-        self._ws = ws
-        self._transport = transport
+    __slots__ = ("_build", "_socket", "stream_sid")
+
+    def __init__(self, socket: MediaSocket, stream_sid: str) -> None:
+        self._socket = socket
         self._build = TwilioOutbound(stream_sid)
         self.stream_sid = stream_sid
 
     def write_buffer_size(self) -> int:
         """Bytes queued in the socket, not yet taken by the peer (a slow peer grows it)."""
-        transport = self._transport
-        if transport is None or not hasattr(transport, "get_write_buffer_size"):
-            return 0
-        return int(transport.get_write_buffer_size())
+        return self._socket.write_buffer_size()
 
     @property
     def closed(self) -> bool:
-        return self._ws.closed
+        return self._socket.closed
 
-    async def media(self, payload_b64: str) -> None:
-        await self._ws.send_str(self._build.media(payload_b64))
+    def media(self, payload_b64: str) -> bool:
+        return self._socket.send_text(self._build.media(payload_b64))
 
-    async def mark(self, name: str) -> None:
-        await self._ws.send_str(self._build.mark(name))
+    def mark(self, name: str) -> bool:
+        return self._socket.send_text(self._build.mark(name))
 
-    async def clear(self) -> None:
-        await self._ws.send_str(self._build.clear())
+    def clear(self) -> bool:
+        return self._socket.send_text(self._build.clear())
 
-    async def close(self, code: int = WSCloseCode.OK, message: bytes = b"") -> None:
-        await self._ws.close(code=code, message=message)
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        """``("media", payload_b64)`` and ``("mark", name)`` frames, in order, in one write."""
+        media, mark = self._build.media, self._build.mark
+        if len(batch) == 1:
+            kind, value = batch[0]
+            return self._socket.send_text(media(value) if kind == "media" else mark(value))
+        return self._socket.write_frames(b"".join(
+            [text_frame(media(v) if k == "media" else mark(v)) for k, v in batch]))
+
+    async def close(self, code: int = CLOSE_OK, reason: str = "") -> None:
+        await self._socket.close(code, reason)
 
 
 class MediaSink(Protocol):
@@ -156,7 +173,7 @@ class _RejectionLog:
 
 
 class MediaStreamHandler:
-    """aiohttp handler of ``GET /twilio/media-stream``."""
+    """Serves ``/twilio/media-stream``: upgrades arrive from the listener (``upgrade``)."""
 
     def __init__(self, *, manager: CallManager, tokens: StreamTokenSigner,
                  bridge_factory: BridgeFactory, limiter: ConnectionLimiter,
@@ -170,56 +187,77 @@ class MediaStreamHandler:
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
         self.record_dtmf = record_dtmf
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._sockets: set[MediaSocket] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def open_sockets(self) -> int:
         return len(self._sockets)
 
-    async def close_all(self, message: bytes = b"server shutdown") -> None:
-        """Close every socket still open (the end of a drain)."""
-        for ws in list(self._sockets):
+    async def close_all(self, reason: str = "server shutdown") -> None:
+        """Close every socket still open (the end of a drain) and wait for their calls."""
+        for sock in list(self._sockets):
             with contextlib.suppress(Exception):
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=message)
+                await sock.close(CLOSE_GOING_AWAY, reason)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        address = request.remote or "?"
-        refused = self.limiter.acquire(address)
+        """The aiohttp route: reached only by a plain GET, or an upgrade that was not the
+        first request of its connection (the listener takes those)."""
+        metrics.incr("twilio.media.not_upgraded")
+        return web.Response(status=426, text="media streams need a WebSocket upgrade as the "
+                            "first request of a new connection\n",
+                            headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+
+    def upgrade(self, transport: asyncio.Transport, request: UpgradeRequest, leftover: bytes,
+                remote: str) -> None:
+        """Admission, the 101, then the socket's own task (called by the listener)."""
+        refused = self.limiter.acquire(remote)
         if refused is not None:
             metrics.incr(f"twilio.media.refused.{refused}")
-            log.warning("media.refused", reason=refused, remote=address)
-            raise web.HTTPServiceUnavailable(text="too many media stream connections")
-        ws = web.WebSocketResponse(
-            max_msg_size=self.max_message_bytes,
-            heartbeat=self.heartbeat_s or None,
-            autoping=True,
-            compress=False,
-        )
-        try:
-            await ws.prepare(request)
-            self._sockets.add(ws)
-            metrics.incr("twilio.media.connections")
-            await self._serve(ws, address, request.transport)
-        finally:
-            self._sockets.discard(ws)
-            self.limiter.release(address)
-            if not ws.closed:
-                await ws.close()
-        return ws
+            log.warning("media.refused", reason=refused, remote=remote)
+            transport.write(http_error(503, "too many media stream connections"))
+            transport.close()
+            return
+        sock = MediaSocket(max_message_bytes=self.max_message_bytes,
+                           heartbeat_s=self.heartbeat_s, remote=remote)
+        transport.write(switching_protocols(request))
+        transport.set_protocol(sock)
+        sock.connection_made(transport)
+        if leftover:
+            sock.data_received(leftover)
+        self._sockets.add(sock)
+        metrics.incr("twilio.media.connections")
+        task = asyncio.get_running_loop().create_task(self._run(sock, remote))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, ws: web.WebSocketResponse, address: str,
-                     transport: asyncio.BaseTransport | None) -> None:
+    async def _run(self, sock: MediaSocket, address: str) -> None:
+        try:
+            await self._serve(sock, address)
+        except Exception:
+            metrics.incr("twilio.media.internal_error")
+            log.exception("media.internal_error", remote=address)
+        finally:
+            self._sockets.discard(sock)
+            self.limiter.release(address)
+            if not sock.closed:
+                with contextlib.suppress(Exception):
+                    await sock.close()
+
+    async def _serve(self, sock: MediaSocket, address: str) -> None:
         state = TwilioStreamState()
-        start = await self._await_start(ws, state, address)
+        start = await self._await_start(sock, state, address)
         if start is None:
             return
         session = self._authenticate(start, address)
         if session is None:
             metrics.incr("twilio.media.unauthenticated")
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"stream not authorised")
+            await sock.close(CLOSE_POLICY_VIOLATION, "stream not authorised")
             return
         clog = session.log.bind(stream_sid=start.stream_sid)
-        sender = TwilioStreamSender(ws, start.stream_sid, transport)
+        sender = TwilioStreamSender(sock, start.stream_sid)
         bridge = self.bridge_factory(session, sender)
         session.bridge = bridge
         reason = "socket-closed"
@@ -232,7 +270,8 @@ class MediaStreamHandler:
                 clog.warning("media.bridge_start_failed", error=str(exc)[:200])
                 return
             clog.info("media.started", remote=address)
-            reason = await self._read_loop(ws, state, session, bridge, clog)
+            reason = await _StreamReader(sock, state, session, bridge, clog,
+                                         self.record_dtmf).run()
         finally:
             with contextlib.suppress(Exception):
                 await bridge.close(reason)
@@ -241,31 +280,30 @@ class MediaStreamHandler:
             clog.info("media.ended", reason=reason, media=state.media_count,
                       seq_gaps=state.seq_gaps)
 
-    async def _await_start(self, ws: web.WebSocketResponse, state: TwilioStreamState,
+    async def _await_start(self, sock: MediaSocket, state: TwilioStreamState,
                            address: str) -> Start | None:
         """``connected`` then ``start`` within the timeout; anything else closes with 1008."""
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 while True:
-                    msg = await ws.receive()
-                    if msg.type is not WSMsgType.TEXT:
-                        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    opcode, data = await sock.receive()
+                    if opcode != OP_TEXT:
+                        if opcode == OP_CLOSE:
                             return None
-                        detail = "binary frame" if msg.type is WSMsgType.BINARY else msg.type
-                        raise TwilioProtocolError(f"{detail} before start",
+                        raise TwilioProtocolError("binary frame before start",
                                                   reason="before_start")
-                    event = state.receive(msg.data)
+                    event = state.receive(data)
                     if isinstance(event, Start):
                         return event
         except TimeoutError:
             metrics.incr("twilio.media.start_timeout")
             log.warning("media.start_timeout", remote=address, timeout_s=self.start_timeout_s)
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"no start in time")
+            await sock.close(CLOSE_POLICY_VIOLATION, "no start in time")
         except TwilioProtocolError as exc:
             metrics.incr(f"twilio.media.rejected_before_start.{exc.reason}")
             log.warning("media.bad_handshake", remote=address, reason=exc.reason,
                         detail=str(exc)[:200])
-            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"protocol violation")
+            await sock.close(CLOSE_POLICY_VIOLATION, "protocol violation")
         return None
 
     def _authenticate(self, start: Start, address: str) -> CallSession | None:
@@ -301,36 +339,63 @@ class MediaStreamHandler:
             return None
         return session
 
-    async def _read_loop(self, ws: web.WebSocketResponse, state: TwilioStreamState,
-                         session: CallSession, bridge: MediaSink, clog: BoundLogger) -> str:
-        reject = _RejectionLog(clog)
-        receive = state.receive
-        on_media = bridge.on_media
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is WSMsgType.TEXT:
-                try:
-                    event = receive(msg.data)
-                    if type(event) is Media:
-                        on_media(event.payload, event.timestamp_ms)
-                    elif type(event) is Mark:
-                        bridge.on_mark(event.name)
-                    elif type(event) is Dtmf:
-                        if self.record_dtmf:
-                            session.add_dtmf(event.digit)
-                        bridge.on_dtmf(event.digit)
-                    elif type(event) is Stop:
-                        return "stream-stopped"
-                except TwilioProtocolError as exc:
-                    reject(exc.reason, str(exc))
-                except AudioFormatError as exc:
-                    reject("bad_audio", str(exc))
-            elif kind is WSMsgType.BINARY:
-                reject("binary_frame", f"{len(msg.data)} bytes")
-            elif kind is WSMsgType.ERROR:
-                # aiohttp reports an oversize frame here and closes the socket (1009)
-                reject("ws_error", repr(ws.exception()))
-                return "socket-error"
-            else:  # CLOSE / CLOSING / CLOSED
-                return "socket-closed"
+
+class _StreamReader:
+    """The authenticated stream: each message handled as it is parsed (no task switch)."""
+
+    __slots__ = ("_bridge", "_done", "_media", "_receive", "_record_dtmf", "_reject",
+                 "_session", "_sock")
+
+    def __init__(self, sock: MediaSocket, state: TwilioStreamState, session: CallSession,
+                 bridge: MediaSink, clog: BoundLogger, record_dtmf: bool) -> None:
+        self._sock = sock
+        self._receive = state.receive
+        self._session = session
+        self._bridge = bridge
+        self._media = bridge.on_media
+        self._record_dtmf = record_dtmf
+        self._reject = _RejectionLog(clog)
+        self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def run(self) -> str:
+        """Until ``stop`` or the socket ends; the reason."""
+        self._sock.set_handler(self.on_text, self.on_other)
+        return await self._done
+
+    def _finish(self, reason: str) -> None:
+        if not self._done.done():
+            self._done.set_result(reason)
+
+    def on_text(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            event = self._receive(data)
+            kind = type(event)
+            if kind is Media:
+                self._media(event.payload, event.timestamp_ms)
+            elif kind is Mark:
+                self._bridge.on_mark(event.name)
+            elif kind is Dtmf:
+                if self._record_dtmf:
+                    self._session.add_dtmf(event.digit)
+                self._bridge.on_dtmf(event.digit)
+            elif kind is Stop:
+                self._finish("stream-stopped")
+        except TwilioProtocolError as exc:
+            self._reject(exc.reason, str(exc))
+        except AudioFormatError as exc:
+            self._reject("bad_audio", str(exc))
+        except Exception as exc:  # a bug must cost this frame, not the connection
+            self._reject("internal_error", repr(exc))
+
+    def on_other(self, opcode: int, data: bytes) -> None:
+        if opcode == OP_CLOSE:
+            code = self._sock.close_code
+            if code in (1000, 1001, 1005, None):
+                self._finish("socket-closed")
+            else:
+                self._reject("ws_error", f"close code {code}: {self._sock.close_reason}")
+                self._finish("socket-error")
+        else:
+            self._reject("binary_frame", f"{len(data)} bytes")

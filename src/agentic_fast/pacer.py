@@ -27,14 +27,8 @@ class Pumped(Protocol):
     def wants_pump(self) -> bool:
         """True while outbound frames are queued."""
 
-    async def pump(self, now: float) -> None:
-        """Send the frames due at loop time ``now``; must not block on a slow peer."""
-
-
-def _log_kick_error(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        metrics.incr("pacer.pump.error")
-        log.error("pacer.kick_error", error=repr(task.exception())[:200])
+    def pump(self, now: float) -> None:
+        """Send the frames due at loop time ``now`` (synchronous writes; never waits)."""
 
 
 class SharedPacer:
@@ -60,9 +54,16 @@ class SharedPacer:
     def kick(self, member: Pumped) -> None:
         """Pump ``member`` now instead of at the next tick (audio arrived on an idle call:
         its first frame should not wait up to a tick)."""
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(member.pump(loop.time()))
-        task.add_done_callback(_log_kick_error)
+        asyncio.get_running_loop().call_soon(self._pump_now, member)
+
+    def _pump_now(self, member: Pumped) -> None:
+        if id(member) not in self._members:
+            return
+        try:
+            member.pump(asyncio.get_running_loop().time())
+        except Exception:
+            metrics.incr("pacer.pump.error")
+            log.exception("pacer.pump_error")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -80,7 +81,7 @@ class SharedPacer:
             for member in list(self._members.values()):
                 if member.wants_pump:
                     try:
-                        await member.pump(now)
+                        member.pump(now)
                     except Exception:
                         metrics.incr("pacer.pump.error")
                         log.exception("pacer.pump_error")

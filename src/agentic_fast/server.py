@@ -23,6 +23,7 @@ from agentic_fast import metrics
 from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
+from agentic_fast.listener import CallServerSite
 from agentic_fast.log import get_logger
 from agentic_fast.media_stream import (
     PARAM_CALL_ID,
@@ -422,6 +423,15 @@ async def _on_cleanup(app: web.Application) -> None:
         await close_factory()
     if svc.owns_rest and svc.rest is not None:
         await svc.rest.close()
+
+
+async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerSite:
+    """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
+    WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
+    media = runner.app[SERVICES].media
+    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: media})
+    await site.start()
+    return site
 
 
 def begin_drain(app: web.Application) -> None:

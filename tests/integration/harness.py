@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 
 from agentic_fast.audio import AudioConverter
 from agentic_fast.calls import CallManager, CallSession
 from agentic_fast.config import Config
 from agentic_fast.media_stream import TwilioStreamSender
-from agentic_fast.server import SERVICES, create_app
+from agentic_fast.server import SERVICES, create_app, start_site
 from tests.fakes.twilio_media import FakeTwilioMediaClient
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import TwilioWebhookSender, incoming_call_form, new_sid
@@ -94,7 +94,8 @@ class Harness:
         self.bridges: dict[str, RecordingBridge] = {}
         self.app = create_app(config, bridge_factory=bridge_factory or self._bridge,
                               manager=manager)
-        self.server = TestServer(self.app, host="127.0.0.1")
+        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5.0)
+        self.site: Any = None
         self.http: aiohttp.ClientSession | None = None
         self.clients: list[FakeTwilioMediaClient] = []
         self.bridge_ready: asyncio.Queue[RecordingBridge] = asyncio.Queue()
@@ -111,14 +112,19 @@ class Harness:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/twilio/media-stream"
+        return f"ws://127.0.0.1:{self.port}/twilio/media-stream"
+
+    @property
+    def port(self) -> int:
+        return int(self.site.port)
 
     async def __aenter__(self) -> Harness:
-        await self.server.start_server()
+        await self.runner.setup()
+        self.site = await start_site(self.runner, "127.0.0.1", 0)
         self.http = aiohttp.ClientSession()
         return self
 
@@ -127,7 +133,7 @@ class Harness:
             await client.close()
         assert self.http is not None
         await self.http.close()
-        await self.server.close()
+        await self.runner.cleanup()
 
     def webhooks(self, auth_token: str | None = None) -> TwilioWebhookSender:
         assert self.http is not None

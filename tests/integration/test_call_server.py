@@ -84,9 +84,8 @@ def _payload(audio: bytes, i: int) -> str:
 async def test_bridge_can_talk_back_and_marks_are_echoed(harness: Harness) -> None:
     _, _, client, bridge = await _connected_call(harness)
     frames = AudioConverter("openai").feed_provider(bytes(960 * 5))
-    for frame in frames:
-        await bridge.sender.media(frame)
-    await bridge.sender.mark("end-of-reply")
+    assert bridge.sender.media(frames[0])  # one frame alone
+    assert bridge.sender.send([("media", f) for f in frames[1:]] + [("mark", "end-of-reply")])
     echo = await client.wait_for_echo("end-of-reply")
     assert not echo.flushed
     await bridge.wait_until(lambda: bridge.marks == ["end-of-reply"])

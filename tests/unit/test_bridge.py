@@ -63,15 +63,16 @@ class RecordingSender:
         self.frames: list[tuple[str, str]] = []
         self.closed = False
         self.buffered = 0
+        self.writes = 0
 
-    async def media(self, payload_b64: str) -> None:
-        self.frames.append(("media", payload_b64))
+    def send(self, batch: list[tuple[str, str]]) -> bool:
+        self.frames.extend(batch)
+        self.writes += 1
+        return True
 
-    async def mark(self, name: str) -> None:
-        self.frames.append(("mark", name))
-
-    async def clear(self) -> None:
+    def clear(self) -> bool:
         self.frames.append(("clear", ""))
+        return True
 
     def write_buffer_size(self) -> int:
         return self.buffered
@@ -124,11 +125,11 @@ async def test_pacing_keeps_a_bounded_lead_over_playout() -> None:
     bridge, _, sender = await _bridge(lead_ms=120, mark_every_frames=5)
     bridge.on_audio(_delta(1000), "item1")
     assert bridge.wants_pump
-    await bridge.pump(100.0)
+    bridge.pump(100.0)
     assert sender.media_count() == 6  # 120 ms lead
-    await bridge.pump(100.0)  # same instant: nothing more is due
+    bridge.pump(100.0)  # same instant: nothing more is due
     assert sender.media_count() == 6
-    await bridge.pump(100.1)  # 100 ms later: 5 more frames
+    bridge.pump(100.1)  # 100 ms later: 5 more frames
     assert sender.media_count() == 11
     assert sender.marks() == ["m1", "m2"]  # every 5 frames
 
@@ -136,7 +137,7 @@ async def test_pacing_keeps_a_bounded_lead_over_playout() -> None:
 async def test_marks_tell_what_was_heard_and_barge_in_truncates_there() -> None:
     bridge, provider, sender = await _bridge(lead_ms=200, mark_every_frames=5)
     bridge.on_audio(_delta(2000), "item1")
-    await bridge.pump(10.0)  # 10 frames: marks m1 (100 ms) and m2 (200 ms)
+    bridge.pump(10.0)  # 10 frames: marks m1 (100 ms) and m2 (200 ms)
     bridge.on_mark("m1")  # the caller heard 100 ms
     assert bridge.assistant_speaking
     bridge.on_speech_started()
@@ -152,7 +153,7 @@ async def test_marks_tell_what_was_heard_and_barge_in_truncates_there() -> None:
 async def test_barge_in_before_anything_was_heard_skips_the_truncate() -> None:
     bridge, provider, _ = await _bridge()
     bridge.on_audio(_delta(500), "item7")
-    await bridge.pump(1.0)
+    bridge.pump(1.0)
     bridge.on_speech_started()
     assert provider.interrupts == [("item7", None)]
 
@@ -166,7 +167,7 @@ async def test_speech_while_the_assistant_is_silent_is_not_a_barge_in() -> None:
 async def test_short_speech_does_not_cut_the_assistant_off() -> None:
     bridge, provider, _ = await _bridge(barge_in_min_speech_ms=50)
     bridge.on_audio(_delta(1000), "item1")
-    await bridge.pump(1.0)
+    bridge.pump(1.0)
     bridge.on_speech_started()
     bridge.on_speech_stopped()  # "mhm": shorter than 50 ms
     assert provider.interrupts == []
@@ -179,7 +180,7 @@ async def test_response_end_flushes_a_padded_last_frame() -> None:
     bridge, _, sender = await _bridge(lead_ms=1000)
     bridge.on_audio(_delta(30), "item1")
     bridge.on_audio_done("item1")
-    await bridge.pump(5.0)
+    bridge.pump(5.0)
     assert sender.media_count() == 2  # 30 ms + filter tail, padded to two frames
     assert sender.marks()  # a mark at the end of the queue
 
@@ -202,10 +203,10 @@ async def test_slow_peer_is_skipped_not_awaited() -> None:
     bridge, _, sender = await _bridge(max_write_buffer=1000)
     bridge.on_audio(_delta(500), "item1")
     sender.buffered = 5000
-    await bridge.pump(1.0)
+    bridge.pump(1.0)
     assert sender.media_count() == 0
     sender.buffered = 0
-    await bridge.pump(1.0)
+    bridge.pump(1.0)
     assert sender.media_count() > 0
 
 
