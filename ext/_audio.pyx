@@ -1,6 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Native hot path of agentic_fast: G.711 codecs, base64, ring buffer and streaming
-integer FIR resamplers, fused per 20 ms frame over reusable numpy buffers.
+integer FIR resamplers, fused per 20 ms frame over reusable numpy buffers; and the
+WebSocket client-frame masking of the providers' send path (``ws_mask``, ``ws_client_frame``,
+pure twins in ``agentic_fast.wsframe``).
 
 The numpy twin is ``agentic_fast._audiocore.pyaudio``; both take their tables from
 ``agentic_fast._audiocore.tables`` and must give the same bytes (the tests check it). All FIR
@@ -9,7 +11,7 @@ builder), so the result does not depend on summation order or vectorisation.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int16_t, int32_t, int8_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int16_t, int32_t, int8_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
@@ -192,6 +194,85 @@ def b64encode(data):
     """Standard padded base64 of a bytes-like object, as str."""
     cdef _Bytes b = _borrow(data, False)
     return _b64_encode(b.ptr, b.size)
+
+
+# -- WebSocket masking (RFC 6455 5.3) --------------------------------------------------------
+
+cdef inline void _xor_mask(const uint8_t* src, Py_ssize_t n, const uint8_t* key,
+                           uint8_t* dst) noexcept nogil:
+    """``dst[i] = src[i] ^ key[i % 4]``, eight bytes a step (memcpy: unaligned-safe loads)."""
+    cdef uint64_t k8, w
+    cdef Py_ssize_t i = 0, words = n & ~(<Py_ssize_t>7)
+    memcpy(&k8, key, 4)
+    memcpy((<uint8_t*>&k8) + 4, key, 4)
+    while i < words:
+        memcpy(&w, src + i, 8)
+        w ^= k8
+        memcpy(dst + i, &w, 8)
+        i += 8
+    while i < n:
+        dst[i] = src[i] ^ key[i & 3]
+        i += 1
+
+
+cdef inline _Bytes _mask_key(object key):
+    cdef _Bytes k = _borrow(key, False)
+    if k.size != 4:
+        raise ValueError(f"a WebSocket mask key is 4 bytes, got {k.size}")
+    return k
+
+
+def ws_mask(data, key):
+    """``data`` XOR the repeating 4-byte ``key`` -> bytes (masking == unmasking).
+
+    ``data`` is any C-contiguous buffer, read in place (no copy of the input).
+    """
+    cdef _Bytes k = _mask_key(key)
+    cdef _Bytes b = _borrow(data, False)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, b.size)
+    _xor_mask(b.ptr, b.size, k.ptr, <uint8_t*>PyBytes_AS_STRING(out))
+    return out
+
+
+def ws_client_frame(int opcode, payload, key):
+    """One whole masked client frame (FIN, ``opcode``, length, ``key``, masked payload).
+
+    ``payload`` is a str (sent as UTF-8; compact ASCII is read in place) or any
+    C-contiguous buffer. Header, key and masked payload are written into one new bytes.
+    """
+    cdef _Bytes k = _mask_key(key)
+    cdef _Bytes b
+    if type(payload) is str and PyUnicode_IS_COMPACT_ASCII(payload):
+        b = _Bytes.__new__(_Bytes)
+        b.owner = payload
+        b.ptr = <const uint8_t*>PyUnicode_DATA(payload)
+        b.size = PyUnicode_GET_LENGTH(payload)
+    elif type(payload) is str:
+        b = _borrow(payload.encode(), False)
+    else:
+        b = _borrow(payload, False)
+    if opcode < 0 or opcode > 15:
+        raise ValueError(f"bad WebSocket opcode {opcode}")
+    cdef Py_ssize_t n = b.size
+    cdef Py_ssize_t head = 2 if n < 126 else (4 if n < 65536 else 10)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, head + 4 + n)
+    cdef uint8_t* d = <uint8_t*>PyBytes_AS_STRING(out)
+    cdef int i
+    cdef uint64_t n64 = <uint64_t>n
+    d[0] = 0x80 | opcode
+    if head == 2:
+        d[1] = 0x80 | <uint8_t>n
+    elif head == 4:
+        d[1] = 0x80 | 126
+        d[2] = <uint8_t>(n >> 8)
+        d[3] = <uint8_t>n
+    else:
+        d[1] = 0x80 | 127
+        for i in range(8):
+            d[2 + i] = <uint8_t>(n64 >> (56 - 8 * i))
+    memcpy(d + head, k.ptr, 4)
+    _xor_mask(b.ptr, n, k.ptr, d + head + 4)
+    return out
 
 
 # -- codecs --------------------------------------------------------------------------------

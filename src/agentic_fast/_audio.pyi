@@ -1,5 +1,7 @@
 """Typed contract of the native hot path (ext/_audio.pyx); the numpy twin in
-agentic_fast._audiocore.pyaudio has the same API and gives the same bytes."""
+agentic_fast._audiocore.pyaudio has the same API and gives the same bytes. ``ws_mask`` and
+``ws_client_frame`` have their pure twins in agentic_fast.wsframe (``mask_python``,
+``client_frame_python``)."""
 
 from typing import Literal
 
@@ -15,6 +17,10 @@ def alaw_decode(data: Buffer) -> bytes: ...
 def alaw_encode(pcm: Buffer) -> bytes: ...
 def b64decode_strict(text: str | bytes) -> bytes: ...
 def b64encode(data: Buffer) -> str: ...
+def ws_mask(data: Buffer, key: Buffer) -> bytes:
+    """``data`` XOR the repeating 4-byte ``key`` (RFC 6455 masking); input read in place."""
+def ws_client_frame(opcode: int, payload: str | Buffer, key: Buffer) -> bytes:
+    """One whole masked client frame: FIN + ``opcode``, length, ``key``, masked payload."""
 
 class FirResampler:
     implementation: str
