@@ -37,6 +37,7 @@ class SharedPacer:
     def __init__(self, tick_s: float = TICK_S) -> None:
         self.tick_s = tick_s
         self._members: dict[int, Pumped] = {}
+        self._busy: dict[int, Pumped] = {}  # members with frames queued: the tick's work
         self._task: asyncio.Task[None] | None = None
         self.late_ticks = 0
 
@@ -45,15 +46,22 @@ class SharedPacer:
 
     def register(self, member: Pumped) -> None:
         self._members[id(member)] = member
+        if member.wants_pump:
+            self._busy[id(member)] = member
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="pacer")
 
     def unregister(self, member: Pumped) -> None:
         self._members.pop(id(member), None)
+        self._busy.pop(id(member), None)
 
     def kick(self, member: Pumped) -> None:
-        """Pump ``member`` now instead of at the next tick (audio arrived on an idle call:
-        its first frame should not wait up to a tick)."""
+        """``member`` has frames again (its queue was empty): ticks pump it until it is
+        empty, and it is pumped now rather than at the next tick (its first frame should
+        not wait up to 20 ms)."""
+        if id(member) not in self._members:
+            return
+        self._busy[id(member)] = member
         asyncio.get_running_loop().call_soon(self._pump_now, member)
 
     def _pump_now(self, member: Pumped) -> None:
@@ -78,13 +86,15 @@ class SharedPacer:
         deadline = loop.time()
         while self._members:
             now = loop.time()
-            for member in list(self._members.values()):
-                if member.wants_pump:
-                    try:
-                        member.pump(now)
-                    except Exception:
-                        metrics.incr("pacer.pump.error")
-                        log.exception("pacer.pump_error")
+            busy = self._busy
+            for key, member in list(busy.items()):
+                try:
+                    member.pump(now)
+                except Exception:
+                    metrics.incr("pacer.pump.error")
+                    log.exception("pacer.pump_error")
+                if not member.wants_pump:
+                    busy.pop(key, None)
             deadline += tick
             delay = deadline - loop.time()
             if delay < 0:

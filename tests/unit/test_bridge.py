@@ -224,3 +224,14 @@ async def test_close_closes_the_provider_once() -> None:
     await bridge.close("stream-stopped")
     await bridge.close("again")
     assert provider.closed
+
+
+async def test_a_tick_sends_its_frames_and_marks_in_one_write_in_order() -> None:
+    bridge, _, sender = await _bridge(lead_ms=200, mark_every_frames=4)
+    bridge.on_audio(_delta(200), "item1")
+    bridge.pump(7.0)
+    assert sender.writes == 1
+    kinds = [kind for kind, _ in sender.frames]
+    # marks follow the 4th and 8th frames; the 10th frame empties the queue: a last mark
+    assert kinds == (["media"] * 4 + ["mark"]) * 2 + ["media"] * 2 + ["mark"]
+    assert sender.marks() == ["m1", "m2", "m3"]
