@@ -85,7 +85,7 @@ class FrontProtocol(asyncio.Protocol):
                 return
             self._route = route
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > MAX_HEAD_BYTES:  # incomplete, or complete but too large
             if len(buf) > MAX_HEAD_BYTES:
                 self._refuse(431, "request head too large")
             return

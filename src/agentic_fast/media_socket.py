@@ -10,9 +10,9 @@ when it is full. Sends are synchronous whole frames on the transport (``send_tex
 
 Protocol checks: client frames must be masked; no RSV bits (no extension is negotiated);
 control frames short and unfragmented; continuation rules; message size cap (close 1009);
-anything else closes with 1002. Pings are answered; a heartbeat pings an idle peer and drops
-it when no frame comes back within half the heartbeat. Closing sends a close frame, waits
-(bounded) for the peer's, then closes the transport.
+anything else closes with 1002. Pings are answered; a heartbeat pings a peer silent for a
+whole period and drops it when no frame comes back within half a period. Closing sends a
+close frame, waits (bounded) for the peer's, then closes the transport.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class MediaSocket(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_event_loop()
         self._buf = bytearray()
+        self._need = 0                    # bytes the buffered partial frame needs at least
         self._frag_op = 0                 # opcode of a fragmented message in progress
         self._frag: list[bytes] = []
         self._frag_size = 0
@@ -89,7 +90,8 @@ class MediaSocket(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._hb_timer: asyncio.TimerHandle | None = None
         self._rx_frames = 0
-        self._hb_seen = -1
+        self._hb_seen = 0
+        self._pinged = False
         self.dropped_writes = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -103,12 +105,15 @@ class MediaSocket(asyncio.Protocol):
         buf = self._buf
         if buf:
             buf += data
+            if len(buf) < self._need:  # the frame is still incomplete: no re-parse
+                return
             view = bytes(buf)
             buf.clear()
         else:
             view = data
         end = len(view)
         pos = 0
+        need = 2
         try:
             while not self._close_received and end - pos >= 2:
                 b0, b1 = view[pos], view[pos + 1]
@@ -116,11 +121,13 @@ class MediaSocket(asyncio.Protocol):
                 head = 2
                 if length == 126:
                     if end - pos < 4:
+                        need = 4
                         break
                     length = _U16.unpack_from(view, pos + 2)[0]
                     head = 4
                 elif length == 127:
                     if end - pos < 10:
+                        need = 10
                         break
                     length = _U64.unpack_from(view, pos + 2)[0]
                     head = 10
@@ -135,6 +142,7 @@ class MediaSocket(asyncio.Protocol):
                     raise _ProtocolError(CLOSE_TOO_BIG, "message too big")
                 stop = pos + head + 4 + length
                 if stop > end:
+                    need = stop - pos
                     break
                 key = view[pos + head:pos + head + 4]
                 payload = mask(memoryview(view)[pos + head + 4:stop], key)
@@ -147,6 +155,7 @@ class MediaSocket(asyncio.Protocol):
             return
         if pos < end and not self._close_received:
             buf += view[pos:]
+            self._need = need
 
     def eof_received(self) -> bool | None:
         return False  # close our side too
@@ -256,11 +265,18 @@ class MediaSocket(asyncio.Protocol):
         self._wake()
 
     def _heartbeat(self) -> None:
+        """Every ``heartbeat_s``: a peer heard from since the last check is left alone; a
+        silent one gets a ping and half a period to send anything back, or is dropped."""
         self._hb_timer = None
         if self._lost or self._close_sent:
             return
         if self._rx_frames != self._hb_seen:  # heard from the peer since the last check
             self._hb_seen = self._rx_frames
+            self._pinged = False
+            self._hb_timer = self._loop.call_later(self.heartbeat_s, self._heartbeat)
+            return
+        if not self._pinged:
+            self._pinged = True
             self._write(server_frame(OP_PING, b""))
             self._hb_timer = self._loop.call_later(self.heartbeat_s / 2, self._heartbeat)
             return
@@ -352,6 +368,9 @@ class MediaSocket(asyncio.Protocol):
                 self.close_code, self.close_reason = code, reason
         if self._lost:
             return
+        if self._paused and self.transport is not None:  # the peer's close must be read
+            self._paused = False
+            self.transport.resume_reading()
         if not self._close_received and self.transport is not None:
             self._close_timer = self._loop.call_later(self.close_timeout_s, self._abort)
         await asyncio.shield(self._closed)
