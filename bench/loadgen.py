@@ -208,7 +208,7 @@ gateway:
   url: ws://127.0.0.1:9
 bridge:
   lead_ms: {args.lead_ms}
-  mark_every_frames: 5
+  mark_every_frames: {args.mark_every}
 calls:
   max_concurrent_calls: {limit}
 logging:
@@ -647,6 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the prediction runs the AudioConverter per frame: generator CPU)")
     p.add_argument("--handoff-ms", type=int, default=40, help="audio.handoff_ms of the server")
     p.add_argument("--lead-ms", type=int, default=120, help="bridge.lead_ms of the server")
+    p.add_argument("--mark-every", type=int, default=10,
+                   help="bridge.mark_every_frames of the server")
     p.add_argument("--response-ms", type=int, default=2000, help="length of every response")
     p.add_argument("--turn-every-ms", type=int, default=4000,
                    help="a caller turn (and response) this long after each response starts")

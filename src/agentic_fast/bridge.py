@@ -6,9 +6,11 @@ pacer with a small lead over the caller's playout, with a ``mark`` every few fra
 bridge knows, per assistant item, how much audio the caller has really heard.
 
 Barge-in: on caller speech the bridge sends ``clear``, drops queued audio, and asks the
-provider to stop, passing the milliseconds confirmed played by marks (clamped to what the
-item really had; ``None`` when nothing was heard yet). Marks that Twilio echoes because of
-the ``clear`` belong to an older epoch and are not counted as heard.
+provider to stop, passing the milliseconds heard: the last mark Twilio confirmed plus the
+playout time since that confirmation (clamped to what was sent and to what the item really
+had; ``None`` when nothing was heard yet), so marks can be sparse (every 200 ms by default:
+each one costs an echo message) without coarsening the truncate point. Marks that Twilio
+echoes because of the ``clear`` belong to an older epoch and are not counted as heard.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class BridgeSettings:
     handoff_ms: int = 40
     #: how far ahead of the caller's playout we keep Twilio's buffer (ms)
     lead_ms: int = 120
-    #: a mark every N frames (100 ms at 5)
-    mark_every_frames: int = 5
+    #: a mark every N frames (200 ms at 10)
+    mark_every_frames: int = 10
     #: bound of queued outbound audio (frames of 20 ms); beyond it audio is dropped, counted
     max_queue_frames: int = 3000
     #: caller speech must last this long while the assistant talks to cut it off (0 = at once)
@@ -84,7 +86,8 @@ class AudioBridge(ProviderListener):
                  settings: BridgeSettings | None = None, speak_first: str | None = None,
                  conversation: ConversationSink | None = None,
                  on_provider_failed: Callable[[CallSession, str], Any] | None = None,
-                 write_buffer: Callable[[], int] | None = None) -> None:
+                 write_buffer: Callable[[], int] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.session = session
         self.sender = sender
         self.provider = provider
@@ -108,6 +111,8 @@ class AudioBridge(ProviderListener):
         self._marks: dict[str, tuple[int, str, int]] = {}   # name -> (epoch, item, item_ms)
         self._item_sent_ms: dict[str, int] = {}
         self._item_heard_ms: dict[str, int] = {}
+        self._last_heard: tuple[str, int, float] | None = None  # (item, ms, clock) of a mark
+        self._clock = clock
         self._item_audio_ms: dict[str, int] = {}
         self._current_item: str | None = None
         self._cancelled: deque[str] = deque(maxlen=8)
@@ -159,6 +164,7 @@ class AudioBridge(ProviderListener):
             return
         if item_ms > self._item_heard_ms.get(item, 0):
             self._item_heard_ms[item] = item_ms
+            self._last_heard = (item, item_ms, self._clock())
 
     def on_dtmf(self, digit: str) -> None:
         if self.conversation is not None:
@@ -239,9 +245,9 @@ class AudioBridge(ProviderListener):
             return
         wait = self.settings.barge_in_min_speech_ms
         if wait <= 0:
-            self._barge_in(time.perf_counter())
+            self._barge_in(self._clock())
         elif self._speech_timer is None:
-            started = time.perf_counter()
+            started = self._clock()
             self._speech_timer = asyncio.get_running_loop().call_later(
                 wait / 1000.0, self._confirm_barge_in, started)
 
@@ -338,6 +344,16 @@ class AudioBridge(ProviderListener):
 
     # -- barge-in -------------------------------------------------------------------------------
 
+    def _heard_now(self, item: str) -> int:
+        """Milliseconds of ``item`` the caller has heard: the last confirmed mark, plus the
+        time since Twilio confirmed it while playout went on (clamped by the caller to what
+        was sent), so sparse marks still give a truncate point to the frame."""
+        heard = self._item_heard_ms.get(item, 0)
+        last = self._last_heard
+        if last is not None and last[0] == item and last[1] == heard:
+            heard += int((self._clock() - last[2]) * 1000.0)
+        return heard
+
     def _barge_in(self, started: float) -> None:
         item = self._current_item
         self._epoch += 1
@@ -351,12 +367,13 @@ class AudioBridge(ProviderListener):
         heard = None
         if item is not None:
             self._cancelled.append(item)
-            played = min(self._item_heard_ms.get(item, 0), self._item_audio_ms.get(item, 0))
+            played = min(self._heard_now(item), self._item_sent_ms.get(item, 0),
+                         self._item_audio_ms.get(item, 0))
             heard = played if played > 0 else None
         self.barge_ins += 1
         metrics.incr("bridge.barge_in")
         self.sender.clear()  # before any newer audio: sends are synchronous and in order
-        self.barge_in_latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        self.barge_in_latencies_ms.append((self._clock() - started) * 1000.0)
         self.provider.interrupt(item, heard)
         if self.conversation is not None:
             self.conversation.on_barge_in(self.session)

@@ -356,7 +356,7 @@ class BridgeConfig(_Section):
 
     PATH: ClassVar[str] = "bridge"
     lead_ms: int = field(default=120, metadata=_m(lo=40, hi=1000))
-    mark_every_frames: int = field(default=5, metadata=_m(lo=1, hi=50))
+    mark_every_frames: int = field(default=10, metadata=_m(lo=1, hi=50))
     max_queue_s: float = field(default=60.0, metadata=_m(gt=0, hi=600))
     barge_in_min_speech_ms: int = field(default=0, metadata=_m(lo=0, hi=2000))
     prewarm: bool = True

@@ -235,3 +235,37 @@ async def test_a_tick_sends_its_frames_and_marks_in_one_write_in_order() -> None
     # marks follow the 4th and 8th frames; the 10th frame empties the queue: a last mark
     assert kinds == (["media"] * 4 + ["mark"]) * 2 + ["media"] * 2 + ["mark"]
     assert sender.marks() == ["m1", "m2", "m3"]
+
+
+async def test_truncate_point_runs_on_from_the_last_mark_with_playout_time() -> None:
+    now = [50.0]
+    manager = CallManager()
+    session = manager.create_inbound("CA" + "2" * 32, "+15551230000", "+15557654321")
+    provider, sender = RecordingProvider(), RecordingSender()
+    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
+                         settings=BridgeSettings(lead_ms=400, mark_every_frames=10),
+                         clock=lambda: now[0])
+    await bridge.start()
+    bridge.on_audio(_delta(1000), "item1")
+    bridge.pump(1.0)  # 20 frames (400 ms) sent: marks at 200 and 400 ms
+    bridge.on_mark("m1")  # Twilio played 200 ms ...
+    now[0] += 0.130  # ... and 130 ms more since
+    bridge.on_speech_started()
+    assert provider.interrupts == [("item1", 330)]
+
+
+async def test_interpolated_truncate_point_never_passes_what_was_sent() -> None:
+    now = [50.0]
+    manager = CallManager()
+    session = manager.create_inbound("CA" + "3" * 32, "+15551230000", "+15557654321")
+    provider, sender = RecordingProvider(), RecordingSender()
+    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
+                         settings=BridgeSettings(lead_ms=200, mark_every_frames=10),
+                         clock=lambda: now[0])
+    await bridge.start()
+    bridge.on_audio(_delta(1000), "item1")
+    bridge.pump(1.0)  # 10 frames (200 ms) sent, one mark at 200 ms
+    bridge.on_mark("m1")
+    now[0] += 5.0  # the socket stalled: nothing more was sent
+    bridge.on_speech_started()
+    assert provider.interrupts == [("item1", 200)]
