@@ -577,39 +577,75 @@ class GeminiLiveProvider(RealtimeProvider):
     # -- reading -----------------------------------------------------------------------------
 
     async def _read(self, link: GeminiLink) -> None:
-        recv = link.ws.recv
+        """The link's reader: delivers the events that came with ``setupComplete``, turns the
+        fast path on, drains what is queued, and reports the close (module docstring)."""
+        ws = link.ws
+        recv = ws.recv
         handlers = self._handlers
-        parse = ge.parse_server_message
+        deliver = self._deliverer(link)
         reason = "closed"
-        events: list[Any] = link.early
         try:
+            for event in link.early:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    try:
+                        handler(link, event)
+                    except Exception:
+                        metrics.incr("gemini.handler_errors")
+                        self.log.exception("gemini.handler_error", event=type(event).__name__)
+            # From here on whole frames (binary from the real server, or text) go straight
+            # to ``deliver`` from data_received; recv() still returns what was queued before
+            # (and fragmented messages), delivered synchronously, in order (ws_client's rule).
+            ws.set_handlers(deliver, deliver)
             while not link.retired:
-                for event in events:
-                    handler = handlers.get(type(event))
-                    if handler is not None:
-                        try:
-                            handler(link, event)
-                        except Exception:
-                            metrics.incr("gemini.handler_errors")
-                            self.log.exception("gemini.handler_error",
-                                               event=type(event).__name__)
-                frame = await recv()
-                if link.retired:
-                    break
-                try:
-                    events = parse(frame)
-                except ge.GeminiProtocolError as exc:
-                    events = []
-                    metrics.incr("gemini.messages.bad." + exc.reason)
-                    self.log.warning("gemini.message_bad", reason=exc.reason, field=exc.field,
-                                     detail=str(exc)[:200])
+                deliver(await recv(decode=False))
         except ConnectionClosed as exc:
             code, why = close_info(exc)
             reason = f"closed {code} {why}".strip()
         except Exception as exc:
             reason = f"reader_error {exc!r:.100}"
             self.log.exception("gemini.reader_error", connection=link.seq)
+        finally:
+            if not link.retired:  # else keep it: it drops everything, so the socket's close
+                ws.set_handlers(None)  # handshake is not stuck behind a full frame queue
         self._lost(link, reason)
+
+    def _deliverer(self, link: GeminiLink) -> Callable[[bytes], None]:
+        """``deliver(frame)``: parse one server frame of ``link`` and dispatch its events;
+        runs in ``data_received`` (fast path) or in the reader (queued frames)."""
+        handlers = self._handlers
+        parse = ge.parse_server_message
+
+        def deliver(frame: bytes) -> None:  # HOT: one call per server message
+            if link.retired:
+                return  # dropped on purpose: its events are ignored
+            try:
+                events = parse(frame)
+            except ge.GeminiProtocolError as exc:
+                metrics.incr("gemini.messages.bad." + exc.reason)
+                self.log.warning("gemini.message_bad", reason=exc.reason, field=exc.field,
+                                 detail=str(exc)[:200])
+                return
+            except Exception as exc:  # a parser bug: this socket can no longer be trusted
+                self._reader_failed(link, exc)
+                return
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    try:
+                        handler(link, event)
+                    except Exception:
+                        metrics.incr("gemini.handler_errors")
+                        self.log.exception("gemini.handler_error", event=type(event).__name__)
+
+        return deliver
+
+    def _reader_failed(self, link: GeminiLink, exc: Exception) -> None:
+        """Reading ``link`` failed unexpectedly: lose it (switch if it carried the call) and
+        close it."""
+        self.log.exception("gemini.reader_error", connection=link.seq)
+        self._lost(link, f"reader_error {exc!r:.100}")
+        self._retire(link)
 
     def _on_tool_call_cancellation(self, link: GeminiLink,
                                    event: ge.ToolCallCancellation) -> None:

@@ -2,15 +2,19 @@
 
 :func:`open_link` is the whole handshake of one WebSocket: connect with the API key in
 ``x-goog-api-key``, send ``setup`` (with the latest resumption handle, if any), and wait for
-``setupComplete``, all inside one deadline. A close in answer to ``setup`` becomes
-:class:`SetupRejected` carrying the close code, so the caller can tell a rejected resume
-handle (1007/1008 with a handle) from a network failure. :class:`Resumption` keeps the
-newest *resumable* handle and whether the session is at a resumable point right now (the
-server sends ``resumable: false`` during generation and while tool calls are pending).
+``setupComplete``, all inside one deadline, on a :class:`ws_client.FastClientConnection`
+(a plain ``recv()`` socket during the handshake; the provider's reader later hands its
+messages to a synchronous handler: no queue, no task wake-up per message). A close in
+answer to ``setup`` becomes :class:`SetupRejected` carrying the close code, so the caller can
+tell a rejected resume handle (1007/1008 with a handle) from a network failure.
+:class:`Resumption` keeps the newest *resumable* handle and whether the session is at a
+resumable point right now (the server sends ``resumable: false`` during generation and while
+tool calls are pending).
 
 :class:`TurnTracker` turns server events into what the bridge hears (turn ids, audio done,
-barge-in, joined transcripts, tool calls), without I/O. The provider owns the reader, the
-writes and the switch between links (:mod:`agentic_fast.providers.gemini_live`).
+barge-in, joined transcripts, tool calls), without I/O. The provider owns the reader and the
+receive path, the writes and the switch between links
+(:mod:`agentic_fast.providers.gemini_live`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from typing import cast
 
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
@@ -47,6 +51,7 @@ from agentic_fast.providers.gemini_events import (
     TurnComplete,
     parse_server_message,
 )
+from agentic_fast.providers.ws_client import FastClientConnection
 
 __all__ = ["PEER", "GeminiLink", "LinkOptions", "Resumption", "SetupRejected", "TurnTracker",
            "close_info", "open_link"]
@@ -100,7 +105,7 @@ class GeminiLink:
     __slots__ = ("detached", "early", "opened_at", "reader", "resumed", "retired", "seq",
                  "session_id", "timer", "ws")
 
-    def __init__(self, ws: ClientConnection, seq: int, resumed: bool,
+    def __init__(self, ws: FastClientConnection, seq: int, resumed: bool,
                  session_id: str | None, early: list[GeminiEvent]) -> None:
         self.ws = ws
         self.seq = seq
@@ -147,14 +152,15 @@ async def open_link(options: LinkOptions, setup_json: str, *, seq: int,
     Raises :class:`SetupRejected` when the server closes in answer to the setup (or refuses
     the upgrade), :class:`PeerUnavailableError` for timeouts and network errors.
     """
-    ws: ClientConnection | None = None
+    ws: FastClientConnection | None = None
     try:
         async with asyncio.timeout(options.timeout_s):
-            ws = await ws_connect(
+            ws = cast(FastClientConnection, await ws_connect(
                 options.url, additional_headers=options.headers, compression=None,
                 open_timeout=options.timeout_s, close_timeout=options.close_timeout_s,
                 ping_interval=options.ping_interval_s, ping_timeout=options.ping_interval_s,
-                max_size=options.max_message_bytes, max_queue=256, write_limit=2**16)
+                max_size=options.max_message_bytes, max_queue=256, write_limit=2**16,
+                create_connection=FastClientConnection))
             await ws.send(setup_json)
             while True:
                 frame = await ws.recv()  # binary frames (real server) or text

@@ -1,9 +1,24 @@
-"""OpenAI Realtime (GA) provider: one call's socket, its reader, reconnects and carry-over.
+"""OpenAI Realtime (GA) provider: one call's socket, its events, reconnects and carry-over.
 
 The wire format lives in :mod:`openai_events` (sans-I/O); this module is the I/O shell
 around it (python-websockets ``asyncio/connection.py`` style): open and configure a session,
-one reader task per socket dispatching parsed events to the bridge through a dict of
-handlers, and synchronous writes.
+parsed events dispatched to the bridge through a dict of handlers, and synchronous writes.
+
+Receive path. Once a session is installed, server events are parsed and dispatched
+synchronously from the socket's ``data_received``: the socket is a
+:class:`ws_client.FastClientConnection` (passed as ``create_connection``), whose ``on_text``
+gets every whole text frame as bytes. Why: the default path queues each frame in
+websockets' ``Assembler`` and wakes the task blocked in ``recv()`` once per event (a queue
+put/get and a task step per audio delta, plainly visible in profiles); we do neither. The
+handshake (``session.created``, ``session.update`` -> ``session.updated``) still uses
+``await ws.recv()``. One reader task per socket remains: it turns the fast path on when the
+session is installed, drains with ``recv()`` whatever was queued before (events that came
+while a carry-over waited for a quiet moment, say) or does not take the fast path
+(fragmented or binary messages), handing each to the same ``deliver`` in order (the ordering
+rule is in :mod:`ws_client`), and learns of the close from ``recv()``
+(``ConnectionClosed``), which starts the reconnect below. A retired socket's events are
+ignored. A frame that is not UTF-8 counts as malformed JSON (``openai.events.bad.*``) instead
+of failing the socket with 1007.
 
 Send path. Every client event is written synchronously, as one whole masked text frame
 built by the connection's :class:`wsframe.ClientFramer` and handed to the transport in one
@@ -15,7 +30,7 @@ under load), and builds the frame in Python (``Frame`` object, ``Frame.serialize
 ``struct.pack`` and two concatenations); our framer takes keys from a pooled ``os.urandom``
 buffer and writes header, key and masked payload into one bytes in the native extension
 (~4.5x less CPU to frame a 2.6 KB append, ~5x for 350 B: ``bench/bench_wsframe.py``).
-websockets still owns the handshake, reading, control frames (ping/pong/close) and closing:
+websockets still owns the handshake, frame parsing, control frames (ping/pong/close) and closing:
 before our frame goes out, anything its sans-I/O protocol has pending (``protocol.writes``,
 e.g. an automatic pong) is written first, so frames stay whole and in order. We never use
 websockets' fragmented sends, so a data frame of ours cannot fall inside one of its
@@ -53,10 +68,9 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
@@ -68,6 +82,7 @@ from agentic_fast.log import get_logger
 from agentic_fast.providers import openai_events as oe
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.providers.ws_client import FastClientConnection
 from agentic_fast.wsframe import ClientFramer
 
 __all__ = ["OpenAIRealtimeProvider"]
@@ -92,7 +107,7 @@ class _Connection:
     __slots__ = ("calls", "framer", "opened_at", "pending", "reader", "requested", "retired",
                  "seq", "session_id", "state", "timer", "ws")
 
-    def __init__(self, ws: ClientConnection, state: oe.RealtimeState, seq: int) -> None:
+    def __init__(self, ws: FastClientConnection, state: oe.RealtimeState, seq: int) -> None:
         self.ws = ws
         self.state = state
         self.seq = seq
@@ -340,11 +355,12 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                ws = await ws_connect(
+                ws = cast(FastClientConnection, await ws_connect(
                     self._url, additional_headers=self._headers, compression=None,
                     open_timeout=self._connect_timeout_s, close_timeout=self._close_timeout_s,
                     ping_interval=self._ping_interval_s, ping_timeout=self._ping_interval_s,
-                    max_size=self._max_message_bytes, max_queue=64, write_limit=2**16)
+                    max_size=self._max_message_bytes, max_queue=64, write_limit=2**16,
+                    create_connection=FastClientConnection))
                 conn = _Connection(ws, oe.RealtimeState(self.audio_format), seq)
                 self._conns.add(conn)
                 first = conn.state.receive(await ws.recv())
@@ -515,7 +531,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             conn.timer.cancel()
             conn.timer = None
 
-    async def _close_ws(self, ws: ClientConnection) -> None:
+    async def _close_ws(self, ws: FastClientConnection) -> None:
         try:
             async with asyncio.timeout(self._close_timeout_s + 0.5):
                 await ws.close()
@@ -620,36 +636,64 @@ class OpenAIRealtimeProvider(RealtimeProvider):
     # -- reading -----------------------------------------------------------------------------
 
     async def _read(self, conn: _Connection) -> None:
-        recv = conn.ws.recv
-        receive = conn.state.receive
-        handlers = self._handlers
+        """The socket's reader: turns the fast path on, drains what is queued, and reports
+        the close. Events arrive through ``deliver`` (see the module docstring)."""
+        ws = conn.ws
+        recv = ws.recv
+        deliver = self._deliverer(conn)
         reason = "closed"
         try:
+            # From here on whole text frames go straight to ``deliver`` from data_received;
+            # recv() still returns what was queued before (and anything not fast-pathed),
+            # which is delivered synchronously, in order (ws_client's ordering rule).
+            ws.set_handlers(deliver)
             while not conn.retired:
-                frame = await recv()
-                if conn.retired:
-                    break
-                try:
-                    event = receive(frame)
-                except oe.OpenAIProtocolError as exc:
-                    metrics.incr("openai.events.bad." + exc.reason)
-                    self.log.warning("openai.event_bad", reason=exc.reason, field=exc.field,
-                                     detail=str(exc)[:200])
-                    continue
-                handler = handlers.get(type(event))
-                if handler is not None:
-                    try:
-                        handler(conn, event)
-                    except Exception:
-                        metrics.incr("openai.handler_errors")
-                        self.log.exception("openai.handler_error", event=type(event).__name__)
+                deliver(await recv(decode=False))
         except ConnectionClosed as exc:
             close = exc.rcvd or exc.sent
             reason = f"closed {close.code} {close.reason}".strip() if close else "closed 1006"
         except Exception as exc:
             reason = f"reader_error {exc!r:.100}"
             self.log.exception("openai.reader_error", session=conn.seq)
+        finally:
+            if not conn.retired:  # else keep it: it drops everything, so the socket's close
+                ws.set_handlers(None)  # handshake is not stuck behind a full frame queue
         self._lost(conn, reason)
+
+    def _deliverer(self, conn: _Connection) -> Callable[[bytes], None]:
+        """``deliver(frame)``: parse one server frame of ``conn`` and dispatch it; runs in
+        ``data_received`` (fast path) or in the reader (queued frames)."""
+        receive = conn.state.receive
+        handlers = self._handlers
+
+        def deliver(frame: bytes) -> None:  # HOT: one call per server event
+            if conn.retired:
+                return  # dropped on purpose: its events are ignored
+            try:
+                event = receive(frame)
+            except oe.OpenAIProtocolError as exc:
+                metrics.incr("openai.events.bad." + exc.reason)
+                self.log.warning("openai.event_bad", reason=exc.reason, field=exc.field,
+                                 detail=str(exc)[:200])
+                return
+            except Exception as exc:  # a parser bug: this socket can no longer be trusted
+                self._reader_failed(conn, exc)
+                return
+            handler = handlers.get(type(event))
+            if handler is not None:
+                try:
+                    handler(conn, event)
+                except Exception:
+                    metrics.incr("openai.handler_errors")
+                    self.log.exception("openai.handler_error", event=type(event).__name__)
+
+        return deliver
+
+    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
+        """Reading ``conn`` failed unexpectedly: lose it (reconnect) and close it."""
+        self.log.exception("openai.reader_error", session=conn.seq)
+        self._lost(conn, f"reader_error {exc!r:.100}")
+        self._retire(conn)
 
     def _on_audio_delta(self, conn: _Connection, event: oe.OutputAudioDelta) -> None:  # HOT
         item_id = event.item_id

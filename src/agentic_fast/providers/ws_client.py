@@ -1,0 +1,128 @@
+"""A python-websockets client connection that can hand whole messages to a callback.
+
+Why. websockets' asyncio receive path is ``data_received`` -> sans-I/O parse ->
+``Connection.process_event`` -> ``Assembler.put`` (a ``SimpleQueue``) -> wake the task blocked
+in ``recv()`` -> ``Assembler.get`` -> ``recv()`` returns -> our parse. A provider socket
+carries a stream of small JSON events (an audio delta every ~20-40 ms per call), and the
+queue round trip plus one task wake-up per message showed up in profiles (``Assembler.get``,
+``SimpleQueue.put``/``get``, ``Connection.recv``, ``Task.__step``). :class:`FastClientConnection`
+cuts it: once a handler is set, a complete (``fin``) unfragmented TEXT frame, and a BINARY one
+if ``on_binary`` is set, is passed as ``bytes`` straight from ``process_event`` (that is, from
+inside ``data_received``) to ``on_text(data)`` / ``on_binary(data)``. No queue, no task wake-up.
+
+Everything else goes to websockets unchanged (``super().process_event``): the handshake
+response (the first event; ``ClientConnection.process_event`` stores it and resolves
+``response_rcvd``), fragmented messages (first frame not ``fin``, then ``CONT`` frames), data
+frames of an opcode with no handler, and control frames (ping/pong/close: pongs acknowledge
+pings there). Those still come out of ``recv()``, and the close still ends ``recv()`` /
+``wait_closed()`` with :class:`~websockets.exceptions.ConnectionClosed` as usual.
+
+Ordering rule. A frame takes the fast path only while the assembler's frame queue is empty.
+While anything is queued (messages that arrived before the handler was set, or a binary /
+fragmented message that ``recv()`` has not taken yet) new frames are queued behind it, so the
+owner must keep a task calling ``recv()`` and hand each message it returns to the same handler
+*synchronously* (no ``await`` between ``recv()`` returning and the call). That task drains the
+backlog in order; the fast path resumes as soon as the queue is empty. Why this is enough: a
+queued frame leaves the queue only inside ``recv()``, in the same task step as ``recv()``
+returns it, and a new TEXT frame cannot arrive in the middle of a fragmented message (the
+protocol rejects it), so the handler never sees a message before an older one. The handler
+can therefore be set at any moment, e.g. by the reader task itself when it starts.
+
+Contract for handlers: they run inside ``data_received``, so they must not block and cannot
+await. They get ``bytes`` that websockets has *not* UTF-8-validated (``recv()`` would have,
+failing the connection with 1007 on bad UTF-8); ``orjson.loads`` rejects invalid UTF-8, so
+our parsers count such a frame as malformed JSON instead. An exception from a handler never
+reaches websockets: it is caught, counted (``ws.fast_path.handler_errors``) and logged, and
+the connection goes on. Handlers that need a failure to end the connection do it themselves.
+
+Version note: the queue check reads ``recv_messages.frames.queue`` (websockets 14-17
+``Assembler`` -> ``SimpleQueue`` -> ``deque``). If that shape is missing the fast path stays
+off (everything goes through ``recv()``), counted once as ``ws.fast_path.unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
+
+from agentic_fast import metrics
+from agentic_fast.log import get_logger
+
+__all__ = ["FastClientConnection", "MessageHandler"]
+
+#: ``handler(payload)``: one whole message's payload, called inside ``data_received``.
+MessageHandler = Callable[[bytes], None]
+
+_TEXT = Opcode.TEXT
+_BINARY = Opcode.BINARY
+_log = get_logger("providers.ws")
+
+
+class FastClientConnection(ClientConnection):
+    """:class:`~websockets.asyncio.client.ClientConnection` with optional synchronous message
+    handlers (see the module docstring for the rule). Use it through ``connect(...,
+    create_connection=FastClientConnection)``; with no handler set it behaves exactly like
+    its base class."""
+
+    #: Called with the payload of each whole, unfragmented TEXT message; None: use ``recv()``.
+    on_text: MessageHandler | None
+    #: Same for BINARY messages.
+    on_binary: MessageHandler | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_text = None
+        self.on_binary = None
+        self.handler_errors = 0
+        # the assembler's frame deque (set in connection_made); None: fast path unavailable
+        self._queued: deque[Frame] | None = None
+
+    def set_handlers(self, on_text: MessageHandler | None,
+                     on_binary: MessageHandler | None = None) -> None:
+        """Deliver whole text (and binary) messages to these callables from now on; None
+        for both turns the fast path off. Messages already queued stay ahead: ``recv()``
+        returns them first (see the module docstring)."""
+        self.on_text = on_text
+        self.on_binary = on_binary
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        queued = getattr(getattr(self.recv_messages, "frames", None), "queue", None)
+        if isinstance(queued, deque):
+            self._queued = queued
+        else:  # pragma: no cover - another websockets layout
+            metrics.incr("ws.fast_path.unavailable")
+
+    def process_event(self, event: Event) -> None:  # HOT: once per received frame
+        # self.response is None only for the first event, the handshake response, which
+        # ClientConnection.process_event must see; after it every event is a Frame.
+        queued = self._queued
+        if self.response is not None and queued is not None and not queued:
+            frame: Frame = event  # type: ignore[assignment]
+            if frame.fin:
+                opcode = frame.opcode
+                if opcode is _TEXT:
+                    handler = self.on_text
+                elif opcode is _BINARY:
+                    handler = self.on_binary
+                else:
+                    handler = None
+                if handler is not None:
+                    data = frame.data
+                    if type(data) is not bytes:
+                        data = bytes(data)
+                    try:
+                        handler(data)
+                    except Exception:
+                        self.handler_errors += 1
+                        metrics.incr("ws.fast_path.handler_errors")
+                        _log.exception("ws.fast_path.handler_error", size=len(data),
+                                       opcode=opcode.name)
+                    return
+        super().process_event(event)
