@@ -501,6 +501,7 @@ def reanalyse(out: Path) -> list[dict[str, Any]]:
 async def run_one(args: argparse.Namespace, n: int, mode: str, target: str,
                   duration: float, index: int) -> dict[str, Any]:
     procs = args.gen_procs or max(1, math.ceil(n / args.calls_per_proc))
+    best: dict[str, Any] | None = None
     for attempt in range(3):
         label = f"{index:02d}-{target}-{mode}-n{n}" + (f"-retry{attempt}" if attempt else "")
         print(f"\n== run {label}: {n} calls, {target} ({mode}), {procs} caller process(es); "
@@ -510,6 +511,13 @@ async def run_one(args: argparse.Namespace, n: int, mode: str, target: str,
         print(rep.details(result), flush=True)
         lagged = [g for g in result["generator"]["processes"]
                   if g["name"] in result["lagging_processes"]]
+        late = _worst_lateness(result)
+        if best is not None and late >= _worst_lateness(best):
+            print(f"  spreading the calls did not help (worst caller lateness p99 {late:.1f} "
+                  "ms): the generator side is at its limit; keeping the earlier run",
+                  flush=True)
+            return best
+        best = result
         if result["valid"] or not lagged or args.gen_procs or procs >= n:
             break
         busy = result.get("generator_cores_busy_pct") or 0.0
@@ -525,6 +533,12 @@ async def run_one(args: argparse.Namespace, n: int, mode: str, target: str,
         print(f"  a caller process missed its 20 ms cadence: spreading the calls over {procs} "
               "processes and running again", flush=True)
     return result
+
+
+def _worst_lateness(result: dict[str, Any]) -> float:
+    """The worst caller process's send lateness p99 (ms) of a run."""
+    return max(((g.get("send_late") or {}).get("p99") or 0.0
+                for g in result["generator"]["processes"]), default=0.0)
 
 
 async def sweep(args: argparse.Namespace, ns: list[int]) -> list[dict[str, Any]]:
@@ -558,28 +572,41 @@ async def capacity(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
     lo: int | None = None
     hi: int | None = None
     n = args.capacity_start
+    gen_limit: int | None = None  # smallest N the generator could not drive
     verdict = "search bounded by --capacity-runs"
     while len(runs) < args.capacity_runs:
         r = await run_one(args, n, args.mode, "server", duration, len(runs) + 1)
         runs.append(r)
         if not r["valid"]:
-            verdict = (f"stopped at N={n}: the generator could not keep its cadence "
-                       f"({'; '.join(r['invalid_reasons'])}); add generator cores "
-                       f"(--gen-cores) or processes (--calls-per-proc)")
-            break
-        ok = rep.capacity_pass(r, args.max_jitter_ms)
-        print(f"  capacity probe N={n}: {'PASS' if ok else 'FAIL'}", flush=True)
-        if ok:
-            lo = n if lo is None else max(lo, n)
+            # not the server's failure: search below, and say where the generator gave out
+            gen_limit = n if gen_limit is None else min(gen_limit, n)
+            print(f"  capacity probe N={n}: generator-limited "
+                  f"({'; '.join(r['invalid_reasons'])[:160]})", flush=True)
+            if lo is None:
+                break
         else:
-            hi = n if hi is None else min(hi, n)
+            ok = rep.capacity_pass(r, args.max_jitter_ms)
+            print(f"  capacity probe N={n}: {'PASS' if ok else 'FAIL'}", flush=True)
+            if ok:
+                lo = n if lo is None else max(lo, n)
+            else:
+                hi = n if hi is None else min(hi, n)
+        ceiling = min(x for x in (hi, gen_limit) if x is not None) \
+            if hi is not None or gen_limit is not None else None
         resolution = max(args.capacity_resolution, int(0.05 * (lo or n)))
-        nxt = next_probe(lo, hi, n, args.capacity_max, resolution)
+        nxt = next_probe(lo, ceiling, n, args.capacity_max, resolution)
         if nxt is None:
-            verdict = "converged" if hi is not None else f"passed up to --capacity-max {n}"
+            verdict = ("converged" if hi is not None and (gen_limit is None or hi <= gen_limit)
+                       else f"generator-limited at N={gen_limit}: the server passed every "
+                            "valid run; add generator cores (--gen-cores)"
+                       if gen_limit is not None else f"passed up to --capacity-max {n}")
             break
         n = nxt
-    cap = {"capacity_calls": lo, "first_failing_calls": hi, "verdict": verdict,
+    if gen_limit is not None and lo is None:
+        verdict = (f"stopped at N={gen_limit}: the generator could not keep its cadence; "
+                   "add generator cores (--gen-cores) or processes (--calls-per-proc)")
+    cap = {"capacity_calls": lo, "first_failing_calls": hi, "generator_limit_calls": gen_limit,
+           "verdict": verdict,
            "criterion": f"run >= {duration:.0f}s, every call sustained, 0 underruns, "
                         f"0 stalls, 0 errors, jitter p99 < {args.max_jitter_ms} ms, valid "
                         "generator", "server_core": args.server_core,

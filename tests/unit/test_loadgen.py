@@ -551,3 +551,51 @@ def test_smoke_two_calls_against_a_real_server(tmp_path: Path) -> None:
     assert run["first_audio_ms"]["n"] == 2
     assert run["cpu_s_per_call_min"] is not None
     assert (out / "loadgen.png").exists() or "matplotlib" not in sys.modules
+
+
+def _capacity_args(**kw: object) -> argparse.Namespace:
+    base = {"duration": 60.0, "capacity_duration": 60.0, "capacity_start": 100,
+            "capacity_max": 1000, "capacity_runs": 12, "capacity_resolution": 25,
+            "max_jitter_ms": 20.0, "mode": "openai", "server_core": 0, "gen_cores": "1"}
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def _fake_runs(server_limit: int, generator_limit: int) -> tuple[list[int], object]:
+    """A stand-in for run_one: the server passes up to ``server_limit`` calls, the
+    generator keeps its cadence up to ``generator_limit``."""
+    probed: list[int] = []
+
+    async def run_one(args: object, n: int, *_: object) -> dict[str, object]:
+        probed.append(n)
+        valid = n <= generator_limit
+        ok = n <= server_limit
+        return {"n": n, "sustained": n, "underruns": 0 if ok else 3, "stalls": 0,
+                "errors": 0, "jitter_ms": {"p99": 5.0}, "valid": valid,
+                "invalid_reasons": [] if valid else ["gen0: send lateness p99 9 ms > 5.0"]}
+
+    return probed, run_one
+
+
+def test_capacity_search_bisects_below_a_generator_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.loadgen as lg
+
+    probed, fake = _fake_runs(server_limit=10_000, generator_limit=260)
+    monkeypatch.setattr(lg, "run_one", fake)
+    _, cap = asyncio.run(lg.capacity(_capacity_args()))
+    assert probed[:3] == [100, 200, 400]  # doubling until the generator gives out
+    assert 200 <= cap["capacity_calls"] <= 260 < cap["generator_limit_calls"] <= 400
+    assert cap["first_failing_calls"] is None
+    assert cap["verdict"].startswith("generator-limited")
+
+
+def test_capacity_search_finds_the_server_limit_below_the_generators(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.loadgen as lg
+
+    probed, fake = _fake_runs(server_limit=330, generator_limit=10_000)
+    monkeypatch.setattr(lg, "run_one", fake)
+    _, cap = asyncio.run(lg.capacity(_capacity_args()))
+    assert cap["generator_limit_calls"] is None
+    assert 300 <= cap["capacity_calls"] <= 330 < cap["first_failing_calls"]
+    assert cap["verdict"] == "converged"
