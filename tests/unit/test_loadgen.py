@@ -593,7 +593,7 @@ def test_capacity_search_finds_the_server_limit_below_the_generators(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.loadgen as lg
 
-    probed, fake = _fake_runs(server_limit=330, generator_limit=10_000)
+    _, fake = _fake_runs(server_limit=330, generator_limit=10_000)
     monkeypatch.setattr(lg, "run_one", fake)
     _, cap = asyncio.run(lg.capacity(_capacity_args()))
     assert cap["generator_limit_calls"] is None
