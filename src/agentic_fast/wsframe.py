@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from types import ModuleType
 from typing import Literal
+
+from agentic_fast._audiocore.native import load_native
 
 OP_CONT = 0x0
 OP_TEXT = 0x1
@@ -80,27 +81,7 @@ def client_frame_python(opcode: int, payload: str | Buffer, key: bytes) -> bytes
     return frame_header(opcode, len(masked), 0x80) + key + masked
 
 
-def _native() -> ModuleType | None:
-    # Same switches, at the same moment (import), as agentic_fast.audio._select.
-    if os.environ.get("AGENTIC_FAST_NO_EXT") == "1":
-        return None
-    try:
-        from agentic_fast import _audio
-    except ImportError as exc:
-        if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
-            raise ImportError(
-                "AGENTIC_FAST_REQUIRE_EXT=1 but the native extension agentic_fast._audio "
-                f"cannot be imported: {exc}"
-            ) from exc
-        return None
-    if not hasattr(_audio, "ws_client_frame"):  # built from an older ext/_audio.pyx
-        if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
-            raise ImportError("agentic_fast._audio predates ws_mask: rebuild the extension")
-        return None
-    return _audio
-
-
-_ext = _native()
+_ext = load_native(needs="ws_client_frame")
 IMPLEMENTATION: Literal["native", "python"] = "python" if _ext is None else "native"
 #: ``payload`` XOR the repeating 4-byte ``key`` -> bytes (any contiguous buffer, no copy).
 mask: Callable[[Buffer, bytes], bytes] = mask_python if _ext is None else _ext.ws_mask

@@ -23,10 +23,10 @@ Public API (same behaviour and output bytes in both implementations):
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Literal
 
+from agentic_fast._audiocore.native import load_native
 from agentic_fast._audiocore.spec import PROVIDER_FORMATS, TWILIO_FRAME_BYTES, TWILIO_RATE
 from agentic_fast._audiocore.tables import FIR_DESIGNS
 from agentic_fast.errors import AudioFormatError
@@ -49,24 +49,12 @@ __all__ = [
 
 
 def _select() -> ModuleType:
-    # The one environment switch outside config.py: like AIOHTTP_NO_EXTENSIONS it picks the
-    # implementation at import time, before any config exists.
-    if os.environ.get("AGENTIC_FAST_NO_EXT") == "1":
-        from agentic_fast._audiocore import pyaudio as _pyaudio
+    native = load_native()
+    if native is not None:
+        return native
+    from agentic_fast._audiocore import pyaudio as _pyaudio
 
-        return _pyaudio
-    try:
-        from agentic_fast import _audio
-    except ImportError as exc:
-        if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
-            raise ImportError(
-                "AGENTIC_FAST_REQUIRE_EXT=1 but the native extension agentic_fast._audio "
-                f"cannot be imported: {exc}"
-            ) from exc
-        from agentic_fast._audiocore import pyaudio as _pyaudio
-
-        return _pyaudio
-    return _audio
+    return _pyaudio
 
 
 _impl = _select()
