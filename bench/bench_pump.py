@@ -19,6 +19,7 @@ import pytest
 import soxr
 
 from agentic_fast.audio import AudioConverter
+from agentic_fast.providers import openai_commands as oc
 from agentic_fast.providers import openai_events as oe
 from agentic_fast.telephony.media import TwilioOutbound, TwilioStreamState
 from bench.bench_hotpath import OPENAI_DELTAS, TWILIO_PAYLOADS
@@ -80,7 +81,7 @@ def bench_pump_inbound(benchmark) -> None:
 
     def step() -> list[str]:
         event = state.receive(next(frames))
-        return [oe.input_audio_append(c) for c in conv.feed_twilio_b64(event.payload)]
+        return [oc.input_audio_append(c) for c in conv.feed_twilio_b64(event.payload)]
 
     benchmark(step)
 

@@ -24,7 +24,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from agentic_fast import wsframe
-from agentic_fast.providers.openai_events import input_audio_append
+from agentic_fast.providers.openai_commands import input_audio_append
 from agentic_fast.wsframe import OP_TEXT, ClientFramer, client_frame_python
 
 MESSAGES = {

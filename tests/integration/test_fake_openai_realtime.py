@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
+from agentic_fast.providers import openai_commands as oc
 from agentic_fast.providers import openai_events as oe
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, ResponseScript, tone
 
@@ -61,7 +62,7 @@ async def open_client(fake: FakeOpenAIRealtime, **session: Any) -> Client:
     client = Client(ws)
     assert (await client.recv())["type"] == "session.created"
     if session:
-        await client.send(oe.session_update(**session))
+        await client.send(oc.session_update(**session))
         assert (await client.recv())["type"] == "session.updated"
     return client
 
@@ -118,7 +119,7 @@ async def test_session_created_then_update_echoes_effective_session(
         assert created["type"] == "session.created"
         assert created["session"]["type"] == "realtime"
         assert created["session"]["id"].startswith("sess_")
-        await client.send(oe.session_update(
+        await client.send(oc.session_update(
             instructions="Be brief.", voice="marin", audio_format="pcmu", vad=None,
             input_transcription_model="gpt-4o-mini-transcribe", event_id="evt_s1"))
         updated = await client.recv()
@@ -183,27 +184,27 @@ async def test_malformed_json_and_binary_frames_are_errors(fake: FakeOpenAIRealt
 async def test_audio_append_accepted_and_counted(fake: FakeOpenAIRealtime) -> None:
     client = await open_client(fake, audio_format="pcmu", vad=None)
     for _ in range(10):
-        await client.send(oe.input_audio_append(ULAW_20MS))
+        await client.send(oc.input_audio_append(ULAW_20MS))
     session = await fake.wait_session()
     await session.wait_received("input_audio_buffer.append", count=10)
     assert session.audio_bytes == {"audio/pcmu": 1600}
     assert session.received_types() == ["session.update"] + ["input_audio_buffer.append"] * 10
-    await client.send(oe.input_audio_commit(event_id="evt_c"))
+    await client.send(oc.input_audio_commit(event_id="evt_c"))
     events = await client.until("conversation.item.done")
     assert types(events) == ["input_audio_buffer.committed", "conversation.item.added",
                              "conversation.item.done"]
     item = events[-1]["item"]
     assert (item["role"], item["content"][0]["type"]) == ("user", "input_audio")
-    await client.send(oe.input_audio_append(ULAW_20MS))
-    await client.send(oe.input_audio_clear())
+    await client.send(oc.input_audio_append(ULAW_20MS))
+    await client.send(oc.input_audio_clear())
     assert (await client.recv())["type"] == "input_audio_buffer.cleared"
     await client.ws.close()
 
 
 async def test_pcm16_odd_length_is_rejected(fake: FakeOpenAIRealtime) -> None:
     client = await open_client(fake, audio_format="pcm16", vad=None)
-    await client.send(oe.input_audio_append(base64.b64encode(b"\x00" * 960).decode()))
-    await client.send(oe.input_audio_append(base64.b64encode(b"\x00" * 3).decode(),
+    await client.send(oc.input_audio_append(base64.b64encode(b"\x00" * 960).decode()))
+    await client.send(oc.input_audio_append(base64.b64encode(b"\x00" * 3).decode(),
                                             event_id="evt_odd"))
     error = await client.recv()
     assert (error["error"]["param"], error["error"]["event_id"]) == ("audio", "evt_odd")
@@ -215,10 +216,10 @@ async def test_pcm16_odd_length_is_rejected(fake: FakeOpenAIRealtime) -> None:
 async def test_auto_vad_turn_transcribes_and_answers() -> None:
     async with FakeOpenAIRealtime(auto_turn_ms=200, user_transcript="Book me in.",
                                   default_response=ResponseScript(transcript="Okay.")) as fake:
-        client = await open_client(fake, audio_format="pcmu", vad=oe.server_vad(),
+        client = await open_client(fake, audio_format="pcmu", vad=oc.server_vad(),
                                    input_transcription_model="gpt-4o-mini-transcribe")
         for _ in range(10):  # 200 ms
-            await client.send(oe.input_audio_append(ULAW_20MS))
+            await client.send(oc.input_audio_append(ULAW_20MS))
         events = await client.until("response.done")
     kinds = types(events)
     assert kinds[:3] == ["input_audio_buffer.speech_started",
@@ -240,7 +241,7 @@ async def test_response_streams_ga_sequence_with_the_given_audio(
     client = await open_client(fake, audio_format="pcmu", vad=None)
     session = await fake.wait_session()
     session.script_response(audio=audio, transcript="Sure, one moment.", chunk_ms=100)
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     events = await client.until("response.done")
     kinds = types(events)
     assert [k for k in kinds if not k.endswith(".delta")] == [
@@ -266,11 +267,11 @@ async def test_text_modality_and_real_time_pace(fake: FakeOpenAIRealtime) -> Non
     client = await open_client(fake, audio_format="pcm16", vad=None)
     session = await fake.wait_session()
     session.script_response(audio_ms=100, chunk_ms=50, pace=1.0, transcript="Two words")
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     events = await client.until("response.done")
     deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
     assert sum(len(base64.b64decode(d["delta"])) for d in deltas) == 4800  # 100 ms pcm16
-    await client.send(oe.response_create(output_modalities=["text"]))
+    await client.send(oc.response_create(output_modalities=["text"]))
     events = await client.until("response.done")
     assert "".join(e["delta"] for e in events
                    if e["type"] == "response.output_text.delta") == "Hello, this is the fake " \
@@ -284,15 +285,15 @@ async def test_cancel_held_response_and_second_create_conflict(
     client = await open_client(fake, audio_format="pcmu", vad=None)
     session = await fake.wait_session()
     session.script_response(audio_ms=1000, chunk_ms=100, hold_after_chunks=3)
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     created = (await client.until("response.created"))[-1]
     await session.wait_until(lambda: session.sent_types().count(
         "response.output_audio.delta") == 3, what="3 deltas")
-    await client.send(oe.response_create(event_id="evt_dup"))
+    await client.send(oc.response_create(event_id="evt_dup"))
     error = (await client.until("error"))[-1]["error"]
     assert (error["code"], error["event_id"]) == (
         "conversation_already_has_active_response", "evt_dup")
-    await client.send(oe.response_cancel(event_id="evt_cancel"))
+    await client.send(oc.response_cancel(event_id="evt_cancel"))
     events = await client.until("response.done")
     response = events[-1]["response"]
     assert response["id"] == created["response"]["id"]
@@ -302,7 +303,7 @@ async def test_cancel_held_response_and_second_create_conflict(
     assert "response.output_audio.done" in types(events)
     assert [c["event_id"] for c in session.cancels] == ["evt_cancel"]
     assert session.active is None
-    await client.send(oe.response_cancel(event_id="evt_late"))
+    await client.send(oc.response_cancel(event_id="evt_late"))
     assert (await client.until("error"))[-1]["error"]["code"] == "response_cancel_not_active"
     await client.ws.close()
 
@@ -311,49 +312,49 @@ async def test_truncate_is_validated_against_audio_sent(fake: FakeOpenAIRealtime
     client = await open_client(fake, audio_format="pcmu", vad=None)
     session = await fake.wait_session()
     session.script_response(audio_ms=1000, chunk_ms=100, hold_after_chunks=4)
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     state = oe.RealtimeState("pcmu")
     while state.audio_ms < 400:
         state.receive(await asyncio.wait_for(client.ws.recv(), TIMEOUT))
     item_id = state.audio_item_id
     assert item_id is not None
-    await client.send(oe.response_cancel())
+    await client.send(oc.response_cancel())
     await client.until("response.done")
 
-    await client.send(oe.conversation_item_truncate("item_nope", 0, 100, event_id="t1"))
+    await client.send(oc.conversation_item_truncate("item_nope", 0, 100, event_id="t1"))
     error = (await client.until("error"))[-1]["error"]
     assert (error["param"], error["event_id"]) == ("item_id", "t1")
-    await client.send(oe.conversation_item_truncate(item_id, 0, 401, event_id="t2"))
+    await client.send(oc.conversation_item_truncate(item_id, 0, 401, event_id="t2"))
     error = (await client.until("error"))[-1]["error"]
     assert error["param"] == "audio_end_ms"
     assert error["message"] == "Audio content of 400ms is already shorter than 401ms"
     user_item = await client_user_item(client)
-    await client.send(oe.conversation_item_truncate(user_item, 0, 10, event_id="t3"))
+    await client.send(oc.conversation_item_truncate(user_item, 0, 10, event_id="t3"))
     assert (await client.until("error"))[-1]["error"]["event_id"] == "t3"
 
     await client.send(state.truncate(1840) or "")  # clamped to the 400 ms that arrived
     truncated = (await client.until("conversation.item.truncated"))[-1]
     assert (truncated["item_id"], truncated["audio_end_ms"]) == (item_id, 400)
-    await client.send(oe.conversation_item_truncate(item_id, 0, 250))
+    await client.send(oc.conversation_item_truncate(item_id, 0, 250))
     assert (await client.until("conversation.item.truncated"))[-1]["audio_end_ms"] == 250
     assert [t["audio_end_ms"] for t in session.truncates] == [400, 250]
-    await client.send(oe.conversation_item_truncate(item_id, 0, 300))  # now only 250 ms
+    await client.send(oc.conversation_item_truncate(item_id, 0, 300))  # now only 250 ms
     assert (await client.until("error"))[-1]["error"]["param"] == "audio_end_ms"
     await client.ws.close()
 
 
 async def client_user_item(client: Client) -> str:
-    await client.send(oe.conversation_item_create_user_text("The caller pressed 5."))
+    await client.send(oc.conversation_item_create_user_text("The caller pressed 5."))
     events = await client.until("conversation.item.done")
     return str(events[-1]["item"]["id"])
 
 
 async def test_function_call_round_trip(fake: FakeOpenAIRealtime) -> None:
     client = await open_client(fake, audio_format="pcmu", vad=None,
-                               tools=[oe.function_tool("end_call", "Hang up.")])
+                               tools=[oc.function_tool("end_call", "Hang up.")])
     session = await fake.wait_session()
     session.script_response(function_call=("end_call", '{"reason":"done"}'))
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     events = await client.until("response.done")
     args = "".join(e["delta"] for e in events
                    if e["type"] == "response.function_call_arguments.delta")
@@ -364,11 +365,11 @@ async def test_function_call_round_trip(fake: FakeOpenAIRealtime) -> None:
     assert (call.name, call.arguments) == ("end_call", '{"reason":"done"}')
     fn_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert fn_done["call_id"] == call.call_id
-    await client.send(oe.conversation_item_create_function_output(call.call_id, {"ok": True}))
+    await client.send(oc.conversation_item_create_function_output(call.call_id, {"ok": True}))
     added = (await client.until("conversation.item.done"))[-1]["item"]
     assert added["type"] == "function_call_output" and added["call_id"] == call.call_id
     assert session.function_outputs[0]["output"] == '{"ok":true}'
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     assert (await client.until("response.done"))[-1]["response"]["status"] == "completed"
     await client.ws.close()
 
@@ -377,10 +378,10 @@ async def test_function_call_round_trip(fake: FakeOpenAIRealtime) -> None:
 
 
 async def test_barge_in_injection_cancels_with_turn_detected(fake: FakeOpenAIRealtime) -> None:
-    client = await open_client(fake, audio_format="pcmu", vad=oe.server_vad())
+    client = await open_client(fake, audio_format="pcmu", vad=oc.server_vad())
     session = await fake.wait_session()
     session.script_response(audio_ms=1000, hold_after_chunks=2)
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     await session.wait_until(lambda: session.sent_types().count(
         "response.output_audio.delta") == 2, what="2 deltas")
     item_id = await session.speech_started()
@@ -400,7 +401,7 @@ async def test_error_injection_keeps_session_open(fake: FakeOpenAIRealtime) -> N
                              error_type="server_error")
     error = oe.parse_server_event(json.dumps(await client.recv()))
     assert isinstance(error, oe.ErrorEvent) and error.code == "server_error"
-    await client.send(oe.session_update(instructions="still here"))
+    await client.send(oc.session_update(instructions="still here"))
     assert (await client.recv())["type"] == "session.updated"
     await client.ws.close()
 
@@ -452,10 +453,10 @@ async def test_reconnect_gets_a_fresh_session(fake: FakeOpenAIRealtime) -> None:
 async def test_speech_without_interrupt_response_lets_the_response_finish(
         fake: FakeOpenAIRealtime) -> None:
     client = await open_client(fake, audio_format="pcmu",
-                               vad=oe.server_vad(interrupt_response=False))
+                               vad=oc.server_vad(interrupt_response=False))
     session = await fake.wait_session()
     session.script_response(audio_ms=300, hold_after_chunks=1)
-    await client.send(oe.response_create())
+    await client.send(oc.response_create())
     await session.wait_sent("response.output_audio.delta")
     await session.speech_started()
     session.release()

@@ -17,7 +17,7 @@ import pytest
 
 from agentic_fast.config import OpenAIRealtimeConfig, VadConfig
 from agentic_fast.errors import PeerUnavailableError
-from agentic_fast.providers.openai_events import function_tool
+from agentic_fast.providers.openai_commands import function_tool
 from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
 from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession, ResponseScript

@@ -1,8 +1,10 @@
 """OpenAI Realtime (GA) provider: one call's socket, its events, reconnects and carry-over.
 
-The wire format lives in :mod:`openai_events` (sans-I/O); this module is the I/O shell
-around it (python-websockets ``asyncio/connection.py`` style): open and configure a session,
-parsed events dispatched to the bridge through a dict of handlers, and synchronous writes.
+The wire format lives in :mod:`openai_commands` (client events we send) and
+:mod:`openai_events` (server events, parsing, state), both sans-I/O; this module is the I/O
+shell around them (python-websockets ``asyncio/connection.py`` style): open and configure a
+session, parsed events dispatched to the bridge through a dict of handlers, and synchronous
+writes.
 
 Receive path. Once a session is installed, server events are parsed and dispatched
 synchronously from the socket's ``data_received``: the socket is a
@@ -79,6 +81,7 @@ from agentic_fast import metrics
 from agentic_fast.config import OpenAIRealtimeConfig
 from agentic_fast.errors import PeerUnavailableError
 from agentic_fast.log import get_logger
+from agentic_fast.providers import openai_commands as oc
 from agentic_fast.providers import openai_events as oe
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
@@ -87,7 +90,7 @@ from agentic_fast.wsframe import ClientFramer
 
 __all__ = ["OpenAIRealtimeProvider"]
 
-_append = oe.input_audio_append  # HOT: one call per caller audio chunk
+_append = oc.input_audio_append  # HOT: one call per caller audio chunk
 
 PEER = "openai"
 #: Handshake refusals that no retry will fix.
@@ -167,9 +170,9 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._url = f"{config.url}?model={quote(config.model, safe='')}"
         self._headers = {"Authorization": f"Bearer {config.api_key}"}
         vad = config.vad
-        self._session_update = oe.session_update(
+        self._session_update = oc.session_update(
             instructions=config.instructions, voice=config.voice, audio_format=fmt,
-            vad=oe.server_vad(threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
+            vad=oc.server_vad(threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
                               silence_duration_ms=vad.silence_duration_ms,
                               create_response=True, interrupt_response=interrupt_response),
             input_transcription_model=config.transcription_model or None,
@@ -289,7 +292,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         conn.pending = False  # the caller's new turn gets a response of its own
         state = conn.state
         if state.active_response_id is not None and not self._server_cancels:
-            self._write(conn, oe.response_cancel(state.active_response_id,
+            self._write(conn, oc.response_cancel(state.active_response_id,
                                               event_id=self._event_id("cx")))
             metrics.incr("openai.interrupt.cancel")
         if audio_end_ms is None or audio_end_ms <= 0 or not item_id:
@@ -473,7 +476,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             break
         summary = carry_over_summary(list(self._recent), self._opening)
         if summary is not None:
-            self._write(new, oe.conversation_item_create_system_text(
+            self._write(new, oc.conversation_item_create_system_text(
                 summary, event_id=self._event_id("seed")))
         if old is not None:
             self._detach(old)
@@ -618,12 +621,12 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         eid = self._event_id("it")
         if kind == "tool":
             if a in conn.calls:
-                return oe.conversation_item_create_function_output(a, b, event_id=eid)
+                return oc.conversation_item_create_function_output(a, b, event_id=eid)
             # the call was made in an earlier session: its id means nothing to this one
             name = self._call_names.get(a, "a tool")
-            return oe.conversation_item_create_system_text(
+            return oc.conversation_item_create_system_text(
                 f"Result of the earlier call to {name}: {b}", event_id=eid)
-        return oe.conversation_item_create_system_text(a, event_id=eid)
+        return oc.conversation_item_create_system_text(a, event_id=eid)
 
     def _request_response(self, conn: _Connection) -> None:
         """``response.create`` now, or once the active response is done (only one at a time)."""
@@ -631,7 +634,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             conn.pending = True
             return
         conn.requested = True
-        self._write(conn, oe.response_create(event_id=self._event_id("rc")))
+        self._write(conn, oc.response_create(event_id=self._event_id("rc")))
 
     # -- reading -----------------------------------------------------------------------------
 
