@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.fakes.openclaw_real import OpenClawInstall, OpenClawUnavailable, ensure_installed
+from tests.fakes.twilio_rest import FakeTwilioRest
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +20,10 @@ def openclaw() -> OpenClawInstall:
         return ensure_installed()
     except OpenClawUnavailable as exc:
         pytest.skip(f"real OpenClaw gateway unavailable: {exc}")
+
+
+@pytest.fixture
+async def rest() -> AsyncIterator[FakeTwilioRest]:
+    """A fake Twilio REST API on loopback."""
+    async with FakeTwilioRest() as fake:
+        yield fake

@@ -26,12 +26,6 @@ FAST = 10.0  # the fake caller sends its audio 10x faster than real time
 
 
 @pytest.fixture
-async def rest() -> AsyncIterator[FakeTwilioRest]:
-    async with FakeTwilioRest() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
     h = await start_harness(rest, start_timeout_s=2)
     try:

@@ -21,7 +21,6 @@ from aiohttp import web
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Close, Frame, Opcode
-from websockets.streams import StreamReader
 
 from agentic_fast import listener
 from agentic_fast.http_upgrade import UpgradeRequest, accept_key, switching_protocols
@@ -31,6 +30,7 @@ from agentic_fast.wsframe import OP_BINARY, OP_CLOSE, OP_TEXT, ClientFramer, ser
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import new_sid
 from tests.integration.harness import Harness, RecordingBridge, start_harness
+from tests.ws_frames import parse_frames
 
 pytestmark = pytest.mark.asyncio
 WAIT = 10.0
@@ -121,12 +121,6 @@ async def echo_server() -> AsyncIterator[EchoServer]:
 
 
 @pytest.fixture
-async def rest() -> AsyncIterator[FakeTwilioRest]:
-    async with FakeTwilioRest() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
     h = await start_harness(rest, start_timeout_s=5)
     try:
@@ -177,23 +171,6 @@ def request(method: str, path: str, *headers: str, body: bytes = b"",
 def ws_request(path: str, *extra: str, version: str = "13", key: str = KEY) -> bytes:
     return request("GET", path, "Upgrade: websocket", "Connection: Upgrade",
                    f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}", *extra)
-
-
-def parse_frames(data: bytes) -> list[Frame]:
-    """Server frames through websockets' parser (unmasked)."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    frames = []
-    while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-        try:
-            next(parser)
-        except StopIteration as done:
-            frames.append(done.value)
-        else:  # pragma: no cover
-            raise AssertionError("incomplete frame")
-    return frames
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame:

@@ -28,12 +28,6 @@ def _openai_config(rest: FakeTwilioRest, url: str, key: str, **bridge: object) -
 
 
 @pytest.fixture
-async def rest() -> AsyncIterator[FakeTwilioRest]:
-    async with FakeTwilioRest() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
     async with FakeOpenAIRealtime() as fake:
         yield fake

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 from websockets.frames import Close, Frame, Opcode
-from websockets.streams import StreamReader
 
 from agentic_fast.media_socket import CLOSED, MediaSocket, text_frame
 from agentic_fast.wsframe import (
@@ -27,6 +26,7 @@ from agentic_fast.wsframe import (
     frame_header,
     mask,
 )
+from tests.ws_frames import parse_frames
 
 pytestmark = pytest.mark.asyncio
 WAIT = 5.0  # upper bound on any wait for an event that must happen
@@ -114,23 +114,6 @@ class FakeTransport:
 
     def frames(self) -> list[Frame]:
         return parse_frames(bytes(self.written))
-
-
-def parse_frames(data: bytes) -> list[Frame]:
-    """Server -> client frames, through websockets' parser (unmasked, strict)."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    frames = []
-    while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-        try:
-            next(parser)
-        except StopIteration as done:
-            frames.append(done.value)
-        else:  # pragma: no cover - the parser wants more bytes than were written
-            raise AssertionError(f"incomplete frame in {data[-40:]!r}")
-    return frames
 
 
 def close_of(frame: Frame) -> Close:
