@@ -204,7 +204,7 @@ class MediaSocket(asyncio.Protocol):
         elif opcode == OP_PING:
             self._write(server_frame(OP_PONG, payload))
         elif opcode == OP_PONG:
-            pass  # any frame proves the peer alive (see _heartbeat)
+            return  # nothing to do: any frame proves the peer alive (see _heartbeat)
         elif opcode == OP_CLOSE:
             self._peer_close(payload)
         else:
