@@ -237,15 +237,23 @@ async def test_a_tick_sends_its_frames_and_marks_in_one_write_in_order() -> None
     assert sender.marks() == ["m1", "m2", "m3"]
 
 
-async def test_truncate_point_runs_on_from_the_last_mark_with_playout_time() -> None:
-    now = [50.0]
+async def _clocked_bridge(now: list[float], lead_ms: int
+                         ) -> tuple[AudioBridge, RecordingProvider]:
+    """A bridge whose clock is ``now[0]`` (marks every 10 frames)."""
     manager = CallManager()
     session = manager.create_inbound("CA" + "2" * 32, "+15551230000", "+15557654321")
-    provider, sender = RecordingProvider(), RecordingSender()
-    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
-                         settings=BridgeSettings(lead_ms=400, mark_every_frames=10),
+    provider = RecordingProvider()
+    bridge = AudioBridge(session, RecordingSender(), provider,  # type: ignore[arg-type]
+                         ManualPacer(),  # type: ignore[arg-type]
+                         settings=BridgeSettings(lead_ms=lead_ms, mark_every_frames=10),
                          clock=lambda: now[0])
     await bridge.start()
+    return bridge, provider
+
+
+async def test_truncate_point_runs_on_from_the_last_mark_with_playout_time() -> None:
+    now = [50.0]
+    bridge, provider = await _clocked_bridge(now, lead_ms=400)
     bridge.on_audio(_delta(1000), "item1")
     bridge.pump(1.0)  # 20 frames (400 ms) sent: marks at 200 and 400 ms
     bridge.on_mark("m1")  # Twilio played 200 ms ...
@@ -256,13 +264,7 @@ async def test_truncate_point_runs_on_from_the_last_mark_with_playout_time() -> 
 
 async def test_interpolated_truncate_point_never_passes_what_was_sent() -> None:
     now = [50.0]
-    manager = CallManager()
-    session = manager.create_inbound("CA" + "3" * 32, "+15551230000", "+15557654321")
-    provider, sender = RecordingProvider(), RecordingSender()
-    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
-                         settings=BridgeSettings(lead_ms=200, mark_every_frames=10),
-                         clock=lambda: now[0])
-    await bridge.start()
+    bridge, provider = await _clocked_bridge(now, lead_ms=200)
     bridge.on_audio(_delta(1000), "item1")
     bridge.pump(1.0)  # 10 frames (200 ms) sent, one mark at 200 ms
     bridge.on_mark("m1")

@@ -233,3 +233,16 @@ async def test_abrupt_close_is_detected(loop_ws: Loopback) -> None:
     await lb.until(lambda: lb.got == [b"x"], "message")
     lb.server.transport.abort()
     assert await asyncio.wait_for(reader, TIMEOUT) == "closed 1006"
+
+
+async def test_write_text_now_sends_whole_frames_after_websockets_pending_ones(
+        loop_ws: Loopback) -> None:
+    lb = loop_ws
+    lb.client.protocol.send_ping(b"queued")  # a websockets frame not written yet
+    assert lb.client.protocol.writes
+    lb.client.write_text_now('{"type":"input_audio_buffer.append","audio":"AAAA"}')
+    lb.client.write_text_now("é" * 200)  # 16-bit length, UTF-8
+    assert not lb.client.protocol.writes  # the ping went out first
+    assert await asyncio.wait_for(lb.server.recv(), TIMEOUT) == (
+        '{"type":"input_audio_buffer.append","audio":"AAAA"}')
+    assert await asyncio.wait_for(lb.server.recv(), TIMEOUT) == "é" * 200  # parsed whole

@@ -5,20 +5,18 @@ resumption state in :mod:`gemini_session`; this module moves frames and keeps th
 turn state. Shape and send path follow :mod:`openai_realtime`.
 
 Send path. Frames are written synchronously, so ``send_audio`` never awaits: each is one
-whole masked text frame from :class:`wsframe.ClientFramer` and one ``transport.write``, past
-websockets' ``protocol.send_text`` + ``send_data()``, which draws a mask key per frame with
-``secrets.token_bytes(4)`` (a ``getrandom`` syscall each) and serialises the frame in
-Python; the framer uses pooled ``os.urandom`` keys and builds the frame in the native
-extension (details in :mod:`openai_realtime`). websockets keeps the handshake, reading,
-control frames and closing; whatever its protocol has pending (an automatic pong) is
-written before our frame. The framer belongs to the provider (one call), shared by its
-successive connections (``GeminiLink`` lives in :mod:`gemini_session`): it holds nothing
-but the key pool. When the transport's write buffer is above ``max_write_buffer`` caller
-audio is dropped and counted (``gemini.audio.backpressure_dropped``). While no connection
-carries the call (connecting, switching, reconnecting) caller audio goes to a bounded
-backlog (the newest ``max_buffered_audio_ms``; older chunks dropped,
-``gemini.audio.buffered_dropped``) and text / tool results to a bounded list; both are
-flushed once a connection is installed.
+whole masked text frame and one ``transport.write``
+(``FastClientConnection.write_text_now``), past websockets' ``protocol.send_text`` +
+``send_data()``, which draws a mask key per frame with ``secrets.token_bytes(4)`` (a
+``getrandom`` syscall each) and serialises the frame in Python; the framer uses pooled
+``os.urandom`` keys and builds the frame in the native extension (details in
+:mod:`openai_realtime`). websockets keeps the handshake, reading, control frames and
+closing; whatever its protocol has pending (an automatic pong) is written before our frame.
+When the transport's write buffer is above ``max_write_buffer`` caller audio is dropped and
+counted (``gemini.audio.backpressure_dropped``). While no connection carries the call
+(connecting, switching, reconnecting) caller audio goes to a bounded backlog (the newest
+``max_buffered_audio_ms``; older chunks dropped, ``gemini.audio.buffered_dropped``) and text
+/ tool results to a bounded list; both are flushed once a connection is installed.
 
 Turns. :class:`gemini_session.TurnTracker` gives each model turn an id (``turn-<n>``),
 sends ``on_audio_done`` once per turn, maps ``interrupted`` (Gemini's barge-in) to
@@ -74,7 +72,6 @@ from agentic_fast.providers.gemini_session import (
     open_link,
 )
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
-from agentic_fast.wsframe import ClientFramer
 
 __all__ = ["GeminiLiveProvider"]
 
@@ -126,7 +123,6 @@ class GeminiLiveProvider(RealtimeProvider):
         self._go_away_margin_s = go_away_margin_s
         self._max_write_buffer = max_write_buffer
         self._close_timeout_s = close_timeout_s
-        self._framer = ClientFramer()  # masked data frames written past websockets
         self._listener: ProviderListener = _NullListener()  # type: ignore[assignment]
         self._link: GeminiLink | None = None
         self._links: set[GeminiLink] = set()
@@ -221,10 +217,7 @@ class GeminiLiveProvider(RealtimeProvider):
                     metrics.incr("gemini.audio.backpressure_dropped")
                     return
                 try:
-                    frame = self._framer.frame_text(_audio(chunk_b64))
-                    if ws.protocol.writes:  # websockets' own frames (a pong) go first
-                        ws.send_data()
-                    transport.write(frame)
+                    ws.write_text_now(_audio(chunk_b64))
                 except Exception as exc:
                     self._write_failed(link, exc)
                 else:
@@ -523,10 +516,7 @@ class GeminiLiveProvider(RealtimeProvider):
         if ws.protocol.state is not State.OPEN or link.retired:
             return False
         try:
-            data = self._framer.frame_text(frame)
-            if ws.protocol.writes:  # websockets' own frames (a pong) go first
-                ws.send_data()
-            ws.transport.write(data)
+            ws.write_text_now(frame)
         except Exception as exc:
             self._write_failed(link, exc)
             return False

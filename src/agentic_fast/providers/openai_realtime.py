@@ -22,26 +22,26 @@ rule is in :mod:`ws_client`), and learns of the close from ``recv()``
 ignored. A frame that is not UTF-8 counts as malformed JSON (``openai.events.bad.*``) instead
 of failing the socket with 1007.
 
-Send path. Every client event is written synchronously, as one whole masked text frame
-built by the connection's :class:`wsframe.ClientFramer` and handed to the transport in one
-``transport.write``. Nothing is awaited, so ``send_audio`` can run inside the Twilio media
-handler. Why not ``ws.protocol.send_text`` + ``ws.send_data()`` (what ``await ws.send()``
-does minus its ``drain()``): python-websockets draws every frame's mask key with
-``secrets.token_bytes(4)``, one ``getrandom`` syscall per frame (3.5% of the server's CPU
-under load), and builds the frame in Python (``Frame`` object, ``Frame.serialize``, header
-``struct.pack`` and two concatenations); our framer takes keys from a pooled ``os.urandom``
-buffer and writes header, key and masked payload into one bytes in the native extension
-(~4.5x less CPU to frame a 2.6 KB append, ~5x for 350 B: ``bench/bench_wsframe.py``).
-websockets still owns the handshake, frame parsing, control frames (ping/pong/close) and closing:
-before our frame goes out, anything its sans-I/O protocol has pending (``protocol.writes``,
-e.g. an automatic pong) is written first, so frames stay whole and in order. We never use
-websockets' fragmented sends, so a data frame of ours cannot fall inside one of its
-messages. Flow control is ours: when the transport's write buffer is above
-``max_write_buffer`` (a slow or stuck peer) caller audio is dropped and counted
-(``openai.audio.backpressure_dropped``) instead of growing memory; control events always
-go. Measured on loopback (client CPU per 40 ms PCM16 append, net of the loop iteration),
-with websockets' framing: ~6 us with this synchronous path, ~10.5 us with a deque drained
-by a writer task calling ``ws.send``.
+Send path. Every client event is written synchronously, as one whole masked text frame built
+by the connection's :class:`wsframe.ClientFramer` and handed to the transport in one
+``transport.write`` (``FastClientConnection.write_text_now``). Nothing is awaited, so
+``send_audio`` can run inside the Twilio media handler. Why not ``ws.protocol.send_text`` +
+``ws.send_data()`` (what ``await ws.send()`` does minus its ``drain()``): python-websockets
+draws every frame's mask key with ``secrets.token_bytes(4)``, one ``getrandom`` syscall per
+frame (3.5% of the server's CPU under load), and builds the frame in Python (``Frame``
+object, ``Frame.serialize``, header ``struct.pack`` and two concatenations); our framer
+takes keys from a pooled ``os.urandom`` buffer and writes header, key and masked payload
+into one bytes in the native extension (~4.5x less CPU to frame a 2.6 KB append, ~5x for 350
+B: ``bench/bench_wsframe.py``). websockets still owns the handshake, frame parsing, control
+frames (ping/pong/close) and closing: before our frame goes out, anything its sans-I/O
+protocol has pending (``protocol.writes``, e.g. an automatic pong) is written first, so
+frames stay whole and in order. We never use websockets' fragmented sends, so a data frame
+of ours cannot fall inside one of its messages. Flow control is ours: when the transport's
+write buffer is above ``max_write_buffer`` (a slow or stuck peer) caller audio is dropped
+and counted (``openai.audio.backpressure_dropped``) instead of growing memory; control
+events always go. Measured on loopback (client CPU per 40 ms PCM16 append, net of the loop
+iteration), with websockets' framing: ~6 us with this synchronous path, ~10.5 us with a
+deque drained by a writer task calling ``ws.send``.
 
 Reconnect. When the socket drops mid-call (abrupt close, 1011, any error close) the call
 stays up: caller audio goes to a bounded deque (the last ``max_buffered_audio_ms``; older
@@ -86,7 +86,6 @@ from agentic_fast.providers import openai_events as oe
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
 from agentic_fast.providers.ws_client import FastClientConnection
-from agentic_fast.wsframe import ClientFramer
 
 __all__ = ["OpenAIRealtimeProvider"]
 
@@ -107,7 +106,7 @@ class _Fatal(Exception):
 class _Connection:
     """One socket and what is known about its session."""
 
-    __slots__ = ("calls", "framer", "opened_at", "pending", "reader", "requested", "retired",
+    __slots__ = ("calls", "opened_at", "pending", "reader", "requested", "retired",
                  "seq", "session_id", "state", "timer", "ws")
 
     def __init__(self, ws: FastClientConnection, state: oe.RealtimeState, seq: int) -> None:
@@ -122,7 +121,6 @@ class _Connection:
         self.calls: dict[str, str] = {}  # tool call ids of this session -> name
         self.retired = False
         self.opened_at = time.monotonic()
-        self.framer = ClientFramer()  # masked data frames written past websockets
 
     @property
     def open(self) -> bool:
@@ -268,10 +266,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                     metrics.incr("openai.audio.backpressure_dropped")
                     return
                 try:
-                    frame = conn.framer.frame_text(_append(chunk_b64))
-                    if ws.protocol.writes:  # websockets' own frames (a pong) go first
-                        ws.send_data()
-                    transport.write(frame)
+                    ws.write_text_now(_append(chunk_b64))
                     return
                 except Exception as exc:
                     self._write_failed(conn, exc)
@@ -572,10 +567,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if ws.protocol.state is not State.OPEN or conn.retired:
             return False
         try:
-            data = conn.framer.frame_text(frame)
-            if ws.protocol.writes:  # websockets' own frames (a pong) go first
-                ws.send_data()
-            ws.transport.write(data)
+            ws.write_text_now(frame)
         except Exception as exc:
             self._write_failed(conn, exc)
             return False

@@ -53,6 +53,7 @@ from websockets.protocol import Event
 
 from agentic_fast import metrics
 from agentic_fast.log import get_logger
+from agentic_fast.wsframe import ClientFramer
 
 __all__ = ["FastClientConnection", "MessageHandler"]
 
@@ -82,6 +83,18 @@ class FastClientConnection(ClientConnection):
         self.handler_errors = 0
         # the assembler's frame deque (set in connection_made); None: fast path unavailable
         self._queued: deque[Frame] | None = None
+        self._framer = ClientFramer()  # masked data frames written past websockets
+
+    def write_text_now(self, text: str) -> None:
+        """One whole masked text frame on the transport now (no await, no flow control:
+        the caller checks the write buffer). Anything websockets' own protocol has pending
+        (an automatic pong) is written first, so frames stay whole and in order; framing
+        and mask keys are ours (``wsframe``: native, pooled entropy), not websockets'
+        (a ``getrandom`` syscall and Python serialisation per frame)."""
+        frame = self._framer.frame_text(text)
+        if self.protocol.writes:
+            self.send_data()
+        self.transport.write(frame)
 
     def set_handlers(self, on_text: MessageHandler | None,
                      on_binary: MessageHandler | None = None) -> None:
