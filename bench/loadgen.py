@@ -337,7 +337,7 @@ class Run:
         spid = self.server.pid
         rss_idle = rep.proc_rss_kb(spid)
 
-        # 3. caller processes, calls dealt round-robin, clocks spread over the 20 ms tick
+        # 3. caller processes, calls dealt round-robin, their sub-ticks interleaved over 20 ms
         n_gens = min(self.gen_procs, n)
         for g in range(n_gens):
             name = f"gen{g}"
@@ -353,7 +353,8 @@ class Run:
                 "--account-sid", account_sid, "--calls", calls, "--n-total", str(n),
                 "--converter", converter,
                 "--handoff-ms", str(args.handoff_ms), "--lead-ms", str(args.lead_ms),
-                "--response-ms", str(args.response_ms), "--phase-ms", f"{20.0 * g / n_gens:.3f}",
+                "--response-ms", str(args.response_ms),
+                "--phase-ms", f"{20.0 * g / (n_gens * args.slots):.3f}", "--slots", str(args.slots),
                 "--seed", str(args.seed), "--result", str(result),
                 "--trace-every", str(max(1, math.ceil(n / args.trace_calls)))]
             self.gens.append(Child(name, await spawn(name, cmd), result))
@@ -572,12 +573,23 @@ async def capacity(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
     lo: int | None = None
     hi: int | None = None
     n = args.capacity_start
-    gen_limit: int | None = None  # smallest N the generator could not drive
+    gen_limit: int | None = None  # smallest N the generator could not drive (and failed)
+    lagged_passes: list[int] = []  # N that passed although the generator lagged
     verdict = "search bounded by --capacity-runs"
     while len(runs) < args.capacity_runs:
         r = await run_one(args, n, args.mode, "server", duration, len(runs) + 1)
         runs.append(r)
-        if not r["valid"]:
+        ok = rep.capacity_pass(r, args.max_jitter_ms)
+        if not r["valid"] and ok:
+            # A lagging generator or fake can only add underruns and jitter (frames sent,
+            # answered or stamped late), never remove them: the server passed regardless.
+            r["pass_despite_generator_lag"] = True
+            lagged_passes.append(n)
+            print(f"  capacity probe N={n}: PASS although the generator lagged "
+                  f"({'; '.join(r['invalid_reasons'])[:160]}): lag only worsens these "
+                  "figures", flush=True)
+            lo = n if lo is None else max(lo, n)
+        elif not r["valid"]:
             # not the server's failure: search below, and say where the generator gave out
             gen_limit = n if gen_limit is None else min(gen_limit, n)
             print(f"  capacity probe N={n}: generator-limited "
@@ -585,7 +597,6 @@ async def capacity(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
             if lo is None:
                 break
         else:
-            ok = rep.capacity_pass(r, args.max_jitter_ms)
             print(f"  capacity probe N={n}: {'PASS' if ok else 'FAIL'}", flush=True)
             if ok:
                 lo = n if lo is None else max(lo, n)
@@ -605,12 +616,15 @@ async def capacity(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict
     if gen_limit is not None and lo is None:
         verdict = (f"stopped at N={gen_limit}: the generator could not keep its cadence; "
                    "add generator cores (--gen-cores) or processes (--calls-per-proc)")
+    if lagged_passes:
+        verdict += (f"; passes with a lagging generator at N={lagged_passes} (conservative: "
+                    "the lag can only add underruns and jitter)")
     cap = {"capacity_calls": lo, "first_failing_calls": hi, "generator_limit_calls": gen_limit,
-           "verdict": verdict,
+           "passes_despite_generator_lag": lagged_passes, "verdict": verdict,
            "criterion": f"run >= {duration:.0f}s, every call sustained, 0 underruns, "
-                        f"0 stalls, 0 errors, jitter p99 < {args.max_jitter_ms} ms, valid "
-                        "generator", "server_core": args.server_core,
-           "generator_cores": args.gen_cores}
+                        f"0 stalls, 0 errors, jitter p99 < {args.max_jitter_ms} ms; a run "
+                        "whose generator lagged counts only when it passes",
+           "server_core": args.server_core, "generator_cores": args.gen_cores}
     return runs, cap
 
 
@@ -664,6 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin each caller process to one generator core (round robin) "
                         "instead of all of them")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--slots", type=int, default=4,
+                   help="a caller process sends its calls' frames in this many sub-ticks of "
+                        "the 20 ms clock (call phases spread like real calls)")
     p.add_argument("--calls-per-proc", type=int, default=100,
                    help="calls per caller process (more processes = shorter clock ticks)")
     p.add_argument("--gen-procs", type=int, default=None, help="caller processes (overrides)")
@@ -722,6 +739,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[int
         p.error(f"call counts must be 1..{MAX_CALLS}, at most {MAX_RUNS} of them")
     if not 1 <= args.capacity_runs <= MAX_RUNS or args.capacity_max > MAX_CALLS:
         p.error(f"--capacity-runs 1..{MAX_RUNS}, --capacity-max <= {MAX_CALLS}")
+    if not 1 <= args.slots <= 20:
+        p.error("--slots 1..20")
     if not 1.0 <= args.duration <= 3600 or not 0 <= args.warmup <= 600:
         p.error("--duration 1..3600 s, --warmup 0..600 s")
     if args.response_ms % 20 or args.response_ms + 500 >= args.turn_every_ms:
