@@ -440,10 +440,10 @@ class Call:
     """One simulated call: Twilio's side of the webhook and the media stream."""
 
     def __init__(self, proc: CallerProcess, index: int, t_start: float,
-                 rng: random.Random, slot: int = 0) -> None:
+                 rng: random.Random, pos: int = 0) -> None:
         self.proc = proc
         self.index = index
-        self.slot = slot  # the clock's sub-tick of this call
+        self.slot = pos % len(proc.active)  # the clock's sub-tick of this call
         self.id = f"{proc.name}c{index}"
         self.t_plan = t_start
         self.call_sid = "CA" + secrets.token_hex(16)
@@ -465,7 +465,9 @@ class Call:
         self.playout = Playout(proc.expected_frames, proc.lead_frames, proc.max_gap_s,
                                proc.gaps, proc.jitter)
         self.converter: Any = None
-        if proc.predict and index % proc.trace_every == 0:
+        # traced: every trace_every-th call OF THIS PROCESS (by global index, the calls dealt
+        # round-robin would all land in one process when trace_every == processes)
+        if proc.predict and pos % proc.trace_every == 0:
             from agentic_fast.audio import AudioConverter
 
             self.converter = AudioConverter(proc.converter_format, handoff_ms=proc.handoff_ms)
@@ -683,8 +685,7 @@ class CallerProcess:
         t_end = schedule["t_end"]
         rng = random.Random(f"{self.seed}:{self.name}")
         n = max(self.n_total, 1)
-        slots = len(self.active)
-        self.calls = [Call(self, i, t0 + ramp * i / n, rng, pos % slots)
+        self.calls = [Call(self, i, t0 + ramp * i / n, rng, pos)
                       for pos, i in enumerate(self.indices)]
         gc.collect()
         gc.freeze()

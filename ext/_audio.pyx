@@ -10,6 +10,7 @@ arithmetic is integer (Q14 taps, int32 accumulators proven not to overflow by th
 builder), so the result does not depend on summation order or vectorisation.
 """
 
+from cpython.buffer cimport PyObject_CheckBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int16_t, int32_t, int8_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
@@ -225,9 +226,12 @@ cdef inline _Bytes _mask_key(object key):
 def ws_mask(data, key):
     """``data`` XOR the repeating 4-byte ``key`` -> bytes (masking == unmasking).
 
-    ``data`` is any C-contiguous buffer, read in place (no copy of the input).
+    ``data`` is any C-contiguous buffer, read in place (no copy of the input); anything
+    else is a TypeError, as in the pure twin.
     """
     cdef _Bytes k = _mask_key(key)
+    if type(data) is not bytes and not PyObject_CheckBuffer(data):
+        raise TypeError(f"a WebSocket payload is a bytes-like object, not {type(data).__name__}")
     cdef _Bytes b = _borrow(data, False)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, b.size)
     _xor_mask(b.ptr, b.size, k.ptr, <uint8_t*>PyBytes_AS_STRING(out))
@@ -249,8 +253,10 @@ def ws_client_frame(int opcode, payload, key):
         b.size = PyUnicode_GET_LENGTH(payload)
     elif type(payload) is str:
         b = _borrow(payload.encode(), False)
-    else:
+    elif PyObject_CheckBuffer(payload):
         b = _borrow(payload, False)
+    else:
+        raise TypeError(f"a WebSocket payload is str or bytes-like, not {type(payload).__name__}")
     if opcode < 0 or opcode > 15:
         raise ValueError(f"bad WebSocket opcode {opcode}")
     cdef Py_ssize_t n = b.size

@@ -332,7 +332,7 @@ async def test_truncate_is_validated_against_audio_sent(fake: FakeOpenAIRealtime
     await client.send(oc.conversation_item_truncate(user_item, 0, 10, event_id="t3"))
     assert (await client.until("error"))[-1]["error"]["event_id"] == "t3"
 
-    await client.send(state.truncate(1840) or "")  # clamped to the 400 ms that arrived
+    await client.send(oc.truncate_at(state, 1840) or "")  # clamped to the 400 ms that arrived
     truncated = (await client.until("conversation.item.truncated"))[-1]
     assert (truncated["item_id"], truncated["audio_end_ms"]) == (item_id, 400)
     await client.send(oc.conversation_item_truncate(item_id, 0, 250))

@@ -12,6 +12,7 @@ import pytest
 from agentic_fast import metrics
 from agentic_fast.errors import RemoteProtocolError
 from agentic_fast.providers import openai_events as oe
+from agentic_fast.providers.openai_commands import truncate_at
 from tests.fakes.openai_realtime import SERVER_MODELS
 
 # --------------------------------------------------------------------------- parser
@@ -209,7 +210,7 @@ def _delta(item_id: str, nbytes: int, response_id: str = "resp_R1") -> bytes:
 
 def test_state_tracks_response_and_audio_for_truncate() -> None:
     state = oe.RealtimeState()
-    assert state.truncate(100) is None
+    assert truncate_at(state, 100) is None
     state.receive(orjson.dumps({"type": "session.created", "session": SESSION}))
     assert state.output_format == "pcmu"
     state.receive(orjson.dumps({"type": "response.created", "response": {
@@ -218,10 +219,11 @@ def test_state_tracks_response_and_audio_for_truncate() -> None:
     for n in (800, 801, 799):  # odd sizes exercise base64 padding
         state.receive(_delta("item_A1", n))
     assert state.audio_bytes == 2400 and state.audio_ms == 300
-    truncate = orjson.loads(state.truncate(1840) or "")
+    assert state.truncate_point(1840) == ("item_A1", 0, 300)
+    truncate = orjson.loads(truncate_at(state, 1840) or "")
     assert truncate == {"type": "conversation.item.truncate", "item_id": "item_A1",
                         "content_index": 0, "audio_end_ms": 300}  # clamped to what arrived
-    assert orjson.loads(state.truncate(120) or "")["audio_end_ms"] == 120
+    assert orjson.loads(truncate_at(state, 120) or "")["audio_end_ms"] == 120
     state.receive(orjson.dumps({"type": "conversation.item.truncated", "item_id": "item_A1",
                                 "content_index": 0, "audio_end_ms": 120}))
     assert state.audio_ms == 120
@@ -232,8 +234,8 @@ def test_state_tracks_response_and_audio_for_truncate() -> None:
     state.receive(_delta("item_A2", 480, "resp_R2"))
     assert state.audio_item_id == "item_A2" and state.audio_ms == 60
     assert state.audio_ms_of("item_A1") == 120 and state.audio_ms_of("item_X") is None
-    assert orjson.loads(state.truncate(500, "item_A1") or "")["audio_end_ms"] == 120
-    assert state.truncate(10, "item_X") is None
+    assert orjson.loads(truncate_at(state, 500, "item_A1") or "")["audio_end_ms"] == 120
+    assert truncate_at(state, 10, "item_X") is None
 
 
 def test_state_remembers_a_bounded_number_of_items() -> None:

@@ -109,6 +109,20 @@ def test_mask_returns_bytes_and_rejects_bad_keys(fn) -> None:
             fn(b"abcdef", key)
 
 
+@pytest.mark.parametrize("fn", MASKS)
+def test_mask_rejects_what_is_not_a_buffer_with_type_error(fn) -> None:
+    for bad in ("text", 5, None, [1, 2]):
+        with pytest.raises(TypeError):
+            fn(bad, b"1234")
+
+
+@pytest.mark.parametrize("fn", FRAMES)
+def test_client_frame_rejects_what_is_not_str_or_a_buffer_with_type_error(fn) -> None:
+    for bad in (5, None, [1, 2]):
+        with pytest.raises(TypeError):
+            fn(OP_TEXT, bad, b"1234")
+
+
 @needs_native
 def test_native_and_pure_identical() -> None:
     rng = random.Random(7)
@@ -222,7 +236,7 @@ def test_websockets_pending_writes_contract() -> None:
 def test_pure_fallback_under_no_ext() -> None:
     code = ("from agentic_fast import wsframe as w; import os;"
             "assert w.IMPLEMENTATION == 'python', w.IMPLEMENTATION;"
-            "assert w.mask is w.mask_python;"
+            "assert w.mask in (w.mask_python, w._websockets_mask);"
             "k = os.urandom(4); d = os.urandom(1000);"
             "assert w.mask(w.mask(d, k), k) == d;"
             "print('ok')")

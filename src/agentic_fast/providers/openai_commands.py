@@ -9,7 +9,7 @@ what these builders return. Server events, their parsing and :class:`RealtimeSta
         input_transcription_model="gpt-4o-mini-transcribe", output_modalities=["audio"],
         tools=[function_tool("end_call", "Hang up.")], tool_choice="auto"))
     await ws.send(input_audio_append(chunk_b64))                    # 25-50 times a second
-    await ws.send(response_cancel()); await ws.send(state.truncate(played_ms))  # barge-in
+    await ws.send(response_cancel()); await ws.send(truncate_at(state, played_ms))  # barge-in
 
 Only the GA shape is built (``session.type = "realtime"``, ``audio.input.format`` objects,
 ``output_modalities``). Misuse raises :class:`~agentic_fast.errors.LocalProtocolError`.
@@ -27,7 +27,7 @@ from typing import Any, Literal, NoReturn
 import orjson
 
 from agentic_fast.errors import LocalProtocolError
-from agentic_fast.providers.openai_events import AUDIO_FORMATS, PEER, AudioFormat
+from agentic_fast.providers.openai_events import AUDIO_FORMATS, PEER, AudioFormat, RealtimeState
 
 __all__ = [
     "OMIT", "conversation_item_create_function_output", "conversation_item_create_system_text",
@@ -305,7 +305,7 @@ def conversation_item_truncate(item_id: str, content_index: int, audio_end_ms: i
     """``conversation.item.truncate`` of an *assistant* audio item after a barge-in.
 
     ``audio_end_ms`` is what the caller actually heard; it must not exceed the audio generated
-    for the item (:meth:`RealtimeState.truncate` clamps it).
+    for the item (:func:`truncate_at` clamps it).
     """
     if type(content_index) is not int or content_index < 0:
         _local(f"content_index must be an int >= 0, got {content_index!r:.20}")
@@ -314,6 +314,17 @@ def conversation_item_truncate(item_id: str, content_index: int, audio_end_ms: i
     return _dumps({"type": "conversation.item.truncate",
                    "item_id": _nonempty_str("item_id", item_id),
                    "content_index": content_index, "audio_end_ms": audio_end_ms}, event_id)
+
+
+def truncate_at(state: RealtimeState, played_ms: int, item_id: str | None = None, *,
+                event_id: str | None = None) -> str | None:
+    """The truncate of ``item_id`` (default: the current audio item) after ``played_ms``,
+    clamped to the audio that arrived for it (:meth:`RealtimeState.truncate_point`); None
+    for an item this session has no audio of."""
+    point = state.truncate_point(played_ms, item_id)
+    if point is None:
+        return None
+    return conversation_item_truncate(*point, event_id=event_id)
 
 
 def _text_message(role: str, text: str, previous_item_id: str | None,

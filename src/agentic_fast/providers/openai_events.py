@@ -8,7 +8,7 @@ client events we send are built in :mod:`agentic_fast.providers.openai_commands`
     state = RealtimeState("pcmu")
     state.receive(await ws.recv())                                  # SessionCreated
     event = state.receive(frame)                                    # dispatch on type(event)
-    await ws.send(response_cancel()); await ws.send(state.truncate(played_ms))  # barge-in
+    await ws.send(response_cancel()); await ws.send(truncate_at(state, played_ms))  # barge-in
 
 The parser maps the GA names and also the beta names of the audio/transcript/text deltas
 and ``conversation.item.created`` to the same events (protocols.md 2.7). The format maps
@@ -750,10 +750,12 @@ class RealtimeState:
         earlier = self._earlier.get(item_id)
         return None if earlier is None else earlier[0] // self._bytes_per_ms
 
-    def truncate(self, played_ms: int, item_id: str | None = None, *,
-                 event_id: str | None = None) -> str | None:
-        """``conversation.item.truncate`` at ``played_ms`` of ``item_id`` (default: the current
-        audio item), clamped to the audio received for it; None for an unknown item."""
+    def truncate_point(self, played_ms: int,
+                       item_id: str | None = None) -> tuple[str, int, int] | None:
+        """Where a ``conversation.item.truncate`` after ``played_ms`` of ``item_id``
+        (default: the current audio item) must cut: ``(item_id, content_index,
+        audio_end_ms)``, clamped to the audio received for the item; None for an unknown
+        item. :func:`openai_commands.truncate_at` builds the event from it."""
         item_id = item_id or self.audio_item_id
         if item_id is None:
             return None
@@ -762,8 +764,4 @@ class RealtimeState:
             return None
         index = (self.audio_content_index if item_id == self.audio_item_id
                  else self._earlier[item_id][1])
-        end_ms = max(0, min(int(played_ms), have_ms))
-        # Deferred: openai_commands imports this module at load time (never per frame).
-        from agentic_fast.providers.openai_commands import conversation_item_truncate
-
-        return conversation_item_truncate(item_id, index, end_ms, event_id=event_id)
+        return item_id, index, max(0, min(int(played_ms), have_ms))

@@ -293,7 +293,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if audio_end_ms is None or audio_end_ms <= 0 or not item_id:
             metrics.incr("openai.interrupt.truncate_skipped")
             return
-        frame = state.truncate(audio_end_ms, item_id, event_id=self._event_id("tr"))
+        frame = oc.truncate_at(state, audio_end_ms, item_id, event_id=self._event_id("tr"))
         if frame is None:  # not an audio item of this session (e.g. before a reconnect)
             metrics.incr("openai.interrupt.truncate_unknown_item")
             self.log.debug("openai.truncate_skipped", item_id=item_id)
