@@ -9,7 +9,8 @@ error and on Ctrl-C): the fake provider(s) (bench.load_fakes, pinned to the gene
 cores, sharing one port), the server under test (``python -m agentic_fast serve`` with a
 generated config, pinned with ``taskset -c <server core>``; or the bare relay of
 ``--baseline-relay``), and the caller processes (bench.load_callers, pinned to the
-generator cores, each driving its calls from one 20 ms clock). Everything is on loopback.
+generator cores, each driving its calls from one 20 ms clock cut into ``--slots``
+sub-ticks, so that calls are out of phase like real ones). Everything is on loopback.
 
 Timeline of a run (CLOCK_MONOTONIC, shared by all processes): calls start one after the
 other over the ramp; after the warm-up the steady-state window of ``--duration`` seconds
@@ -19,7 +20,10 @@ both ends of the window, its RSS before the first call (idle) and at the end of 
 
 A run is *invalid* (column ``valid`` = NO, with the reason) when a generator or fake process
 could not keep its own cadence (send lateness p99 or loop lag p99 over the thresholds): its
-figures would then measure the generator, not the server.
+figures would then measure the generator, not the server. For the capacity search such a run
+still counts as a *pass* when the server met the criterion anyway (a lagging generator or
+fake can only add underruns and jitter: frames sent, answered or time-stamped late), and as
+"generator-limited" otherwise; the report says which.
 
 Outputs: a table with a legend on stdout, ``loadgen.json`` (every figure, settings, machine)
 and ``loadgen.png`` (latency percentiles, CPU and RSS per call against N) in ``--out``,
