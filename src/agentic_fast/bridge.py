@@ -307,7 +307,8 @@ class AudioBridge(ProviderListener):
             return
         played_ms = (now - self._t0) * 1000.0
         if self._sent_ms <= played_ms:  # playout idle: a new stretch starts now
-            self._t0, self._sent_ms, played_ms = now, 0, 0.0
+            self._t0, self._sent_ms = self._stretch_origin(now), 0
+            played_ms = (now - self._t0) * 1000.0
         budget = int((self.settings.lead_ms - (self._sent_ms - played_ms) + 1e-6) // FRAME_MS)
         queue, runs = self._queue, self._runs
         count = min(budget, len(queue))
@@ -331,6 +332,20 @@ class AudioBridge(ProviderListener):
         self._sent_ms += FRAME_MS * count
         self.frames_out += count
         sender.send(batch)
+
+    def _stretch_origin(self, now: float) -> float:
+        """Playout origin of a stretch that starts at ``now``: on the pacer's tick grid
+        shifted by half a frame (at most one frame before ``now``), so every frame boundary
+        falls midway between two ticks. A tick a few ms early or late then still finds
+        exactly one frame due; with the origin at ``now`` (any phase) a call whose
+        boundaries sat on the ticks got two frames in one tick and none in the next
+        whenever the timer wobbled by a millisecond, ~20 ms of jitter each time. The
+        first burst is the same (``lead_ms`` worth); the lead runs up to one frame longer."""
+        tick = getattr(self.pacer, "next_tick", None)
+        if tick is None:
+            return now
+        frame_s = FRAME_MS / 1000.0
+        return now - (now - tick + frame_s / 2) % frame_s
 
     def _new_mark(self, item: str, item_ms: int) -> str:
         self._since_mark = 0

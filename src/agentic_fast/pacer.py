@@ -40,6 +40,9 @@ class SharedPacer:
         self._busy: dict[int, Pumped] = {}  # members with frames queued: the tick's work
         self._task: asyncio.Task[None] | None = None
         self.late_ticks = 0
+        #: Loop time of the next tick while ticking (None when stopped): bridges put their
+        #: frame boundaries between ticks with it (``AudioBridge.pump``).
+        self.next_tick: float | None = None
 
     def __len__(self) -> int:
         return len(self._members)
@@ -84,6 +87,13 @@ class SharedPacer:
         loop = asyncio.get_running_loop()
         tick = self.tick_s
         deadline = loop.time()
+        try:
+            await self._ticks(loop, tick, deadline)
+        finally:
+            self.next_tick = None
+
+    async def _ticks(self, loop: asyncio.AbstractEventLoop, tick: float,
+                     deadline: float) -> None:
         while self._members:
             now = loop.time()
             busy = self._busy
@@ -103,4 +113,5 @@ class SharedPacer:
                 if delay < -tick:  # fell behind by more than a tick: resynchronise
                     deadline = loop.time()
                     delay = 0.0
+            self.next_tick = deadline
             await asyncio.sleep(max(delay, 0.0))

@@ -86,6 +86,7 @@ class RecordingSender:
 
 class ManualPacer:
     kicks = 0
+    next_tick: float | None = None  # no tick grid: stretches start at the kick time
 
     def register(self, member: Any) -> None:
         self.member = member
@@ -132,6 +133,47 @@ async def test_pacing_keeps_a_bounded_lead_over_playout() -> None:
     bridge.pump(100.1)  # 100 ms later: 5 more frames
     assert sender.media_count() == 11
     assert sender.marks() == ["m1", "m2"]  # every 5 frames
+
+
+def _frames_per_tick(bridge: AudioBridge, sender: RecordingSender, t0: float,
+                     jitter_ms: list[float]) -> list[int]:
+    """Ticks every 20 ms after ``t0``, each early or late by ``jitter_ms``: media frames
+    sent at each tick."""
+    out = []
+    for k, wobble in enumerate(jitter_ms, start=1):
+        before = sender.media_count()
+        bridge.pump(t0 + 0.020 * k + wobble / 1000.0)
+        out.append(sender.media_count() - before)
+    return out
+
+
+async def test_frames_fall_between_ticks_so_a_wobbling_tick_still_sends_one_frame() -> None:
+    wobble = [(-1.0) ** k * 3.0 for k in range(40)]  # early, late, early... by 3 ms
+    # The stretch starts exactly on the tick phase: the worst case without the grid.
+    bridge, _, sender = await _bridge(lead_ms=120)
+    bridge.pacer.next_tick = 100.020
+    bridge.on_audio(_delta(2000), "item1")
+    bridge.pump(100.0)  # the kick: the first burst, the lead
+    assert sender.media_count() == 6
+    assert _frames_per_tick(bridge, sender, 100.0, wobble) == [1] * 40
+
+    # the same without the pacer's grid: two frames in one tick, none in the next
+    bridge, _, sender = await _bridge(lead_ms=120)
+    bridge.on_audio(_delta(2000), "item1")
+    bridge.pump(100.0)
+    per_tick = _frames_per_tick(bridge, sender, 100.0, wobble)
+    assert 0 in per_tick and 2 in per_tick
+
+
+async def test_a_stretch_origin_is_on_the_half_frame_grid_at_most_a_frame_back() -> None:
+    bridge, _, sender = await _bridge(lead_ms=120)
+    bridge.pacer.next_tick = 50.013  # ticks at ...,49.993, 50.013, ...
+    bridge.on_audio(_delta(1000), "item1")
+    bridge.pump(50.0)
+    origin = bridge._t0
+    assert 49.980 < origin <= 50.0
+    assert round((50.013 - 0.010 - origin) / 0.020, 6) % 1 == 0  # boundaries mid-tick
+    assert sender.media_count() == 6  # the first burst is unchanged
 
 
 async def test_marks_tell_what_was_heard_and_barge_in_truncates_there() -> None:

@@ -91,3 +91,16 @@ async def test_a_failing_pump_is_counted_and_does_not_stop_the_others() -> None:
     assert len(bad.pumps) >= 1
     assert metrics.get("pacer.pump.error") > before
     await pacer.close()
+
+
+async def test_next_tick_is_the_coming_deadline_while_ticking_and_none_after() -> None:
+    pacer = SharedPacer(tick_s=3600.0)
+    assert pacer.next_tick is None
+    member = Member()
+    pacer.register(member)
+    await asyncio.sleep(0)  # the first tick (at registration) has run
+    loop = asyncio.get_running_loop()
+    assert pacer.next_tick is not None
+    assert 3599.0 < pacer.next_tick - loop.time() <= 3600.0
+    await pacer.close()
+    assert pacer.next_tick is None
