@@ -62,8 +62,10 @@ except ImportError:  # pragma: no cover - websockets without its C extension
     from websockets.utils import apply_mask
 
 from bench.load_report import (
+    MAX_EVENTS,
     SAMPLE_IN,
     SAMPLE_OUT,
+    SPIKE_MS,
     Hist,
     LagProbe,
     emit,
@@ -172,16 +174,18 @@ class Playout:
 
     __slots__ = ("bunched", "expected_min", "filled", "frames", "gaps", "jitter", "last",
                  "lead_s", "marks", "max_gap_s", "paced", "play_end", "playing", "spread",
-                 "stalls", "underruns")
+                 "stalls", "underrun_times", "underruns")
 
     def __init__(self, expected: int, lead: int, max_gap_s: float = 1.0,
-                 gaps: Hist | None = None, jitter: Hist | None = None) -> None:
+                 gaps: Hist | None = None, jitter: Hist | None = None,
+                 underrun_times: list[float] | None = None) -> None:
         self.expected_min = max(1, expected - 1)
         self.lead_s = lead * FRAME_S
         self.filled = False
         self.max_gap_s = max_gap_s
         self.gaps = gaps if gaps is not None else Hist()
         self.jitter = jitter if jitter is not None else Hist()
+        self.underrun_times = underrun_times if underrun_times is not None else []
         self.playing = False
         self.play_end = 0.0
         self.frames = 0
@@ -207,6 +211,8 @@ class Playout:
                 if count:
                     if gap <= self.max_gap_s:
                         self.underruns += 1
+                        if len(self.underrun_times) < MAX_EVENTS:
+                            self.underrun_times.append(t)
                     else:
                         self.stalls += 1
                     self.gaps.add(gap * 1000.0)
@@ -463,7 +469,7 @@ class Call:
         self.clears: list[float] = []
         self.frames_rx = 0
         self.playout = Playout(proc.expected_frames, proc.lead_frames, proc.max_gap_s,
-                               proc.gaps, proc.jitter)
+                               proc.gaps, proc.jitter, proc.underrun_times)
         self.converter: Any = None
         # traced: every trace_every-th call OF THIS PROCESS (by global index, the calls dealt
         # round-robin would all land in one process when trace_every == processes)
@@ -658,6 +664,7 @@ class CallerProcess:
         self.speech = load_speech_pcm()
         self.gaps = Hist()
         self.jitter = Hist()
+        self.underrun_times: list[float] = []  # shared by the calls' playouts (bounded)
         self.send_late = Hist()
         self.tick_busy = Hist()  # how long one tick's sends take (grows with calls/process)
         self.cpu_window_s: float | None = None
@@ -739,6 +746,8 @@ class CallerProcess:
             count = w0 <= t <= w1
             if count:
                 lag.hist.add(late)
+                if late >= SPIKE_MS and len(lag.spikes) < MAX_EVENTS:
+                    lag.spikes.append(now)  # when it woke, like the fakes' probe
             if late > lag.recent_max:
                 lag.recent_max = late
             active = slots[slot]
@@ -782,6 +791,7 @@ class CallerProcess:
             "send_late": self.send_late.to_json(), "loop_lag": self.tick_lag.hist.to_json(),
             "tick_busy": self.tick_busy.to_json(),
             "jitter": self.jitter.to_json(), "underrun_gaps": self.gaps.to_json(),
+            "spikes": self.tick_lag.spikes, "underrun_times": self.underrun_times,
             "underruns": sum(c["underruns"] for c in calls),
             "stalls": sum(c["stalls"] for c in calls),
             "paced": sum(c["paced"] for c in calls),

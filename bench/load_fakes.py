@@ -375,6 +375,7 @@ class FakeProvider:
             "out_samples": self.out_samples, "interrupts": self.interrupts,
             "violations": dict(self.violations), "violation_examples": self.violation_examples,
             "notes": dict(self.notes), "loop_lag": self.lag.hist.to_json(),
+            "spikes": self.lag.spikes,
             "cpu_s": proc_cpu_s(), "cpu_window_s": self.cpu_window_s})
 
     async def progress(self) -> None:

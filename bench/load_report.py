@@ -41,6 +41,11 @@ SAMPLE_IN = 8
 SAMPLE_OUT = 4
 #: A barge-in's ``clear`` must reach the caller within this long of the interrupt.
 BARGE_IN_MATCH_S = 2.0
+#: A tick or timer this late (ms) is a *spike*; spikes of every generator process at once
+#: are a pause of the machine (see :func:`machine_pauses`).
+SPIKE_MS = 20.0
+#: Bound on the spike times and underrun times a process keeps.
+MAX_EVENTS = 5000
 
 
 def sample_key(data: bytes, sample: int) -> int | None:
@@ -342,6 +347,8 @@ def analyse_run(meta: Mapping[str, Any], gens: Sequence[Mapping[str, Any]],
     if server.get("rss_end_kb") is not None and server.get("rss_idle_kb") is not None:
         rss_delta = (server["rss_end_kb"] - server["rss_idle_kb"]) / 1024.0
     underruns = sum(g.get("underruns", 0) for g in gens)
+    pauses = machine_pauses([p.get("spikes", []) for p in (*gens, *fakes)],
+                            (u for g in gens for u in g.get("underrun_times", [])))
     paced = sum(g.get("paced", 0) for g in gens)
     bunched = sum(g.get("bunched", 0) for g in gens)
     spread = sum(g.get("spread", 0) for g in gens)
@@ -357,6 +364,7 @@ def analyse_run(meta: Mapping[str, Any], gens: Sequence[Mapping[str, Any]],
         "rss_end_mb": (server.get("rss_end_kb") or 0) / 1024.0,
         "rss_mb_per_call": rss_delta / n if rss_delta is not None and n else None,
         "underruns": underruns, "underrun_gap_ms": gaps.summary(), "stalls": stalls,
+        "machine_pauses": pauses["count"], "underruns_after_pauses": pauses["underruns_after"],
         "jitter_ms": jitter.summary(),
         "paced_frames": paced,
         "bunched_pct": 100.0 * bunched / paced if paced else None,
@@ -377,6 +385,34 @@ def analyse_run(meta: Mapping[str, Any], gens: Sequence[Mapping[str, Any]],
         "joins": {"inbound_pairs": len(inbound), "outbound_pairs": len(outbound),
                   "connections_mapped": len(mapping)},
     }
+
+
+def machine_pauses(spikes: Sequence[Sequence[float]], underrun_times: Iterable[float],
+                   together_s: float = 0.05, after_s: float = 1.0) -> dict[str, Any]:
+    """Moments when EVERY generator process (callers and fakes: ``spikes``, one list of
+    spike times per process) was >= :data:`SPIKE_MS` late within ``together_s`` of each
+    other: the machine paused (a VM or host hiccup), not one process. Such a pause delays
+    the server too, so the underruns that came within ``after_s`` after one are counted
+    apart (they are still reported as underruns). Pauses closer than 0.1 s are one."""
+    from bisect import bisect_left
+
+    lists = [sorted(x) for x in spikes]
+    if len(lists) < 2 or any(not x for x in lists):
+        return {"count": 0, "times": [], "underruns_after": 0}
+    times: list[float] = []
+    for t in lists[0]:
+        if times and t - times[-1] < 0.1:
+            continue
+        if all(_near(other, t, together_s, bisect_left) for other in lists[1:]):
+            times.append(t)
+    near = sum(1 for u in underrun_times
+               if any(p - together_s <= u <= p + after_s for p in times))
+    return {"count": len(times), "times": times, "underruns_after": near}
+
+
+def _near(sorted_times: list[float], t: float, tol: float, bisect_left: Any) -> bool:
+    i = bisect_left(sorted_times, t - tol)
+    return i < len(sorted_times) and sorted_times[i] <= t + tol
 
 
 # --------------------------------------------------------------------------- targets
@@ -546,6 +582,11 @@ def details(run: Mapping[str, Any]) -> str:
         peers = ", ".join(f"{k} {v:.0f}%" for k, v in run["peer_cpu_pct"].items())
         lines.append(f"  generator side CPU over the window: {peers} (cores "
                      f"{run.get('generator_cores_busy_pct')}% busy on average)")
+    if run.get("machine_pauses"):
+        lines.append(f"  machine pauses: {run['machine_pauses']} moment(s) when every generator "
+                     f"process was >= {SPIKE_MS:.0f} ms late at once; "
+                     f"{run.get('underruns_after_pauses', 0)} of the {run.get('underruns', 0)} "
+                     "underruns came within 1 s after one (the server was paused too)")
     for reason in run.get("invalid_reasons", []):
         lines.append(f"  INVALID: {reason}")
     if run.get("invalid_reasons") and capacity_pass(run):
@@ -685,6 +726,7 @@ class LagProbe:
         self.hist = Hist()
         self.window: tuple[float, float] | None = None
         self.recent_max = 0.0
+        self.spikes: list[float] = []  # when a lag >= SPIKE_MS happened (inside the window)
         self._handle: Any = None
         self._due = 0.0
 
@@ -701,6 +743,8 @@ class LagProbe:
         w = self.window
         if w is not None and w[0] <= now <= w[1]:
             self.hist.add(lag)
+            if lag >= SPIKE_MS and len(self.spikes) < MAX_EVENTS:
+                self.spikes.append(now)
         self._due = now + self.every_s
         loop = asyncio.get_running_loop()
         self._handle = loop.call_at(loop.time() + self.every_s, self._fire)

@@ -123,6 +123,23 @@ def test_fake_sizes_base64_audio_and_decodes_a_sample_strictly() -> None:
     assert errors == 1                          # the strictly decoded one of each DECODE_EVERY
 
 
+def test_machine_pauses_need_every_process_and_count_the_underruns_after_them() -> None:
+    callers = [[10.00, 10.02, 20.0], [10.01, 30.0]]
+    fake = [10.03, 40.0]
+    got = rep.machine_pauses([*callers, fake], [9.0, 10.2, 10.9, 11.5, 20.01])
+    assert got["count"] == 1 and got["times"] == [10.00]  # 20/30/40: one process each
+    assert got["underruns_after"] == 2                     # 10.2 and 10.9, not 9.0/11.5
+    assert rep.machine_pauses([callers[0], []], [10.1])["count"] == 0  # a quiet process
+
+
+def test_playout_records_when_underruns_happened() -> None:
+    times: list[float] = []
+    p = Playout(expected=10, lead=1, underrun_times=times)
+    p.frame(0.0, True)
+    p.frame(0.050, True)  # 30 ms after the first frame ran out: an underrun
+    assert p.underruns == 1 and times == [0.050]
+
+
 def test_join_drops_duplicates_and_filters_by_window() -> None:
     sent = [(1, 10.000, "c1"), (2, 10.100, "c1"), (3, 10.200, "c2"), (3, 11.0, "c2"),
             (4, 20.0, "c2")]
