@@ -335,17 +335,19 @@ class AudioBridge(ProviderListener):
 
     def _stretch_origin(self, now: float) -> float:
         """Playout origin of a stretch that starts at ``now``: on the pacer's tick grid
-        shifted by half a frame (at most one frame before ``now``), so every frame boundary
+        shifted by half a tick (at most one frame before ``now``), so every frame boundary
         falls midway between two ticks. A tick a few ms early or late then still finds
         exactly one frame due; with the origin at ``now`` (any phase) a call whose
         boundaries sat on the ticks got two frames in one tick and none in the next
         whenever the timer wobbled by a millisecond, ~20 ms of jitter each time. The
         first burst is the same (``lead_ms`` worth); the lead runs up to one frame longer."""
-        tick = getattr(self.pacer, "next_tick", None)
+        pacer = self.pacer
+        tick = getattr(pacer, "next_tick", None)
         if tick is None:
             return now
         frame_s = FRAME_MS / 1000.0
-        return now - (now - tick + frame_s / 2) % frame_s
+        half_tick = getattr(pacer, "tick_s", frame_s) / 2
+        return now - (now - tick + half_tick) % frame_s
 
     def _new_mark(self, item: str, item_ms: int) -> str:
         self._since_mark = 0

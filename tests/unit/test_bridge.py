@@ -165,6 +165,20 @@ async def test_frames_fall_between_ticks_so_a_wobbling_tick_still_sends_one_fram
     assert 0 in per_tick and 2 in per_tick
 
 
+async def test_with_a_10_ms_tick_boundaries_fall_between_ticks_too() -> None:
+    bridge, _, sender = await _bridge(lead_ms=120)
+    bridge.pacer.tick_s = 0.010
+    bridge.pacer.next_tick = 100.010
+    bridge.on_audio(_delta(2000), "item1")
+    bridge.pump(100.0)
+    sent = []
+    for k in range(1, 41):  # ticks every 10 ms, two early by 2 ms, two late, ...
+        before = sender.media_count()
+        bridge.pump(100.0 + 0.010 * k + (-1.0) ** (k // 2) * 0.002)
+        sent.append(sender.media_count() - before)
+    assert sent == [0, 1] * 20 or sent == [1, 0] * 20  # one frame every other tick
+
+
 async def test_a_stretch_origin_is_on_the_half_frame_grid_at_most_a_frame_back() -> None:
     bridge, _, sender = await _bridge(lead_ms=120)
     bridge.pacer.next_tick = 50.013  # ticks at ...,49.993, 50.013, ...

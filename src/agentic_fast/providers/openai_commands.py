@@ -33,7 +33,7 @@ __all__ = [
     "OMIT", "conversation_item_create_function_output", "conversation_item_create_system_text",
     "conversation_item_create_user_text", "conversation_item_truncate", "function_tool",
     "input_audio_append", "input_audio_clear", "input_audio_commit", "response_cancel",
-    "response_create", "semantic_vad", "server_vad", "session_update",
+    "response_create", "semantic_vad", "server_vad", "session_update", "truncate_at",
 ]
 
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
