@@ -94,6 +94,15 @@ class MediaSocket(asyncio.Protocol):
         self._pinged = False
         self.dropped_writes = 0
 
+    def take_over(self, transport: asyncio.Transport, leftover: bytes = b"") -> None:
+        """Become the protocol of an upgraded connection: ``transport`` now delivers to this
+        socket, and ``leftover`` (bytes that came after the request head) is read as the
+        first frames. The caller has written the 101 response."""
+        transport.set_protocol(self)
+        self.connection_made(transport)
+        if leftover:
+            self.data_received(leftover)
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -223,10 +223,7 @@ class MediaStreamHandler:
         sock = MediaSocket(max_message_bytes=self.max_message_bytes,
                            heartbeat_s=self.heartbeat_s, remote=remote)
         transport.write(switching_protocols(request))
-        transport.set_protocol(sock)
-        sock.connection_made(transport)
-        if leftover:
-            sock.data_received(leftover)
+        sock.take_over(transport, leftover)
         self._sockets.add(sock)
         metrics.incr("twilio.media.connections")
         task = asyncio.get_running_loop().create_task(self._run(sock, remote))

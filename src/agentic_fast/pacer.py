@@ -90,7 +90,7 @@ class SharedPacer:
         try:
             await self._ticks(loop, tick, deadline)
         finally:
-            self.next_tick = None
+            self.next_tick = None  # stopped or cancelled: no grid to align to
 
     async def _ticks(self, loop: asyncio.AbstractEventLoop, tick: float,
                      deadline: float) -> None:

@@ -53,10 +53,7 @@ class EchoRoute:
         self.upgrades.append((request, leftover, remote))
         sock = MediaSocket(max_message_bytes=1 << 17, close_timeout_s=2.0, remote=remote)
         transport.write(switching_protocols(request))
-        transport.set_protocol(sock)
-        sock.connection_made(transport)
-        if leftover:
-            sock.data_received(leftover)
+        sock.take_over(transport, leftover)
         self.sockets.append(sock)
         task = asyncio.get_running_loop().create_task(self._echo(sock))
         self.tasks.add(task)

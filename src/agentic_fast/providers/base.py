@@ -9,7 +9,25 @@ both providers put in their JSON anyway: no extra decode/encode per chunk.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from agentic_fast import metrics
+
+
+def dispatch_event(handlers: Mapping[type, Callable[[Any, Any], None]], owner: Any,
+                   event: object, log: Any, prefix: str) -> None:
+    """Call the handler registered for ``type(event)`` (none: ignored) with ``(owner,
+    event)``. A handler that raises costs that event only: counted as
+    ``<prefix>.handler_errors`` and logged with its traceback, never raised into the
+    socket's reader or ``data_received``."""
+    handler = handlers.get(type(event))
+    if handler is not None:
+        try:
+            handler(owner, event)
+        except Exception:
+            metrics.incr(prefix + ".handler_errors")
+            log.exception(prefix + ".handler_error", event=type(event).__name__)
 
 
 class ProviderListener(Protocol):

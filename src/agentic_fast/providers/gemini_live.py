@@ -60,7 +60,7 @@ from agentic_fast.config import GeminiConfig
 from agentic_fast.errors import PeerUnavailableError
 from agentic_fast.log import get_logger
 from agentic_fast.providers import gemini_events as ge
-from agentic_fast.providers.base import ProviderListener, RealtimeProvider
+from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.gemini_session import (
     PEER,
     GeminiLink,
@@ -576,13 +576,7 @@ class GeminiLiveProvider(RealtimeProvider):
         reason = "closed"
         try:
             for event in link.early:
-                handler = handlers.get(type(event))
-                if handler is not None:
-                    try:
-                        handler(link, event)
-                    except Exception:
-                        metrics.incr("gemini.handler_errors")
-                        self.log.exception("gemini.handler_error", event=type(event).__name__)
+                dispatch_event(handlers, link, event, self.log, "gemini")
             # From here on whole frames (binary from the real server, or text) go straight
             # to ``deliver`` from data_received; recv() still returns what was queued before
             # (and fragmented messages), delivered synchronously, in order (ws_client's rule).
@@ -605,6 +599,7 @@ class GeminiLiveProvider(RealtimeProvider):
         runs in ``data_received`` (fast path) or in the reader (queued frames)."""
         handlers = self._handlers
         parse = ge.parse_server_message
+        log = self.log
 
         def deliver(frame: bytes) -> None:  # HOT: one call per server message
             if link.retired:
@@ -620,13 +615,7 @@ class GeminiLiveProvider(RealtimeProvider):
                 self._reader_failed(link, exc)
                 return
             for event in events:
-                handler = handlers.get(type(event))
-                if handler is not None:
-                    try:
-                        handler(link, event)
-                    except Exception:
-                        metrics.incr("gemini.handler_errors")
-                        self.log.exception("gemini.handler_error", event=type(event).__name__)
+                dispatch_event(handlers, link, event, log, "gemini")
 
         return deliver
 

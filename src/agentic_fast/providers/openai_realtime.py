@@ -83,7 +83,7 @@ from agentic_fast.errors import PeerUnavailableError
 from agentic_fast.log import get_logger
 from agentic_fast.providers import openai_commands as oc
 from agentic_fast.providers import openai_events as oe
-from agentic_fast.providers.base import ProviderListener, RealtimeProvider
+from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
 from agentic_fast.providers.ws_client import FastClientConnection
 
@@ -660,6 +660,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         ``data_received`` (fast path) or in the reader (queued frames)."""
         receive = conn.state.receive
         handlers = self._handlers
+        log = self.log
 
         def deliver(frame: bytes) -> None:  # HOT: one call per server event
             if conn.retired:
@@ -674,13 +675,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             except Exception as exc:  # a parser bug: this socket can no longer be trusted
                 self._reader_failed(conn, exc)
                 return
-            handler = handlers.get(type(event))
-            if handler is not None:
-                try:
-                    handler(conn, event)
-                except Exception:
-                    metrics.incr("openai.handler_errors")
-                    self.log.exception("openai.handler_error", event=type(event).__name__)
+            dispatch_event(handlers, conn, event, log, "openai")
 
         return deliver
 
