@@ -38,7 +38,7 @@ FRAME_MS = 20
 class BridgeSettings:
     """Knobs of the outbound path and barge-in (from config)."""
 
-    handoff_ms: int = 40
+    handoff_ms: int = 20
     #: how far ahead of the caller's playout we keep Twilio's buffer (ms)
     lead_ms: int = 120
     #: a mark every N frames (200 ms at 10)
@@ -115,6 +115,7 @@ class AudioBridge(ProviderListener):
         self._clock = clock
         self._item_audio_ms: dict[str, int] = {}
         self._current_item: str | None = None
+        self._item_open = False  # the current item's audio is still arriving
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -209,11 +210,14 @@ class AudioBridge(ProviderListener):
 
     def _new_item(self, item_id: str) -> None:
         self._current_item = item_id
+        self._item_open = True
         for table in (self._item_sent_ms, self._item_heard_ms, self._item_audio_ms):
             while len(table) >= 16:  # only recent items can still be truncated
                 table.pop(next(iter(table)))
 
     def on_audio_done(self, item_id: str) -> None:
+        if item_id == self._current_item:
+            self._item_open = False
         if item_id in self._cancelled:
             return
         self._enqueue(self.converter.flush_provider(), item_id)
@@ -241,7 +245,7 @@ class AudioBridge(ProviderListener):
             self._runs.append([item_id, len(frames)])
 
     def on_speech_started(self) -> None:
-        if not self.assistant_speaking:
+        if not self.barge_in_due:
             return
         wait = self.settings.barge_in_min_speech_ms
         if wait <= 0:
@@ -253,7 +257,7 @@ class AudioBridge(ProviderListener):
 
     def _confirm_barge_in(self, started: float) -> None:
         self._speech_timer = None
-        if self.assistant_speaking:
+        if self.barge_in_due:
             self._barge_in(started)
 
     def on_speech_stopped(self) -> None:
@@ -293,8 +297,17 @@ class AudioBridge(ProviderListener):
 
     @property
     def assistant_speaking(self) -> bool:
-        """Audio is queued here or sent and not yet confirmed played."""
-        return bool(self._queue) or any(e[0] == self._epoch for e in self._marks.values())
+        """The current item's audio is still arriving, queued here, or sent and not yet
+        confirmed played (the last frame sent always carries a mark)."""
+        return (self._item_open or bool(self._queue)
+                or any(e[0] == self._epoch for e in self._marks.values()))
+
+    @property
+    def barge_in_due(self) -> bool:
+        """Caller speech now interrupts the assistant: its audio is arriving, queued or
+        playing, or the provider is generating a response none of whose audio has arrived
+        (or whose queue has just run dry: a real-time-paced response)."""
+        return self.assistant_speaking or self.provider.response_active
 
     def pump(self, now: float) -> None:
         """Send what is due at loop time ``now``: frames up to the lead and their marks, in
@@ -372,7 +385,11 @@ class AudioBridge(ProviderListener):
         return heard
 
     def _barge_in(self, started: float) -> None:
-        item = self._current_item
+        # the current item is interrupted only while it is live; otherwise its audio was
+        # all heard and the response in progress has none here yet (its late deltas are
+        # the provider's to drop: it knows which response was interrupted)
+        item = self._current_item if self.assistant_speaking else None
+        self._item_open = False
         self._epoch += 1
         dropped = len(self._queue)
         self._queue.clear()

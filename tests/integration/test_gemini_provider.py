@@ -227,6 +227,30 @@ async def test_interrupted_turn_stops_forwarding_its_audio(fake: FakeGeminiLive,
     await provider.close()
 
 
+async def test_a_turn_in_progress_is_a_live_response_for_barge_in(fake: FakeGeminiLive,
+                                                                  recorder: Recorder) -> None:
+    """``response_active`` (what makes the bridge honour a barge-in when no audio is
+    queued) is true while a turn is generated and when ``interrupted`` arrives, even
+    before any of the turn's audio; false once the turn is complete."""
+    provider = await connected(fake, recorder)
+    seen: list[bool] = []
+    recorder.on_speech_started = lambda: (  # type: ignore[method-assign]
+        seen.append(provider.response_active), recorder._add("speech_started"))
+    assert not provider.response_active
+    await fake.send({"serverContent": {"interrupted": True}})  # before the first chunk
+    await fake.send({"serverContent": {"turnComplete": True}})
+    data = base64.b64encode(tone(40)).decode()
+    await fake.send({"serverContent": {"modelTurn": {"parts": [{"inlineData": {
+        "mimeType": "audio/pcm;rate=24000", "data": data}}]}}})
+    await recorder.wait_for(lambda: recorder.of("audio"))
+    assert provider.response_active  # audio arriving, the turn not complete
+    await fake.send({"serverContent": {"interrupted": True}})
+    await fake.send({"serverContent": {"turnComplete": True}})
+    await recorder.wait_for(lambda: recorder.of("audio_done"))
+    assert seen == [True, True] and not provider.response_active
+    await provider.close()
+
+
 async def test_scripted_barge_in_and_bridge_interrupt(recorder: Recorder) -> None:
     turns = [ModelTurn(audio_ms=400, interrupt_after_chunks=3), ModelTurn(audio_ms=400)]
     async with FakeGeminiLive(turns=turns) as fake:

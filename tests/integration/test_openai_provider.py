@@ -316,6 +316,29 @@ async def test_interrupt_cancels_active_response_and_truncates(fake: FakeOpenAIR
     await rec.wait_for("audio_done")
 
 
+async def test_late_deltas_of_an_interrupted_response_are_dropped(fake: FakeOpenAIRealtime,
+                                                                 make: Any) -> None:
+    """The bridge barges in while a response is in progress but none of its audio is live
+    (``interrupt(None, None)``): deltas of that response still in flight are not played;
+    the next response's are."""
+    provider, rec = make(fake, interrupt_response=False)
+    await provider.connect()
+    s = fake.sessions[0]
+    item = await _held_response(s, rec)
+    assert s.active is not None and provider.response_active
+    response_id = s.active.id
+    provider.interrupt(None, None)
+    late, _ = pcm16_chunk(7, 100)  # in flight when the cancel was sent
+    await s.send({"type": "response.output_audio.delta", "response_id": response_id,
+                  "item_id": item, "output_index": 0, "content_index": 0, "delta": late})
+    await s.wait_until(lambda: bool(s.cancels) and s.active is None, what="cancel")
+    assert s.cancels[0]["response_id"] == response_id and s.truncates == []
+    s.script_response(ResponseScript(audio_ms=200, chunk_ms=100))
+    await s.user_turn("Something else.")
+    await rec.wait_for("audio", 5)
+    assert [c[2] for c in rec.of("audio")].count(item) == 3
+
+
 async def test_interrupt_without_heard_audio_does_not_truncate(fake: FakeOpenAIRealtime,
                                                                make: Any) -> None:
     provider, rec = make(fake, interrupt_response=False)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.asyncio
 
 class RecordingProvider(RealtimeProvider):
     converter_format = "openai"
+    response_active = False  # type: ignore[assignment]  # set by tests: a response is live
 
     def __init__(self) -> None:
         self.audio: list[str] = []
@@ -118,8 +119,8 @@ async def test_inbound_audio_goes_to_the_provider_in_handoff_chunks() -> None:
     assert provider.begun == ["hello"] and provider.listener is bridge
     for _ in range(4):
         bridge.on_media(base64.b64encode(b"\xff" * 160).decode(), 0)
-    assert len(provider.audio) == 2  # 80 ms -> two 40 ms chunks
-    assert {len(base64.b64decode(c)) for c in provider.audio} == {1920}
+    assert len(provider.audio) == 4  # 80 ms -> four 20 ms chunks (the default handoff)
+    assert {len(base64.b64decode(c)) for c in provider.audio} == {960}
 
 
 async def test_pacing_keeps_a_bounded_lead_over_playout() -> None:
@@ -327,3 +328,115 @@ async def test_interpolated_truncate_point_never_passes_what_was_sent() -> None:
     now[0] += 5.0  # the socket stalled: nothing more was sent
     bridge.on_speech_started()
     assert provider.interrupts == [("item1", 200)]
+
+
+class RecordingConversation:
+    """The brain's side of the bridge: what it was told."""
+
+    def __init__(self) -> None:
+        self.barge_ins = 0
+
+    def on_barge_in(self, session: Any) -> None:
+        self.barge_ins += 1
+
+    def on_turn(self, *args: Any) -> None:
+        pass
+
+    def on_dtmf(self, *args: Any) -> None:
+        pass
+
+    def on_tool_call(self, *args: Any) -> None:
+        pass
+
+    def on_call_end(self, session: Any) -> None:
+        pass
+
+
+async def _paced_bridge(now: list[float]) -> tuple[AudioBridge, RecordingProvider,
+                                                   RecordingSender, RecordingConversation]:
+    """A bridge fed like a real-time-paced response: lead 200 ms, marks every 5 frames."""
+    manager = CallManager()
+    session = manager.create_inbound("CA" + "3" * 32, "+15551230000", "+15557654321")
+    provider, sender, brain = RecordingProvider(), RecordingSender(), RecordingConversation()
+    bridge = AudioBridge(session, sender, provider, ManualPacer(),  # type: ignore[arg-type]
+                         settings=BridgeSettings(lead_ms=200, mark_every_frames=5),
+                         conversation=brain,  # type: ignore[arg-type]
+                         clock=lambda: now[0])
+    await bridge.start()
+    return bridge, provider, sender, brain
+
+
+def _play_out(bridge: AudioBridge, sender: RecordingSender, now: list[float]) -> None:
+    """Send everything queued and echo every mark: the caller heard it all by the time
+    ``now`` has moved on half a second."""
+    bridge.pump(now[0])
+    for name in sender.marks():
+        bridge.on_mark(name)
+    assert not bridge.wants_pump
+    now[0] += 0.5
+
+
+@pytest.mark.parametrize("phase", ["before_first_delta", "queue_drained_between_deltas",
+                                   "after_last_delta_before_playout_end",
+                                   "after_response_done"])
+async def test_barge_in_at_every_phase_of_a_real_time_paced_response(phase: str) -> None:
+    """Caller speech is a barge-in whenever a response is in progress or sent audio is
+    still playing; only after the response is done and heard is it a plain new turn."""
+    now = [10.0]
+    bridge, provider, sender, brain = await _paced_bridge(now)
+    # an earlier response, all heard
+    bridge.on_audio(_delta(100), "item0")
+    bridge.on_audio_done("item0")
+    _play_out(bridge, sender, now)
+    sender.frames.clear()
+
+    provider.response_active = True  # response.created for item1
+    truncate: int | None = None
+    if phase != "before_first_delta":
+        bridge.on_audio(_delta(120), "item1")  # all of it fits in the lead
+        if phase == "queue_drained_between_deltas":
+            _play_out(bridge, sender, now)  # the next delta is late: the queue runs dry
+            truncate = 20 * sender.media_count()  # all that was sent was heard
+        else:
+            bridge.on_audio_done("item1")
+            bridge.pump(now[0])
+            assert not bridge.wants_pump and sender.media_count() >= 6
+            if phase == "after_response_done":
+                provider.response_active = False
+                for name in sender.marks():
+                    bridge.on_mark(name)
+            else:
+                bridge.on_mark(sender.marks()[0])  # the first 100 ms were heard ...
+                now[0] += 1 / 64  # ... and 15.625 ms more since (exact in binary)
+                truncate = 115
+    sender.frames.clear()
+
+    bridge.on_speech_started()
+
+    if phase == "after_response_done":
+        assert bridge.barge_ins == 0 and brain.barge_ins == 0
+        assert provider.interrupts == [] and sender.frames == []
+        return
+    assert bridge.barge_ins == 1 and brain.barge_ins == 1
+    assert sender.frames == [("clear", "")]
+    if phase == "before_first_delta":
+        # item0 was all heard: nothing of it is truncated; the provider drops the
+        # interrupted response's deltas (it knows the response)
+        assert provider.interrupts == [(None, None)]
+        return
+    assert provider.interrupts == [("item1", truncate)]
+    bridge.on_audio(_delta(100), "item1")  # a late delta of the interrupted item
+    bridge.on_audio_done("item1")
+    assert not bridge.wants_pump and sender.media_count() == 0
+
+
+async def test_barge_in_counts_an_open_item_even_when_the_provider_cannot_tell() -> None:
+    """A provider without ``response_active``: the item's audio has not ended (no
+    ``on_audio_done``), so its response is still in progress."""
+    now = [10.0]
+    bridge, provider, sender, _ = await _paced_bridge(now)
+    bridge.on_audio(_delta(60), "item1")
+    _play_out(bridge, sender, now)
+    sent_ms = 20 * sender.media_count()
+    bridge.on_speech_started()
+    assert provider.interrupts == [("item1", sent_ms)] and sent_ms > 0

@@ -61,6 +61,13 @@ class RealtimeProvider(ABC):
     #: AudioConverter provider name whose formats this provider speaks
     converter_format: str
 
+    @property
+    def response_active(self) -> bool:
+        """The model is generating a response (created and not done). Caller speech then
+        is a barge-in even when none of the response's audio is queued or playing; a
+        provider that cannot tell says False."""
+        return False
+
     @abstractmethod
     async def connect(self) -> None:
         """Open the socket and configure the session (pre-warm); idempotent."""

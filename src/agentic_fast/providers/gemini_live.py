@@ -177,6 +177,11 @@ class GeminiLiveProvider(RealtimeProvider):
         """The newest resumable handle (None before the first one, or after a rejection)."""
         return self._resume.handle
 
+    @property
+    def response_active(self) -> bool:
+        """A model turn is being generated (or ``interrupted`` just cut one)."""
+        return self._turns.response_active
+
     def attach(self, listener: ProviderListener) -> None:
         self._listener = self._turns.listener = listener
 

@@ -257,6 +257,12 @@ class TurnTracker:
         """``(name, session_gen)`` of a pending tool call, None if unknown or cancelled."""
         return self._calls.get(call_id)
 
+    @property
+    def response_active(self) -> bool:
+        """The model is generating a turn (audio not complete), or the server has just
+        ``interrupted`` one: Gemini sends that only when a generation was cut."""
+        return (self.turn_id is not None and not self.done) or self._interrupted
+
     def cancel(self, item_id: str | None) -> None:
         """Stop forwarding turn ``item_id``'s audio (the bridge's barge-in)."""
         if item_id is not None and item_id == self.turn_id:

@@ -195,6 +195,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         # what the listener has been told
         self._audio_item: str | None = None
         self._open_items: dict[str, None] = {}
+        self._interrupted_response: str | None = None  # its late deltas are dropped
         self._user_speaking = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -227,6 +228,12 @@ class OpenAIRealtimeProvider(RealtimeProvider):
     def connected(self) -> bool:
         """A configured session is carrying the call right now."""
         return self._conn is not None
+
+    @property
+    def response_active(self) -> bool:
+        """A response is in progress on the session carrying the call."""
+        conn = self._conn
+        return conn is not None and conn.state.active_response_id is not None
 
     def attach(self, listener: ProviderListener) -> None:
         self._listener = listener
@@ -286,10 +293,13 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             return
         conn.pending = False  # the caller's new turn gets a response of its own
         state = conn.state
-        if state.active_response_id is not None and not self._server_cancels:
-            self._write(conn, oc.response_cancel(state.active_response_id,
-                                              event_id=self._event_id("cx")))
-            metrics.incr("openai.interrupt.cancel")
+        if state.active_response_id is not None:
+            # deltas of it still in flight (or not yet begun) are not the caller's to hear
+            self._interrupted_response = state.active_response_id
+            if not self._server_cancels:
+                self._write(conn, oc.response_cancel(state.active_response_id,
+                                                  event_id=self._event_id("cx")))
+                metrics.incr("openai.interrupt.cancel")
         if audio_end_ms is None or audio_end_ms <= 0 or not item_id:
             metrics.incr("openai.interrupt.truncate_skipped")
             return
@@ -686,6 +696,9 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._retire(conn)
 
     def _on_audio_delta(self, conn: _Connection, event: oe.OutputAudioDelta) -> None:  # HOT
+        if event.response_id == self._interrupted_response:
+            metrics.incr("openai.audio.after_interrupt")
+            return
         item_id = event.item_id
         if item_id != self._audio_item:
             self._audio_item = item_id
