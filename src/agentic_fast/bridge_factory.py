@@ -149,7 +149,7 @@ def make_bridge_factory(config: Config) -> AudioBridgeFactory:
     brain = ConversationBrain.from_config(config, gateway)
     factory = AudioBridgeFactory(
         config, provider_factory(config, tools=brain.tools(),
-                                 gemini_tools=brain.function_declarations()),
+                                 gemini_declarations=brain.function_declarations()),
         conversation=brain)
     factory.owned = [gateway, brain]
     return factory

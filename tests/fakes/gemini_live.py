@@ -11,6 +11,11 @@ binary frames (text frames on request), like the real server.
         await fake.wait_for(lambda: fake.connections[-1].turns_done >= 1)
         fake.audio_received, fake.setups, fake.handles_used, fake.violations
 
+Every client message is validated against google-genai's ``LiveClientMessage`` (unknown keys
+forbidden, see :func:`validate_client_message`); one it rejects closes the socket 1007
+"Request contains an invalid argument." as the real server does (that code and reason are
+what the SDK's users report for a malformed setup, e.g. google/adk-python#225).
+
 Behaviour: auth by ``?key=`` or ``x-goog-api-key`` (missing key -> close 1008, wrong key ->
 close 1007, both after the first client message); the first message must be a valid
 ``setup`` (else 1007; unknown model -> 1008); ``setupComplete``, then (with
@@ -89,8 +94,18 @@ def _get(obj: Mapping[str, Any], camel: str) -> Any:
 def validate_client_message(msg: dict[str, Any]) -> str | None:
     """None if google-genai's Live types accept ``msg`` (a decoded client frame), else why.
 
-    ``LiveClientSetup`` has no ``realtimeInputConfig`` (the SDK's converter adds it to the
-    wire dict from ``LiveConnectConfig``), so that part is checked as ``RealtimeInputConfig``.
+    The wire JSON (camelCase, or snake_case: the server reads both) is validated with
+    ``LiveClientMessage.model_validate_json``. google-genai's models are pydantic with
+    ``extra='forbid'`` (``_common.BaseModel``), so a key the type does not have anywhere in
+    the message is an error, e.g. a bare function declaration in ``setup.tools`` (a Tool has
+    ``functionDeclarations``, not ``name``/``parameters``); :func:`_check_sdk_strictness`
+    makes sure of that at import.
+
+    One exception, where the SDK's type lags its own converter and the documented wire
+    (BidiGenerateContentSetup.realtimeInputConfig): ``LiveClientSetup`` has no
+    ``realtimeInputConfig`` although ``_live_converters`` writes ``setup.realtimeInputConfig``
+    from ``LiveConnectConfig``; exactly that key is taken out and checked as
+    ``RealtimeInputConfig`` (extra keys forbidden there too).
     """
     try:
         body = msg.get("setup")
@@ -107,6 +122,20 @@ def validate_client_message(msg: dict[str, Any]) -> str | None:
     except pydantic.ValidationError as exc:
         return str(exc)
     return None
+
+
+def _check_sdk_strictness() -> None:
+    """Refuse to run as a lax fake: the installed google-genai must reject unknown keys
+    (else every wire defect of that kind would pass unnoticed)."""
+    for bad in ({"setup": {"model": "models/m", "tools": [{"name": "f", "parameters": {}}]}},
+                {"realtimeInput": {"audio": {"data": "", "mimeType": "audio/pcm"}, "x": 1}},
+                {"toolResponse": {"functionResponses": [{"id": "1", "output": {}}]}}):
+        if validate_client_message(bad) is None:
+            raise RuntimeError("google-genai's Live types accept unknown keys "
+                               f"({json.dumps(bad)}); the fake cannot validate client messages")
+
+
+_check_sdk_strictness()
 
 
 def tone(ms: int, rate: int = OUT_RATE, hz: float = 440.0, amplitude: int = 6000) -> bytes:

@@ -19,6 +19,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from agentic_fast.brain.intent import run_command_declaration
+from agentic_fast.calls import CallDirection, CallSession
+from agentic_fast.config import Config
+from agentic_fast.providers.factory import provider_factory
 from agentic_fast.providers.gemini_events import (
     AUTH_HEADER,
     AudioChunk,
@@ -177,6 +181,38 @@ async def test_invalid_first_message_closes_1007(fake: FakeGeminiLive, first: st
     await ws.send(first)
     assert await Session(ws).closed() == (1007, REASON_INVALID)
     assert fake.violations and not fake.setups
+
+
+async def test_bare_function_declarations_in_setup_tools_close_1007(fake: FakeGeminiLive) -> None:
+    """``setup.tools`` holds Tool objects (``[{"functionDeclarations": [...]}]``); the bare
+    declarations the production wiring once sent are refused as the real server refuses them."""
+    ws = await connect(fake.url, additional_headers={AUTH_HEADER: fake.api_key},
+                       ping_interval=None)
+    await ws.send(json.dumps({"setup": {"model": "models/" + MODEL,
+                                        "tools": [run_command_declaration()]}}))
+    assert await Session(ws).closed() == (1007, REASON_INVALID)
+    [violation] = fake.violations
+    assert violation.reason == "invalid_setup" and "setup.tools" in violation.detail
+    assert not fake.setups
+
+
+async def test_production_wired_gemini_setup_is_accepted(fake: FakeGeminiLive) -> None:
+    """The provider ``provider_factory`` builds with the brain's declarations (what
+    ``make_bridge_factory`` does in tool mode) passes the fake's validation."""
+    config = Config.from_text(f"gemini:\n  url: {fake.url}\n  api_key: {fake.api_key}\n"
+                              "audio:\n  provider: gemini\n", source="test", env={})
+    make = provider_factory(config, tools=[{"type": "function", **run_command_declaration()}],
+                            gemini_declarations=[run_command_declaration()])
+    provider = make(CallSession(CallDirection.INBOUND, "+15551230000", "+15550001111"))
+    try:
+        await provider.connect()
+        provider.send_audio(chunk_b64(1))
+        await fake.wait_for(lambda: fake.samples_received == 320)
+    finally:
+        await provider.close()
+    [tool] = fake.setups[0]["tools"]
+    assert [d["name"] for d in tool["functionDeclarations"]] == ["run_command"]
+    assert not fake.violations and fake.current.close_code is None
 
 
 async def test_unknown_model_closes_1008() -> None:

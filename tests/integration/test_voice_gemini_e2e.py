@@ -1,34 +1,53 @@
 """A whole call with Gemini Live: fake Twilio caller -> server -> AudioBridge -> Gemini
-provider -> fake Gemini Live (16 kHz in, 24 kHz out), and back; barge-in and goAway."""
+provider -> fake Gemini Live (16 kHz in, 24 kHz out), and back; barge-in and goAway.
+
+Built like production: ``make_bridge_factory`` with the default brain (mode ``tool``), so the
+setup carries the brain's ``run_command`` tool and the fake checks every client frame against
+google-genai's Live types (a malformed one closes the socket 1007, as the real server does)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from agentic_fast.audio import AudioConverter
-from agentic_fast.bridge_factory import AudioBridgeFactory
-from agentic_fast.providers.factory import provider_factory
+from agentic_fast.brain.intent import RUN_COMMAND, run_command_declaration
+from agentic_fast.bridge_factory import make_bridge_factory
 from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
+from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, make_config
 
+OWNER = "+15551230000"  # the fake caller's number (incoming_call_form's default From)
+Stack = tuple[Harness, FakeGeminiLive, FakeOpenClawGateway]
+
 
 @pytest.fixture
-async def stack() -> AsyncIterator[tuple[Harness, FakeGeminiLive]]:
-    async with FakeTwilioRest() as rest, FakeGeminiLive(respond_on_stream_end=False) as gemini:
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with FakeTwilioRest() as rest, FakeGeminiLive(respond_on_stream_end=False) as gemini, \
+            FakeOpenClawGateway(token="gw-token",
+                                default_script=ChatScript(noise=False)) as gateway:
+        # brain.mode is left at its default (tool): the production Gemini setup has tools
         extra = (f"gemini:\n  url: {gemini.url}\n  api_key: {gemini.api_key}\n"
-                 "audio:\n  provider: gemini\n")
+                 "audio:\n  provider: gemini\n"
+                 f"gateway:\n  url: {gateway.url}\n  token: gw-token\n"
+                 f"  device_key_path: {tmp_path / 'device_key'}\n"
+                 f"brain:\n  allowed_callers: ['{OWNER}']\n  filler_after_s: 0\n")
         config = make_config(rest, extra=extra)
-        harness = await Harness(config, rest, bridge_factory=AudioBridgeFactory(
-            config, provider_factory(config))).__aenter__()
+        assert config.brain.mode == "tool"
+        harness = await Harness(config, rest, bridge_factory=make_bridge_factory(config)
+                                ).__aenter__()
         try:
-            yield harness, gemini
+            yield harness, gemini, gateway
         finally:
             await harness.__aexit__(None, None, None)
+        assert not [c for c in gemini.connections if c.close_code == 1007], gemini.violations
 
 
 async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
@@ -39,8 +58,37 @@ async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
     return client
 
 
+async def test_production_setup_declares_the_brain_tool(stack) -> None:
+    harness, gemini, _ = stack
+    client = await _call(harness, gemini)
+    [setup] = gemini.setups
+    [tool] = setup["tools"]
+    assert list(tool) == ["functionDeclarations"]
+    [decl] = tool["functionDeclarations"]
+    assert decl["name"] == RUN_COMMAND == run_command_declaration()["name"]
+    assert decl["description"] == run_command_declaration()["description"]
+    assert not gemini.violations and gemini.current.close_code is None
+    client.assert_no_violations()
+
+
+async def test_a_run_command_tool_call_is_answered_with_a_tool_response(stack) -> None:
+    harness, gemini, gateway = stack
+    client = await _call(harness, gemini)
+    gateway.queue_chat(ChatScript(reply="Done. I texted Sam.", noise=False))
+    call = {"name": RUN_COMMAND, "args": {"command": "Text Sam that I'm running late"}}
+    async with asyncio.timeout(10):  # the turn waits for our toolResponse
+        await gemini.play_turn(ModelTurn(tool_calls=[call], audio_ms=200))
+    send = await gateway.wait_request("chat.send", 1)
+    assert send["params"]["message"] == "Text Sam that I'm running late"
+    [response] = gemini.current.tool_responses
+    assert response["name"] == RUN_COMMAND
+    assert "I texted Sam" in json.dumps(response["response"])
+    assert not gemini.violations and gemini.current.close_code is None
+    client.assert_no_violations()
+
+
 async def test_audio_both_ways_in_gemini_formats(stack) -> None:
-    harness, gemini = stack
+    harness, gemini, _ = stack
     client = await _call(harness, gemini, continuous=False, time_scale=4.0)
     speech = load_speech_ulaw()[:160 * 50]
     await client.say(speech)
@@ -61,7 +109,7 @@ async def test_audio_both_ways_in_gemini_formats(stack) -> None:
 
 
 async def test_interrupted_turn_clears_the_caller(stack) -> None:
-    harness, gemini = stack
+    harness, gemini, _ = stack
     client = await _call(harness, gemini)
     # the model streams 3 s faster than real time, then the server hears the caller
     await gemini.play_turn(ModelTurn(audio_ms=3000, chunk_ms=100, interrupt_after_chunks=10))
@@ -73,7 +121,7 @@ async def test_interrupted_turn_clears_the_caller(stack) -> None:
 
 
 async def test_go_away_is_invisible_to_the_caller(stack) -> None:
-    harness, gemini = stack
+    harness, gemini, _ = stack
     client = await _call(harness, gemini)
     await gemini.wait_for(lambda: len(gemini.audio_received) > 3200)
     await gemini.send_resumption_update()

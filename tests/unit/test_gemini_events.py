@@ -13,6 +13,7 @@ import pytest
 from google.genai import types
 
 from agentic_fast import metrics
+from agentic_fast.brain.intent import run_command_declaration
 from agentic_fast.errors import LocalProtocolError, RemoteProtocolError
 from agentic_fast.providers import gemini_events as g
 from agentic_fast.providers.gemini_events import (
@@ -155,6 +156,24 @@ async def test_full_setup_matches_what_the_sdk_sends() -> None:
     assert ours == sdk
 
 
+async def test_brain_tool_setup_matches_what_the_sdk_sends() -> None:
+    """The brain's ``run_command`` (a JSON-Schema declaration shared with OpenAI) goes out
+    as one Tool of functionDeclarations, its Schema types as the SDK spells them."""
+    decl = run_command_declaration()
+    assert decl["parameters"]["type"] == "object"  # JSON Schema spelling on our side
+    setup = GeminiSetup(MODEL, tools=[g.function_tool(decl)])
+    sdk_accepts(setup.to_json())
+    ours = json.loads(setup.to_json())
+    sdk = camel(await sdk_setup_wire(MODEL, types.LiveConnectConfig(
+        response_modalities=["AUDIO"], input_audio_transcription=types.AudioTranscriptionConfig(),
+        output_audio_transcription=types.AudioTranscriptionConfig(),
+        session_resumption=types.SessionResumptionConfig(),
+        tools=[types.Tool(function_declarations=[types.FunctionDeclaration(**decl)])])))
+    assert ours["setup"]["tools"] == sdk["setup"]["tools"]
+    assert ours == sdk
+    assert decl["parameters"]["type"] == "object"  # the caller's declaration is not changed
+
+
 @pytest.mark.parametrize(("given", "wire"), [
     ("gemini-2.5-flash", "models/gemini-2.5-flash"),
     ("models/gemini-2.5-flash", "models/gemini-2.5-flash"),
@@ -183,6 +202,8 @@ def test_setup_options() -> None:
     lambda: GeminiSetup(MODEL, voice=""),
     lambda: GeminiSetup(MODEL, response_modality="VIDEO"),
     lambda: GeminiSetup(MODEL, tools={"functionDeclarations": []}),  # type: ignore[arg-type]
+    lambda: GeminiSetup(MODEL, tools=[END_CALL]),  # a bare declaration: the server says 1007
+    lambda: g.function_tool(),
     lambda: GeminiSetup(MODEL, session_resumption=False).to_json("h"),
     lambda: GeminiSetup(MODEL).to_json(""),
     lambda: VadSettings(start_of_speech_sensitivity="HIGH"),

@@ -12,12 +12,15 @@ from agentic_fast.providers.base import RealtimeProvider
 
 
 def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = None,
-                     gemini_tools: list[dict[str, Any]] | None = None,
+                     gemini_declarations: list[dict[str, Any]] | None = None,
                      ) -> Callable[[CallSession], RealtimeProvider]:
     """A function making one provider per call; checks the provider's settings up front.
 
-    ``tools`` are OpenAI Realtime function tools, ``gemini_tools`` the same tools as Gemini
-    ``functionDeclarations`` (the brain's ``run_command``)."""
+    ``tools`` are OpenAI Realtime function tools; ``gemini_declarations`` are the same
+    functions as bare Gemini FunctionDeclarations (``{name, description, parameters}``, the
+    brain's ``run_command``). Gemini gets them wrapped in one Tool
+    (``[{"functionDeclarations": [...]}]``): the Live API closes a setup whose ``tools``
+    hold bare declarations (1007)."""
     name = config.audio.provider
     timeout = config.bridge.provider_connect_timeout_s
     if name in ("openai", "openai-pcmu"):
@@ -42,12 +45,15 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
         if not config.gemini.api_key:
             raise ConfigError("gemini.api_key is not set (audio.provider is gemini)",
                               key="gemini.api_key")
+        from agentic_fast.providers.gemini_events import function_tool
+
         gemini = config.gemini
+        gemini_tools = [function_tool(*gemini_declarations)] if gemini_declarations else None
 
         def make_gemini(session: CallSession) -> RealtimeProvider:
             return GeminiLiveProvider(gemini, call_id=session.call_id,
                                       connect_timeout_s=timeout,
-                                      tools=gemini_tools or None)
+                                      tools=gemini_tools)
 
         return make_gemini
     raise ConfigError(f"unknown audio.provider {name!r}", key="audio.provider")

@@ -195,11 +195,45 @@ def _model_name(model: str) -> str:
 
 
 def function_tool(*declarations: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tool of function declarations (``{name, description, parameters}`` each)."""
+    """A Tool of function declarations (``{name, description, parameters}`` each): what
+    ``setup.tools`` holds, e.g. ``tools=[function_tool(decl)]``; a bare declaration there
+    makes the server close the connection (1007).
+
+    ``parameters`` may be written as JSON Schema (``"type": "object"``, shared with OpenAI);
+    its ``type`` names go out as the Schema enum (``OBJECT``), as google-genai sends them.
+    """
+    if not declarations:
+        _local("function_tool needs at least one function declaration")
+    out = []
     for decl in declarations:
         if not isinstance(decl, Mapping) or type(decl.get("name")) is not str:
             _local(f"a function declaration needs a string 'name': {decl!r:.80}")
-    return {"functionDeclarations": [dict(d) for d in declarations]}
+        decl = dict(decl)
+        if isinstance(decl.get("parameters"), Mapping):
+            decl["parameters"] = _schema(decl["parameters"])
+        out.append(decl)
+    return {"functionDeclarations": out}
+
+
+def _schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a (JSON-Schema-like) Schema with its ``type`` names in upper case."""
+    out = dict(schema)
+    if isinstance(out.get("type"), str):
+        out["type"] = out["type"].upper()
+    if isinstance(out.get("properties"), Mapping):
+        out["properties"] = {k: _schema(v) if isinstance(v, Mapping) else v
+                             for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), Mapping):
+        out["items"] = _schema(out["items"])
+    for key in ("anyOf", "any_of"):
+        if isinstance(out.get(key), list):
+            out[key] = [_schema(v) if isinstance(v, Mapping) else v for v in out[key]]
+    return out
+
+
+#: Keys of a FunctionDeclaration: a Tool holding one of them is a bare declaration.
+_DECLARATION_KEYS = frozenset({"name", "description", "parameters", "parametersJsonSchema",
+                               "parameters_json_schema"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +272,10 @@ class GeminiSetup:
             if isinstance(self.tools, str | bytes | Mapping) or not all(
                     isinstance(t, Mapping) for t in self.tools):
                 _local("tools must be a sequence of Tool objects (mappings)")
+            for tool in self.tools:
+                if _DECLARATION_KEYS.intersection(tool):
+                    _local(f"tools holds a bare function declaration ({tool.get('name')!r:.40}); "
+                           "wrap declarations in a Tool: function_tool(*declarations)")
             object.__setattr__(self, "tools", tuple(self.tools))
         if self.vad is not None and not isinstance(self.vad, VadSettings):
             _local(f"vad must be VadSettings, got {type(self.vad).__name__}")
