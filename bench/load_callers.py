@@ -815,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-total", type=int, required=True, help="calls of the whole run")
     p.add_argument("--converter", default="openai",
                    help="AudioConverter format of the server's provider (inbound prediction)")
-    p.add_argument("--handoff-ms", type=int, default=40)
+    p.add_argument("--handoff-ms", type=int, default=20)
     p.add_argument("--lead-ms", type=int, default=120)
     p.add_argument("--response-ms", type=int, default=2000)
     p.add_argument("--max-gap-ms", type=int, default=1000)

@@ -972,7 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider-url", required=True)
     r.add_argument("--auth-token", required=True)
     r.add_argument("--public-url", required=True)
-    r.add_argument("--handoff-ms", type=int, default=40)
+    r.add_argument("--handoff-ms", type=int, default=20)
     return p
 
 

@@ -693,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-calls", type=int, default=100,
                    help="calls whose inbound audio is predicted for the inbound latency join "
                         "(the prediction runs the AudioConverter per frame: generator CPU)")
-    p.add_argument("--handoff-ms", type=int, default=40, help="audio.handoff_ms of the server")
+    p.add_argument("--handoff-ms", type=int, default=20, help="audio.handoff_ms of the server")
     p.add_argument("--lead-ms", type=int, default=120, help="bridge.lead_ms of the server")
     p.add_argument("--mark-every", type=int, default=10,
                    help="bridge.mark_every_frames of the server")
