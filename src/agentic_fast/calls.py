@@ -169,6 +169,9 @@ SYSTEM_CLOCK: Final = SystemClock()
 
 TRANSCRIPT_LIMIT: Final = 2000
 COMMANDS_LIMIT: Final = 200
+STREAM_ERRORS_LIMIT: Final = 20
+#: Characters of Twilio's ``StreamError`` text kept per error.
+STREAM_ERROR_CHARS: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,9 @@ class CallSession:
     dtmf: str = ""
     commands: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=COMMANDS_LIMIT), repr=False)
+    # Twilio's stream-error reports (<Stream statusCallback>), oldest first, bounded.
+    stream_errors: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=STREAM_ERRORS_LIMIT), repr=False)
     bridge: Any = field(default=None, repr=False)
     log: BoundLogger = field(default=_log, repr=False)
 
@@ -253,6 +259,15 @@ class CallSession:
             metrics.incr("calls.commands.dropped")
         self.commands.append(command)
 
+    def add_stream_error(self, error: str, *, code: str | None = None,
+                         stream_sid: str | None = None) -> None:
+        """Record a media stream error Twilio reported (bounded like the transcript)."""
+        if len(self.stream_errors) == STREAM_ERRORS_LIMIT:
+            metrics.incr("calls.stream_errors.dropped")
+        self.stream_errors.append({"ts": _iso(self.clock.time()), "code": code,
+                                   "error": error[:STREAM_ERROR_CHARS],
+                                   "stream_sid": stream_sid})
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON view of ``GET /calls/{id}`` (no prompt text beyond what was given)."""
         return {
@@ -274,6 +289,7 @@ class CallSession:
             ],
             "dtmf": self.dtmf,
             "commands": list(self.commands),
+            "stream_errors": list(self.stream_errors),
         }
 
 
@@ -534,6 +550,19 @@ class CallManager:
         if session.status is not CallStatus.IN_PROGRESS:
             self.transition(session, CallStatus.IN_PROGRESS)
         return True
+
+    def stream_error(self, session: CallSession, error: str, *, code: str | None = None,
+                     stream_sid: str | None = None) -> bool:
+        """Twilio reports that the call's media stream failed: record it on the session.
+
+        Before the stream started this is a failed handshake: no stream will come, so the
+        call fails now (reason ``stream-error[-<code>]``) instead of at the stream timeout.
+        Returns ``True`` if that ended the call.
+        """
+        session.add_stream_error(error, code=code, stream_sid=stream_sid)
+        if session.ended or session.stream_started:
+            return False
+        return self.fail(session, f"stream-error-{code}" if code else "stream-error")
 
     def complete(self, session: CallSession, reason: str | None = None) -> bool:
         return self.transition(session, CallStatus.COMPLETED, reason=reason)

@@ -132,6 +132,26 @@ def _audio_format(value: str) -> str:
     return value
 
 
+_SHARED_KEY_ID = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def _shared_keys(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``<SharedKey id>=<secret>`` entries, ids unique; errors never echo a secret."""
+    seen: set[str] = set()
+    out = []
+    for i, entry in enumerate(value):
+        key_id, sep, secret = entry.strip().partition("=")
+        key_id, secret = key_id.strip(), secret.strip()
+        if not sep or not secret or not _SHARED_KEY_ID.fullmatch(key_id):
+            raise ValueError(f"entry {i} must be <SharedKey id>=<secret> "
+                             "(e.g. webhooks_sharedkey_...=the key's secret)")
+        if key_id in seen:
+            raise ValueError(f"entry {i}: SharedKey id {key_id!r} is given twice")
+        seen.add(key_id)
+        out.append(f"{key_id}={secret}")
+    return tuple(out)
+
+
 def _check_value(value: Any, meta: Mapping[str, Any]) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value}")
@@ -231,6 +251,15 @@ class TwilioConfig(_Section):
     api_base: str = field(default="https://api.twilio.com",
                           metadata=_m(check=_url("https", "http")))
     request_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    # Webhooks signed with a SharedKey (X-Twilio-Webhooks-Signature-Settings): the key ids
+    # that header names, each with its secret; several while a key is rotated.
+    webhook_shared_keys: tuple[str, ...] = field(
+        default=(), metadata=_m(check=_shared_keys, secret=True))
+
+    @property
+    def shared_keys(self) -> dict[str, str]:
+        """``webhook_shared_keys`` as SharedKey id -> secret."""
+        return dict(entry.split("=", 1) for entry in self.webhook_shared_keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,7 +487,8 @@ def _to_dict(obj: Any) -> dict[str, Any]:
         if is_dataclass(value):
             value = _to_dict(value)
         elif f.metadata.get("secret"):
-            value = mask_secret(value)
+            value = ([mask_secret(v) for v in value] if isinstance(value, tuple)
+                     else mask_secret(value))
         elif isinstance(value, tuple):
             value = list(value)
         out[f.name] = value

@@ -33,8 +33,17 @@ from agentic_fast.media_stream import (
     MediaStreamHandler,
 )
 from agentic_fast.telephony.rest import TwilioApiError, TwilioRestClient
-from agentic_fast.telephony.signature import SignatureNotConfiguredError, TwilioSignatureValidator
-from agentic_fast.telephony.status import map_call_status, parse_status_callback
+from agentic_fast.telephony.signature import (
+    SETTINGS_HEADER,
+    SIGNATURE_HEADER,
+    SignatureNotConfiguredError,
+    TwilioSignatureValidator,
+)
+from agentic_fast.telephony.status import (
+    map_call_status,
+    parse_status_callback,
+    parse_stream_status_callback,
+)
 from agentic_fast.telephony.stream_token import StreamTokenSigner
 from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
 
@@ -42,6 +51,10 @@ log = get_logger("server")
 
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/status"
+STREAM_STATUS_PATH = "/twilio/stream-status"
+_STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
+#: A Twilio error code (Media Streams: 319xx) at the start of, or inside, ``StreamError``.
+_ERROR_CODE = re.compile(r"\b(3\d{4})\b")
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 _TOKEN_DOMAIN = b"agentic-fast/stream-token/v1"
 #: Seconds an outbound call may ring: its stream token must outlive the ringing.
@@ -100,10 +113,11 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
                   path=request.path)
         return None
     body = await request.read()
-    signature = request.headers.get("X-Twilio-Signature")
+    signature = request.headers.get(SIGNATURE_HEADER)
+    settings = request.headers.get(SETTINGS_HEADER)
     content_type = request.content_type
     if content_type == "application/json":
-        ok = svc.validator.validate_json(request.raw_path, body, signature)
+        ok = svc.validator.validate_json(request.raw_path, body, signature, settings)
         fields: dict[str, list[str]] = {}
         if ok:
             try:
@@ -119,12 +133,12 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
         fields = {}
         for key, value in post.items():
             fields.setdefault(key, []).append(value if isinstance(value, str) else "")
-        ok = svc.validator.validate_form(request.raw_path, fields, signature)
+        ok = svc.validator.validate_form(request.raw_path, fields, signature, settings)
     if not ok:
-        reason = "unsigned" if not signature else "bad_signature"
-        metrics.incr(f"twilio.webhook.rejected.{reason}")
-        log.warning("webhook.rejected", reason=reason, path=request.path,
-                    remote=request.remote)
+        metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
+        log.warning("webhook.rejected", reason=ok.reason, path=request.path,
+                    remote=request.remote, key_id=ok.key_id,
+                    algorithm=ok.algorithm if settings else None)
         return None
     return fields
 
@@ -178,6 +192,7 @@ def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> 
     server = svc.config.server
     return connect_stream_twiml(
         server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
+        status_callback=server.webhook_url(STREAM_STATUS_PATH),
         fallback_say="Sorry, the assistant could not be reached. Goodbye.",
     )
 
@@ -199,6 +214,49 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
                                        sequence=cb.sequence_number)
     log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
              applied=applied)
+    return web.Response(status=204)
+
+
+async def stream_status_callback(request: web.Request) -> web.StreamResponse:
+    """``<Stream statusCallback>``: the only report of a failed stream (e.g. handshake).
+
+    ``stream-error`` is logged with the call, counted (in total and per Twilio error code)
+    and recorded on the session; before the stream started it also fails the call.
+    """
+    svc = request.app[SERVICES]
+    fields = await _signed_form(request, svc)
+    if fields is None:
+        return _error(403, "forbidden")
+    try:
+        cb = parse_stream_status_callback({k: v[0] for k, v in fields.items() if v})
+    except ProtocolError as exc:
+        metrics.incr("twilio.stream_status.rejected.bad_form")
+        log.warning("stream_status.rejected", reason="bad_form", detail=str(exc)[:200])
+        return _error(400, str(exc))
+    session = svc.manager.get_by_sid(cb.call_sid)
+    if session is None:
+        metrics.incr("twilio.stream_status.rejected.unknown_call")
+        log.warning("stream_status.rejected", reason="unknown_call", call_sid=cb.call_sid,
+                    stream_sid=cb.stream_sid, stream_event=cb.stream_event)
+        return _error(404, "unknown call")
+    if cb.stream_event not in _STREAM_EVENTS:
+        metrics.incr("twilio.stream_status.unknown_event")
+        session.log.warning("stream.unknown_event", stream_event=cb.stream_event[:40],
+                            stream_sid=cb.stream_sid)
+        return web.Response(status=204)
+    metrics.incr(f"twilio.stream_status.{cb.stream_event}")
+    if cb.stream_event != "stream-error":
+        session.log.info("stream.status", stream_event=cb.stream_event,
+                         stream_sid=cb.stream_sid)
+        return web.Response(status=204)
+    error = cb.stream_error or "(no StreamError given)"
+    found = _ERROR_CODE.search(error)
+    code = found.group(1) if found else None
+    if code is not None:
+        metrics.incr(f"twilio.stream_error.{code}")
+    session.log.warning("stream.error", stream_sid=cb.stream_sid, code=code,
+                        error=error[:200], stream_started=session.stream_started)
+    svc.manager.stream_error(session, error, code=code, stream_sid=cb.stream_sid)
     return web.Response(status=204)
 
 
@@ -343,7 +401,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     server = config.server
     try:
         validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
-            config.twilio.auth_token, server.public_url)
+            config.twilio.auth_token, server.public_url, config.twilio.shared_keys)
         problem = None
     except SignatureNotConfiguredError as exc:
         validator, problem = None, str(exc)
@@ -386,6 +444,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app[SERVICES] = svc
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
+    app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
     app.router.add_get(MEDIA_STREAM_PATH, media.handle)
     app.router.add_post("/calls", create_call)
     app.router.add_get("/calls", list_calls)

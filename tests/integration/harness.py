@@ -9,8 +9,7 @@ tests see exactly what would reach a provider.
 from __future__ import annotations
 
 import asyncio
-import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,19 +23,31 @@ from agentic_fast.media_stream import TwilioStreamSender
 from agentic_fast.server import SERVICES, create_app, start_site
 from tests.fakes.twilio_media import FakeTwilioMediaClient
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.fakes.twilio_webhooks import TwilioWebhookSender, incoming_call_form, new_sid
+from tests.fakes.twilio_twiml import read_connect_stream
+from tests.fakes.twilio_webhooks import (
+    SharedKey,
+    TwilioWebhookSender,
+    incoming_call_form,
+    new_sid,
+)
 
 PUBLIC_URL = "https://agent.example.test"
 FROM_NUMBER = "+15550001111"
 
 
-def make_config(rest: FakeTwilioRest | None, extra: str = "", **server: Any) -> Config:
+def make_config(rest: FakeTwilioRest | None, extra: str = "", *,
+                shared_keys: Sequence[SharedKey] = (), **server: Any) -> Config:
+    """Config for a server behind ``PUBLIC_URL``; ``shared_keys`` become
+    ``twilio.webhook_shared_keys``."""
     lines = ["server:", f"  public_url: {PUBLIC_URL}"]
     lines += [f"  {k}: {v}" for k, v in server.items()]
     if rest is not None:
         lines += ["twilio:", f"  account_sid: {rest.account_sid}",
                   f"  auth_token: {rest.auth_token}", f"  from_number: '{FROM_NUMBER}'",
                   f"  api_base: {rest.base_url}", "  request_timeout_s: 5"]
+        if shared_keys:
+            lines.append("  webhook_shared_keys:")
+            lines += [f"    - '{key.key_id}={key.secret}'" for key in shared_keys]
     return Config.from_text("\n".join(lines) + "\n" + extra, source="test-config", env={})
 
 
@@ -135,11 +146,13 @@ class Harness:
         await self.http.close()
         await self.runner.cleanup()
 
-    def webhooks(self, auth_token: str | None = None) -> TwilioWebhookSender:
+    def webhooks(self, auth_token: str | None = None,
+                 shared_key: SharedKey | None = None) -> TwilioWebhookSender:
+        """A sender signing as Twilio does: Auth Token, or ``shared_key`` when given."""
         assert self.http is not None
         token = auth_token or (self.rest.auth_token if self.rest else "no-token")
         return TwilioWebhookSender(self.http, auth_token=token, base_url=self.base_url,
-                                   public_url=PUBLIC_URL)
+                                   public_url=PUBLIC_URL, shared_key=shared_key)
 
     async def incoming_call(self, call_sid: str | None = None, **form: str
                             ) -> tuple[str, dict[str, str], str]:
@@ -160,14 +173,14 @@ class Harness:
 
 
 def stream_parameters(twiml: str) -> dict[str, str]:
-    """The ``<Parameter>``s of the TwiML's ``<Connect><Stream>`` (and checks its url)."""
-    root = ET.fromstring(twiml)
-    stream = root.find("./Connect/Stream")
-    assert stream is not None, twiml
-    assert stream.get("url") == PUBLIC_URL.replace("https", "wss") + "/twilio/media-stream"
-    return {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    """The ``<Parameter>``s of the TwiML's ``<Connect><Stream>`` (checked as Twilio would,
+    and its url)."""
+    stream = read_connect_stream(twiml)
+    assert stream.url == PUBLIC_URL.replace("https", "wss") + "/twilio/media-stream"
+    return stream.parameters
 
 
 async def start_harness(rest: FakeTwilioRest | None, *, manager: CallManager | None = None,
-                        **server: Any) -> Harness:
-    return await Harness(make_config(rest, **server), rest, manager).__aenter__()
+                        shared_keys: Sequence[SharedKey] = (), **server: Any) -> Harness:
+    config = make_config(rest, shared_keys=shared_keys, **server)
+    return await Harness(config, rest, manager).__aenter__()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -18,8 +18,21 @@ from agentic_fast.server import begin_drain, drain, stream_token_secret
 from agentic_fast.telephony.stream_token import StreamTokenSigner
 from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.fakes.twilio_webhooks import incoming_call_form, new_sid, status_callback_form
-from tests.integration.harness import PUBLIC_URL, Harness, start_harness
+from tests.fakes.twilio_twiml import read_connect_stream
+from tests.fakes.twilio_webhooks import (
+    HMAC_SHA256,
+    SETTINGS_HEADER,
+    SIGNATURE_HEADER,
+    SharedKey,
+    incoming_call_form,
+    new_shared_key,
+    new_sid,
+    sign_json_body,
+    status_callback_form,
+    stream_status_form,
+    twilio_signature,
+)
+from tests.integration.harness import PUBLIC_URL, Harness, start_harness, stream_parameters
 
 pytestmark = pytest.mark.asyncio
 FAST = 10.0  # the fake caller sends its audio 10x faster than real time
@@ -380,3 +393,185 @@ async def test_json_body_webhook_is_checked_by_its_body_hash(
     bad = await harness.http.post(harness.base_url + path_qs, data=tampered, headers=headers)
     assert bad.status == 403
     assert session.status.value == "ringing"
+
+
+# -- <Stream statusCallback> (stream errors) -----------------------------------------------
+
+STREAM_STATUS_URL = f"{PUBLIC_URL}/twilio/stream-status"
+
+
+@pytest.fixture
+def counted() -> Callable[[str], int]:
+    """How much a counter grew during the test (counters are process-wide)."""
+    before = metrics.snapshot()
+    return lambda name: metrics.get(name) - before.get(name, 0)
+
+
+async def test_stream_twiml_asks_twilio_for_stream_status(harness: Harness) -> None:
+    _, _, twiml = await harness.incoming_call()
+    stream = read_connect_stream(twiml)
+    assert stream.status_callback == STREAM_STATUS_URL
+    assert stream.status_callback_method == "POST"
+    # the outbound call's inline TwiML too
+    resp = await harness.http.post(f"{harness.base_url}/calls", json={"to": "+15557654321"})
+    assert resp.status == 201
+    (create,) = [r for r in harness.rest.requests if r.get("Twiml")]
+    assert read_connect_stream(create.get("Twiml")).status_callback == STREAM_STATUS_URL
+
+
+def _stream_events(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, object]]:
+    return [dict(r.msg.fields) for r in caplog.records
+            if getattr(r.msg, "event", None) == event]
+
+
+async def test_stream_error_before_start_is_logged_counted_recorded_and_ends_the_call(
+        harness: Harness, caplog: pytest.LogCaptureFixture,
+        counted: Callable[[str], int]) -> None:
+    call_sid, params, _ = await harness.incoming_call()
+    session = harness.services.manager.get(params["callId"])
+    stream_sid = new_sid("MZ")
+    error = "31920 Stream - WebSocket - Handshake Error"
+    with caplog.at_level("INFO", logger="agentic_fast"):
+        resp = await harness.webhooks().post("/twilio/stream-status", stream_status_form(
+            call_sid=call_sid, stream_sid=stream_sid, stream_event="stream-error",
+            stream_error=error))
+    assert resp.status == 204
+    (logged,) = _stream_events(caplog, "stream.error")
+    assert logged["call_id"] == session.call_id and logged["code"] == "31920"
+    assert counted("twilio.stream_status.stream-error") == 1
+    assert counted("twilio.stream_error.31920") == 1
+    # no stream will come: the call fails now, with the reason, instead of timing out
+    assert session.status.value == "failed" and session.reason == "stream-error-31920"
+    doc = orjson.loads(await (await harness.http.get(
+        f"{harness.base_url}/calls/{session.call_id}")).read())
+    (recorded,) = doc["stream_errors"]
+    assert recorded["code"] == "31920" and recorded["error"] == error
+    assert recorded["stream_sid"] == stream_sid and recorded["ts"]
+    assert doc["reason"] == "stream-error-31920"
+
+
+async def test_stream_error_during_the_stream_is_recorded_and_the_call_goes_on(
+        harness: Harness, counted: Callable[[str], int]) -> None:
+    call_sid, params, client, _ = await _connected_call(harness)
+    hooks = harness.webhooks()
+    started = await hooks.post("/twilio/stream-status", stream_status_form(
+        call_sid=call_sid, stream_sid=client.stream_sid, stream_event="stream-started"))
+    assert started.status == 204
+    warning = await hooks.post("/twilio/stream-status", stream_status_form(
+        call_sid=call_sid, stream_sid=client.stream_sid, stream_event="stream-error",
+        stream_error="Invalid message received (31951)"))
+    assert warning.status == 204
+    session = harness.services.manager.get(params["callId"])
+    assert session.status.value == "in-progress"
+    assert [e["code"] for e in session.to_dict()["stream_errors"]] == ["31951"]
+    assert counted("twilio.stream_status.stream-started") == 1
+
+
+@pytest.mark.parametrize("signature", [None, "forged", "wrong-token"])
+async def test_unsigned_or_forged_stream_status_is_403_and_records_nothing(
+        harness: Harness, signature: str | None, counted: Callable[[str], int]) -> None:
+    call_sid, params, _ = await harness.incoming_call()
+    form = stream_status_form(call_sid=call_sid, stream_sid=new_sid("MZ"),
+                              stream_event="stream-error", stream_error="31920 x")
+    url = f"{harness.base_url}/twilio/stream-status"
+    if signature is None:
+        async with harness.http.post(url, data=form) as resp:
+            assert resp.status == 403
+    elif signature == "forged":
+        assert (await harness.webhooks().post("/twilio/stream-status", form,
+                                              signature="x" * 28)).status == 403
+    else:
+        resp = await harness.webhooks(auth_token="not-the-token").post(
+            "/twilio/stream-status", form)
+        assert resp.status == 403
+    session = harness.services.manager.get(params["callId"])
+    assert not session.stream_errors and session.status.value == "ringing"
+    assert counted("twilio.stream_status.stream-error") == 0
+
+
+async def test_stream_status_for_an_unknown_call_is_a_counted_404(
+        harness: Harness, counted: Callable[[str], int]) -> None:
+    resp = await harness.webhooks().post("/twilio/stream-status", stream_status_form(
+        call_sid=new_sid("CA"), stream_sid=new_sid("MZ"), stream_event="stream-error",
+        stream_error="31920 x"))
+    assert resp.status == 404
+    assert counted("twilio.stream_status.rejected.unknown_call") == 1
+    missing = await harness.webhooks().post("/twilio/stream-status", {"StreamEvent": "x"})
+    assert missing.status == 400
+    assert counted("twilio.stream_status.rejected.bad_form") == 1
+
+
+# -- SharedKey / HMAC-SHA256 signatures ------------------------------------------------------
+
+@pytest.fixture
+async def keyed(rest: FakeTwilioRest) -> AsyncIterator[tuple[Harness, SharedKey, SharedKey]]:
+    old, new = new_shared_key(), new_shared_key()
+    h = await start_harness(rest, start_timeout_s=2, shared_keys=[old, new])
+    try:
+        yield h, old, new
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_shared_key_signed_voice_and_status_webhooks_are_accepted(
+        keyed: tuple[Harness, SharedKey, SharedKey]) -> None:
+    harness, old, new = keyed
+    call_sid = new_sid("CA")
+    resp = await harness.webhooks(shared_key=new).post(
+        "/twilio/voice", incoming_call_form(call_sid=call_sid))
+    assert resp.status == 200
+    params = stream_parameters(await resp.text())
+    session = harness.services.manager.get(params["callId"])
+    # a rotation: the old key still signs some webhooks
+    status = await harness.webhooks(shared_key=old).post("/twilio/status", status_callback_form(
+        call_sid=call_sid, call_status="completed", sequence_number=3, direction="inbound"))
+    assert status.status == 204
+    assert session.status.value == "completed"
+    # and a webhook without the settings header is still the Auth Token's
+    assert (await harness.incoming_call())[0]
+
+
+async def test_shared_key_signed_json_webhook_is_accepted(
+        keyed: tuple[Harness, SharedKey, SharedKey], rest: FakeTwilioRest) -> None:
+    harness, _, key = keyed
+    resp = await harness.http.post(f"{harness.base_url}/calls", json={"to": "+15557654321"})
+    sid = (await resp.json())["call_sid"]
+    body = orjson.dumps({"CallSid": sid, "CallStatus": "ringing", "SequenceNumber": "1"})
+    signed_url, signature = sign_json_body(key.secret, f"{PUBLIC_URL}/twilio/status", body,
+                                           key.algorithm)
+    headers = {SIGNATURE_HEADER: signature, SETTINGS_HEADER: key.settings_header,
+               "Content-Type": "application/json"}
+    ok = await harness.http.post(harness.base_url + signed_url[len(PUBLIC_URL):], data=body,
+                                 headers=headers)
+    assert ok.status == 204
+    assert harness.services.manager.get_by_sid(sid).status.value == "ringing"
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("unknown_key", "unknown_key"),
+    ("wrong_secret", "bad_signature"),
+    ("auth_token_as_secret", "bad_signature"),
+    ("unknown_algorithm", "unknown_algorithm"),
+    ("no_key_named", "bad_settings"),
+])
+async def test_wrong_shared_key_is_a_counted_403(
+        keyed: tuple[Harness, SharedKey, SharedKey], rest: FakeTwilioRest,
+        case: str, reason: str, counted: Callable[[str], int]) -> None:
+    harness, _, key = keyed
+    sender: SharedKey = {
+        "unknown_key": new_shared_key(),
+        "wrong_secret": SharedKey(key.key_id, "not-the-secret"),
+        "auth_token_as_secret": SharedKey(key.key_id, rest.auth_token),
+        "unknown_algorithm": SharedKey(key.key_id, key.secret, "HMAC_SHA512"),
+        "no_key_named": key,
+    }[case]
+    headers = {SETTINGS_HEADER: "algorithm=HMAC_SHA256"} if case == "no_key_named" else None
+    form = incoming_call_form()
+    url = f"{PUBLIC_URL}/twilio/voice"
+    signature = (twilio_signature(key.secret, url, form, HMAC_SHA256)
+                 if case == "unknown_algorithm" else None)
+    resp = await harness.webhooks(shared_key=sender).post(
+        "/twilio/voice", form, signature=signature, headers=headers)
+    assert resp.status == 403
+    assert counted(f"twilio.webhook.rejected.{reason}") == 1
+    assert harness.services.manager.active_count == 0

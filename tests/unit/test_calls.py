@@ -8,6 +8,8 @@ import pytest
 
 from agentic_fast import metrics
 from agentic_fast.calls import (
+    STREAM_ERROR_CHARS,
+    STREAM_ERRORS_LIMIT,
     TERMINAL_STATES,
     TRANSITIONS,
     CallDirection,
@@ -239,6 +241,37 @@ def test_bounded_history(manager: CallManager) -> None:
     assert manager.get(sessions[2].call_id) is sessions[2]
     assert manager.get(sessions[3].call_id) is sessions[3]
     assert metrics.get("calls.history.evicted") == 2
+
+
+# -- stream errors (Twilio's <Stream statusCallback>) ----------------------------------------
+
+
+def test_stream_error_before_the_stream_fails_the_call_now(manager: CallManager,
+                                                           ended: list[CallSession]) -> None:
+    s = manager.create_inbound("CA1", "+15550001111", "+15550002222")
+    assert manager.stream_error(s, "31920 handshake", code="31920", stream_sid="MZ1")
+    assert s.status is S.FAILED and s.reason == "stream-error-31920" and ended == [s]
+    assert s.to_dict()["stream_errors"] == [{"ts": "2023-11-14T22:13:20+00:00",
+                                             "code": "31920", "error": "31920 handshake",
+                                             "stream_sid": "MZ1"}]
+    # a later report is still recorded on the ended call, which stays as it was
+    assert not manager.stream_error(s, "no code")
+    assert s.reason == "stream-error-31920" and len(s.stream_errors) == 2
+    other = manager.create_inbound("CA2", "+15550001111", "+15550002222")
+    manager.stream_error(other, "something")
+    assert other.reason == "stream-error"
+
+
+def test_stream_error_during_the_stream_is_only_recorded(manager: CallManager) -> None:
+    s = manager.create_inbound("CA1", "+15550001111", "+15550002222")
+    manager.mark_stream_started(s)
+    for i in range(STREAM_ERRORS_LIMIT + 3):
+        assert not manager.stream_error(s, "x" * 1000, code="31951", stream_sid=f"MZ{i}")
+    assert s.status is S.IN_PROGRESS
+    assert len(s.stream_errors) == STREAM_ERRORS_LIMIT  # bounded, the oldest dropped...
+    assert s.stream_errors[0]["stream_sid"] == "MZ3"
+    assert metrics.get("calls.stream_errors.dropped") == 3  # ...and counted
+    assert len(s.stream_errors[-1]["error"]) == STREAM_ERROR_CHARS
 
 
 # -- timeouts ----------------------------------------------------------------------------------

@@ -380,6 +380,40 @@ def test_errors_on_secret_values_do_not_echo_them():
     assert "99" not in str(load_error("brain:\n  pin: '99'\n"))
 
 
+# -- twilio.webhook_shared_keys -------------------------------------------------------------------
+
+def test_webhook_shared_keys_from_a_list_or_the_environment():
+    config = load("""
+        twilio:
+          webhook_shared_keys: ["webhooks_sharedkey_a=s3cr=t", " k2 = x "]
+    """)
+    assert config.twilio.shared_keys == {"webhooks_sharedkey_a": "s3cr=t", "k2": "x"}
+    assert load("").twilio.shared_keys == {}
+    env = {"TWILIO_WEBHOOK_SHARED_KEYS": "webhooks_sharedkey_1=abc,webhooks_sharedkey_2=def"}
+    repo = Config.load(REPO_CONFIG, env=env)
+    assert repo.twilio.shared_keys == {"webhooks_sharedkey_1": "abc",
+                                       "webhooks_sharedkey_2": "def"}
+    assert Config.load(REPO_CONFIG, env={}).twilio.shared_keys == {}
+
+
+@pytest.mark.parametrize("entries", [
+    '["webhooks_sharedkey_a"]', '["webhooks_sharedkey_a="]', '["=secret-98765"]',
+    '["a b=secret-98765"]', '["k=secret-98765", "k=secret-98765"]',
+])
+def test_bad_webhook_shared_keys_name_the_key_and_hide_the_secret(entries: str):
+    error = load_error(f"twilio:\n  webhook_shared_keys: {entries}\n")
+    assert error.key == "twilio.webhook_shared_keys"
+    assert "98765" not in str(error)
+
+
+def test_webhook_shared_keys_are_masked():
+    config = load("""
+        twilio: {webhook_shared_keys: ["webhooks_sharedkey_a=very-secret-0001"]}
+    """)
+    masked = config.masked()["twilio"]["webhook_shared_keys"]
+    assert masked == ["****0001"] and "very-secret" not in repr(config.masked())
+
+
 # -- masking --------------------------------------------------------------------------------------
 
 def test_mask_secret():

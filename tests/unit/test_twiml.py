@@ -5,9 +5,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import pytest
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from agentic_fast.errors import LocalProtocolError
 from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
+from tests.fakes.twilio_twiml import TwimlRejected, read_connect_stream
 
 URL = "wss://agent.example.com/twilio/media-stream"
 
@@ -93,3 +95,57 @@ def test_busy() -> None:
     assert [(c.tag, c.attrib) for c in root] == [("Reject", {"reason": "busy"})]
     root = parse(busy_twiml("All lines are busy."))
     assert [c.tag for c in root] == ["Say", "Hangup"]
+
+
+# -- what fake Twilio accepts (tests/fakes/twilio_twiml.py, from Twilio's <Stream> docs) -------
+
+
+def test_fake_twilio_reads_our_stream_twiml_with_its_status_callback() -> None:
+    stream = read_connect_stream(connect_stream_twiml(
+        URL, {"callId": "c1"}, "https://agent.example.com/twilio/stream-status",
+        name="agent", fallback_say="Sorry."))
+    assert stream.url == URL and stream.name == "agent"
+    assert stream.status_callback == "https://agent.example.com/twilio/stream-status"
+    assert stream.status_callback_method == "POST" and stream.parameters == {"callId": "c1"}
+
+
+def _helper_twiml(**attrs: str) -> str:
+    """A <Connect><Stream> rendered by Twilio's own helper, which knows more attributes
+    than the <Stream> page documents."""
+    connect = Connect()
+    connect.append(Stream(url=URL, **attrs))
+    response = VoiceResponse()
+    response.append(connect)
+    return response.to_xml()
+
+
+@pytest.mark.parametrize("attrs", [
+    {"status_callback": "https://a.example.com/s", "status_callback_method": "GET"},
+    {"status_callback": "/relative/stream-status"},
+    {"track": "inbound_track", "name": "n"},
+])
+def test_fake_twilio_accepts_the_documented_stream_attributes(attrs: dict[str, str]) -> None:
+    read_connect_stream(_helper_twiml(**attrs))
+
+
+@pytest.mark.parametrize(("attrs", "code"), [
+    ({"status_callback": "https://a.example.com/s", "status_callback_method": "PUT"}, 12200),
+    ({"status_callback": "ftp://a.example.com/s"}, 12200),
+    ({"audio_format": "audio/x-mulaw"}, 12200),  # in the helper, not in the <Stream> docs
+    ({"status_callback_event": "stream-error"}, 12200),  # a <Start>/<Dial> idea, not <Stream>
+    ({"track": "all"}, 12200),
+])
+def test_fake_twilio_refuses_other_stream_attributes(attrs: dict[str, str], code: int) -> None:
+    with pytest.raises(TwimlRejected) as info:
+        read_connect_stream(_helper_twiml(**attrs))
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(("url", "code"), [
+    ("wss://a.example.com/m?x=1", 31920), ("https://a.example.com/m", 31922)])
+def test_fake_twilio_refuses_bad_stream_urls(url: str, code: int) -> None:
+    doc = (f'<?xml version="1.0" encoding="UTF-8"?><Response><Connect>'
+           f'<Stream url="{url}"/></Connect></Response>')
+    with pytest.raises(TwimlRejected) as info:
+        read_connect_stream(doc)
+    assert info.value.code == code

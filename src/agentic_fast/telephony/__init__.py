@@ -22,7 +22,9 @@ from agentic_fast.telephony.media import (
     parse_twilio_message,
 )
 from agentic_fast.telephony.signature import (
+    SETTINGS_HEADER,
     SIGNATURE_HEADER,
+    SignatureCheck,
     SignatureNotConfiguredError,
     TwilioSignatureValidator,
 )
@@ -45,6 +47,7 @@ from agentic_fast.telephony.stream_token import (
 from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
 
 __all__ = [
+    "SETTINGS_HEADER",
     "SIGNATURE_HEADER",
     "CallStatusCallback",
     "Connected",
@@ -53,6 +56,7 @@ __all__ = [
     "Mark",
     "Media",
     "MediaFormat",
+    "SignatureCheck",
     "SignatureNotConfiguredError",
     "Start",
     "StatusMapping",
