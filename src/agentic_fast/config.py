@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, get_origin, get_type_hints
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
+from .model_status import Kind, model_notice
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
@@ -48,9 +50,10 @@ _GEMINI_LIVE_URL = (
     "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 )
 # Classifier defaults per provider (both speak the OpenAI-compatible chat API).
+# Model ids are current ones (not deprecated; see model_status.py for those that are).
 _CLASSIFIER_DEFAULTS = {
-    "openai": ("https://api.openai.com/v1", "gpt-4.1-mini"),
-    "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash"),
+    "openai": ("https://api.openai.com/v1", "gpt-6-luna"),
+    "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-3.5-flash-lite"),
 }
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -112,6 +115,17 @@ def _url(*schemes: str) -> Callable[[str], str]:
             raise ValueError(f"{value!r} must not have a query string or fragment")
         return value.rstrip("/")
     return check
+
+
+def _public_url(value: str) -> str:
+    """An https URL: Twilio only opens ``wss://`` media streams, and that URL is built from
+    this one (an ``http://`` public URL would fail every call)."""
+    value = _url("https", "http")(value)
+    if not value.startswith("https://"):
+        raise ValueError(f"must be an https:// URL (Twilio requires wss:// for media streams, "
+                         f"and the stream URL is built from this one; put a TLS proxy or "
+                         f"tunnel in front); got {value!r}")
+    return value
 
 
 def _pin(value: str) -> str:
@@ -212,7 +226,7 @@ class ServerConfig(_Section):
     PATH: ClassVar[str] = "server"
     host: str = field(default="127.0.0.1", metadata=_m(check=_nonempty))
     port: int = field(default=8080, metadata=_m(lo=0, hi=65535))  # 0: any free port
-    public_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
+    public_url: str = field(default="", metadata=_m(check=_optional(_public_url)))
     drain_timeout_s: float = field(default=30.0, metadata=_m(lo=0, hi=3600))
     max_connections_total: int = field(default=1000, metadata=_m(lo=1, hi=1_000_000))
     max_connections_per_ip: int = field(default=100, metadata=_m(lo=1, hi=1_000_000))
@@ -230,10 +244,9 @@ class ServerConfig(_Section):
 
     @property
     def stream_url(self) -> str:
-        """``wss://`` (or ``ws://`` for an http public URL) URL of the media stream route."""
-        base = self._require_public_url()
-        scheme, rest = base.split("://", 1)
-        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{MEDIA_STREAM_PATH}"
+        """``wss://`` URL of the media stream route (``public_url`` is always https)."""
+        rest = self._require_public_url().split("://", 1)[1]
+        return f"wss://{rest}{MEDIA_STREAM_PATH}"
 
     def webhook_url(self, path: str) -> str:
         """Absolute public URL of ``path`` (e.g. ``/twilio/voice``), as Twilio will sign it."""
@@ -280,12 +293,12 @@ class OpenAIRealtimeConfig(_Section):
     api_key: str = field(default="", metadata=_m(secret=True))
     url: str = field(default="wss://api.openai.com/v1/realtime",
                      metadata=_m(check=_url("wss", "ws")))
-    model: str = field(default="gpt-realtime", metadata=_m(check=_nonempty))
+    model: str = field(default="gpt-realtime-2.1", metadata=_m(check=_nonempty))
     voice: str = field(default="marin", metadata=_m(check=_nonempty))
     # "" follows audio.provider (openai -> pcm16, openai-pcmu -> pcmu); always set after load.
     audio_format: str = field(default="", metadata=_m(check=_audio_format))
     instructions: str = _DEFAULT_INSTRUCTIONS
-    transcription_model: str = "gpt-4o-mini-transcribe"  # "" turns input transcription off
+    transcription_model: str = "gpt-transcribe"  # "" turns input transcription off
     greeting: str = ""  # what to say first when the call connects; "" waits for the caller
     vad: VadConfig = field(default_factory=VadConfig)
 
@@ -297,8 +310,7 @@ class GeminiConfig(_Section):
     PATH: ClassVar[str] = "gemini"
     api_key: str = field(default="", metadata=_m(secret=True))
     url: str = field(default=_GEMINI_LIVE_URL, metadata=_m(check=_url("wss", "ws")))
-    model: str = field(default="gemini-2.5-flash-native-audio-preview-09-2025",
-                       metadata=_m(check=_nonempty))
+    model: str = field(default="gemini-3.8-live", metadata=_m(check=_nonempty))
     voice: str = field(default="Puck", metadata=_m(check=_nonempty))
     instructions: str = _DEFAULT_INSTRUCTIONS
 
@@ -376,7 +388,7 @@ class AudioConfig(_Section):
     PATH: ClassVar[str] = "audio"
     provider: str = field(default="openai", metadata=_m(choices=("openai", "gemini",
                                                                    "openai-pcmu")))
-    handoff_ms: int = field(default=40, metadata=_m(lo=20, hi=100))
+    handoff_ms: int = field(default=20, metadata=_m(lo=20, hi=100))
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,8 +475,10 @@ class Config:
         """The effective config as plain data, secrets replaced by ``mask_secret``."""
         return _to_dict(self)
 
-    def warnings(self) -> list[str]:
-        """Settings left empty that a production server needs (not errors at load)."""
+    def warnings(self, today: date | None = None) -> list[str]:
+        """Settings a production server should not run with (not errors at load): empty
+        ones it needs, and models their vendor deprecated or shut down by ``today``
+        (default: the current UTC date). Each warning starts with the key it is about."""
         out = []
         if not self.server.public_url:
             out.append("server.public_url is not set: no webhook or media stream URL for Twilio")
@@ -477,6 +491,33 @@ class Config:
         if not self.server.api_token and self.server.host not in _LOOPBACK_HOSTS:
             out.append("server.api_token is not set while server.host is not loopback: "
                        "the /calls API is open")
+        return out + self.model_warnings(today)
+
+    def model_warnings(self, today: date | None = None) -> list[str]:
+        """``key: ...`` for each model in use that its vendor deprecated, shut down or
+        superseded (see ``model_status``); models of an unused provider are not checked."""
+        today = today or datetime.now(UTC).date()
+        checks: list[tuple[str, Kind, str, str]] = []  # key, table, model, default
+        realtime, defaults = self.openai_realtime, OpenAIRealtimeConfig()
+        if self.audio.provider == "gemini":
+            checks.append(("gemini.model", "gemini", self.gemini.model, GeminiConfig().model))
+        else:
+            checks.append(("openai_realtime.model", "openai_realtime", realtime.model,
+                           defaults.model))
+            if realtime.transcription_model:
+                checks.append(("openai_realtime.transcription_model", "openai_transcription",
+                               realtime.transcription_model, defaults.transcription_model))
+        classifier = self.brain.classifier
+        if self.brain.mode != "tool":  # the classifier only runs on transcripts
+            kind: Kind = "gemini" if classifier.provider == "gemini" else "openai_chat"
+            checks.append(("brain.classifier.model", kind, classifier.model,
+                           _CLASSIFIER_DEFAULTS[classifier.provider][1]))
+        out = []
+        for key, kind, model, default in checks:
+            notice = model_notice(kind, model)
+            if notice is not None:
+                out.append(f"{key}: {notice.describe(model, today)}; "
+                           f"use a current model such as {default}")
         return out
 
 

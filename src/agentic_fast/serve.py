@@ -16,6 +16,7 @@ import uvloop
 from aiohttp import web
 
 from agentic_fast import log as logmod
+from agentic_fast import metrics
 from agentic_fast.config import Config
 from agentic_fast.log import get_logger
 from agentic_fast.media_stream import BridgeFactory
@@ -42,6 +43,7 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
                 ready: asyncio.Future[int] | None = None) -> None:
     """Serve until a signal; ``ready`` (if given) receives the bound port."""
     require_public_config(config)
+    log_config_warnings(config)
     app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
@@ -84,6 +86,14 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("server.stopped")
+
+
+def log_config_warnings(config: Config) -> None:
+    """Log (and count) each ``Config.warnings()`` line, e.g. a deprecated model, with its key."""
+    for warning in config.warnings():
+        key = warning.split(":", 1)[0].split(" ", 1)[0]
+        metrics.incr("config.warnings")
+        log.warning("config.warning", key=key, detail=warning)
 
 
 def tune_gc() -> None:

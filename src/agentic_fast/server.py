@@ -148,8 +148,29 @@ def _first(fields: dict[str, list[str]], key: str) -> str:
     return values[0] if values else ""
 
 
+#: Answered to Twilio when the voice webhook fails unexpectedly: valid TwiML, never a 500
+#: (Twilio would play its own "application error" message and retry the webhook).
+VOICE_FAILED_TWIML = ('<?xml version="1.0" encoding="UTF-8"?><Response><Say>Sorry, the '
+                      'assistant is not available right now. Goodbye.</Say><Hangup/></Response>')
+
+
 async def voice_webhook(request: web.Request) -> web.StreamResponse:
-    """Incoming call: register it, answer ``<Connect><Stream>`` with a one-time token."""
+    """Incoming call: register it, answer ``<Connect><Stream>`` with a one-time token.
+
+    Whatever fails while answering (building the TwiML included) is logged, counted and
+    answered with a spoken apology and ``<Hangup/>``: Twilio never gets a 500.
+    """
+    try:
+        return await _answer_voice(request)
+    except (asyncio.CancelledError, web.HTTPException):
+        raise  # an HTTPException is aiohttp's own 4xx answer (e.g. a body over the limit)
+    except Exception:
+        metrics.incr("twilio.webhook.voice.failed")
+        log.exception("webhook.voice_failed", path=request.path)
+        return _twiml(VOICE_FAILED_TWIML)
+
+
+async def _answer_voice(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
     fields = await _signed_form(request, svc)
     if fields is None:
@@ -176,8 +197,19 @@ async def voice_webhook(request: web.Request) -> web.StreamResponse:
         metrics.incr("twilio.webhook.replayed")
         log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
         return _twiml(say_hangup_twiml("This call is already connected."))
-    _prewarm(svc, session)
-    return _twiml(_stream_twiml(svc, session, call_sid))
+    try:
+        twiml = _stream_twiml(svc, session, call_sid)
+    except Exception:
+        svc.manager.fail(session, "webhook-error")  # frees the call's slot at once
+        metrics.incr("twilio.webhook.voice.failed")
+        session.log.exception("webhook.voice_failed", reason="twiml")
+        return _twiml(VOICE_FAILED_TWIML)
+    try:
+        _prewarm(svc, session)
+    except Exception:  # only a head start: the bridge connects when the stream opens
+        metrics.incr("bridge.prewarm.failed")
+        session.log.exception("bridge.prewarm_failed")
+    return _twiml(twiml)
 
 
 def _prewarm(svc: Services, session: CallSession) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -13,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from agentic_fast import metrics
 from agentic_fast.audio import AudioConverter
-from agentic_fast.calls import CallManager
+from agentic_fast.calls import CallManager, CallSession
 from agentic_fast.server import begin_drain, drain, stream_token_secret
 from agentic_fast.telephony.stream_token import StreamTokenSigner
 from tests.fakes.audio import load_speech_ulaw
@@ -32,7 +34,13 @@ from tests.fakes.twilio_webhooks import (
     stream_status_form,
     twilio_signature,
 )
-from tests.integration.harness import PUBLIC_URL, Harness, start_harness, stream_parameters
+from tests.integration.harness import (
+    PUBLIC_URL,
+    Harness,
+    make_config,
+    start_harness,
+    stream_parameters,
+)
 
 pytestmark = pytest.mark.asyncio
 FAST = 10.0  # the fake caller sends its audio 10x faster than real time
@@ -575,3 +583,66 @@ async def test_wrong_shared_key_is_a_counted_403(
     assert resp.status == 403
     assert counted(f"twilio.webhook.rejected.{reason}") == 1
     assert harness.services.manager.active_count == 0
+
+
+# -- the voice webhook never answers Twilio with a 500 ---------------------------------------
+
+class _RegistryBug(CallManager):
+    def create_inbound(self, *args: object, **kwargs: object) -> CallSession:
+        raise RuntimeError("a bug while registering the call")
+
+
+class _UnsendableCallId(CallManager):
+    def _register(self, session: CallSession) -> None:
+        session.call_id = "c" * 1000  # more than a TwiML <Parameter> may carry
+        super()._register(session)
+
+
+def _say_hangup(twiml: str) -> str:
+    root = ET.fromstring(twiml)
+    assert root.tag == "Response" and [c.tag for c in root] == ["Say", "Hangup"], twiml
+    return root[0].text or ""
+
+
+@pytest.mark.parametrize("manager", [_RegistryBug, _UnsendableCallId])
+async def test_voice_webhook_failure_answers_say_hangup_not_500(
+        rest: FakeTwilioRest, manager: type[CallManager]) -> None:
+    h = await start_harness(rest, manager=manager())
+    try:
+        before = metrics.get("twilio.webhook.voice.failed")
+        resp = await h.webhooks().post("/twilio/voice", incoming_call_form(call_sid=new_sid("CA")))
+        assert resp.status == 200 and resp.content_type == "text/xml"
+        assert "not available" in _say_hangup(await resp.text())
+        assert metrics.get("twilio.webhook.voice.failed") == before + 1
+        assert h.services.manager.active_count == 0  # a registered call is failed at once
+    finally:
+        await h.__aexit__(None, None, None)
+
+
+class _PrewarmBug:
+    """A bridge factory whose pre-warm (a head start on the model socket) fails."""
+
+    bridge: Any = None  # the harness's recording bridge factory
+
+    def __call__(self, session: CallSession, sender: object) -> object:
+        return self.bridge(session, sender)
+
+    def prewarm(self, session: CallSession) -> None:
+        raise RuntimeError("a bug while pre-warming")
+
+
+async def test_failed_prewarm_still_connects_the_call(rest: FakeTwilioRest) -> None:
+    factory = _PrewarmBug()
+    h = Harness(make_config(rest), rest, bridge_factory=factory)
+    factory.bridge = h._bridge
+    await h.__aenter__()
+    try:
+        before = metrics.get("bridge.prewarm.failed")
+        call_sid, params, _ = await h.incoming_call()  # asserts 200 + <Connect><Stream>
+        assert metrics.get("bridge.prewarm.failed") == before + 1
+        client = h.media_client(call_sid, params, time_scale=FAST)
+        await client.connect()
+        bridge = await asyncio.wait_for(h.bridge_ready.get(), 5)
+        await asyncio.wait_for(bridge.started.wait(), 5)
+    finally:
+        await h.__aexit__(None, None, None)

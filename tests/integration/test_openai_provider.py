@@ -153,7 +153,7 @@ async def test_connect_configures_the_session(fake: FakeOpenAIRealtime, make: An
     assert (vad["type"], vad["threshold"], vad["prefix_padding_ms"],
             vad["silence_duration_ms"]) == ("server_vad", 0.7, 250, 450)
     assert vad["create_response"] and vad["interrupt_response"]
-    assert audio["input"]["transcription"]["model"] == "gpt-4o-mini-transcribe"
+    assert audio["input"]["transcription"]["model"] == "gpt-transcribe"  # the config default
     assert audio["output"]["voice"] == "marin"
     assert s.config["instructions"] == "You are a test assistant."
     assert [t["name"] for t in s.config["tools"]] == ["end_call"]

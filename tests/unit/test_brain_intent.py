@@ -105,13 +105,25 @@ def test_messages_carry_the_context_and_the_turn() -> None:
 def test_request_body_asks_for_a_json_object() -> None:
     classifier = ChatModelClassifier.from_config(ClassifierConfig(api_key="sk-x"))
     body = classifier.request_body("Turn on the lights.", ())
-    assert body["model"] == "gpt-4.1-mini"
+    assert body["model"] == "gpt-6-luna"
     assert body["response_format"] == {"type": "json_object"}
     assert body["stream"] is False and body["temperature"] == 0
     assert classifier.url == "https://api.openai.com/v1/chat/completions"
     gemini = ChatModelClassifier.from_config(ClassifierConfig(provider="gemini"))
     assert gemini.url == ("https://generativelanguage.googleapis.com/v1beta/openai"
                           "/chat/completions")
+
+
+def test_openai_request_fits_reasoning_chat_models() -> None:
+    # OpenAI's current chat models reason: they refuse max_tokens, and a temperature unless
+    # reasoning_effort is none (which is also the fastest verdict).
+    body = ChatModelClassifier.from_config(ClassifierConfig()).request_body("Hi.", ())
+    assert body["reasoning_effort"] == "none" and body["max_completion_tokens"] == 300
+    assert "max_tokens" not in body
+    gemini = ChatModelClassifier.from_config(ClassifierConfig(provider="gemini"))
+    body = gemini.request_body("Hi.", ())
+    assert body["model"] == "gemini-3.5-flash-lite" and body["max_tokens"] == 300
+    assert "reasoning_effort" not in body
 
 
 def test_timeout_must_be_positive() -> None:

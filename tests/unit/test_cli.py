@@ -147,3 +147,26 @@ def test_python_dash_m_runs_main(monkeypatch, capsys):
         runpy.run_module("agentic_fast", run_name="__main__")
     assert info.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_check_config_warns_about_a_deprecated_model_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("openai_realtime:\n  model: gpt-realtime\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "gpt-realtime" in x)
+    assert line.startswith("warning: openai_realtime.model: gpt-realtime is deprecated and "
+                           "shuts down on 2027-01-20")
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_http_public_url_fails_check_config_and_serve_with_one_line(tmp_path, capsys, command):
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  public_url: http://agent.example.com\n")
+    assert main([command, "--config", str(path)], env={}) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {path}:2: server.public_url: must be an https:// URL")
+    assert "wss://" in lines[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import date
 from pathlib import Path
 from textwrap import dedent
 
@@ -41,7 +42,11 @@ def test_empty_text_gives_defaults():
     assert config.server.start_timeout_s == 5.0
     assert config.server.stream_token_ttl_s == 60.0
     assert config.gateway.url == "ws://127.0.0.1:18789"
-    assert config.audio.handoff_ms == 40
+    assert config.audio.handoff_ms == 20
+    assert config.openai_realtime.model == "gpt-realtime-2.1"
+    assert config.openai_realtime.transcription_model == "gpt-transcribe"
+    assert config.gemini.model == "gemini-3.8-live"
+    assert config.brain.classifier.model == "gpt-6-luna"
     assert config.gemini.url.startswith("wss://generativelanguage.googleapis.com/ws/")
     assert config.gemini.url.endswith("BidiGenerateContent")
 
@@ -457,6 +462,65 @@ def test_masked_is_plain_data_of_the_effective_config():
                             "audio", "bridge", "calls", "logging"]
 
 
+# -- model warnings -------------------------------------------------------------------------------
+
+TODAY = date(2026, 12, 5)
+
+
+def test_default_models_are_current_for_every_provider():
+    for text in ("brain: {mode: both}",
+                 "audio: {provider: gemini}\nbrain: {mode: both, classifier: {provider: gemini}}",
+                 "audio: {provider: openai-pcmu}\nbrain: {mode: transcript}"):
+        assert load(text).model_warnings(TODAY) == [], text
+    assert Config.load(REPO_CONFIG, env={}).model_warnings(TODAY) == []
+
+
+@pytest.mark.parametrize(("text", "key", "says"), [
+    ("openai_realtime: {model: gpt-realtime}", "openai_realtime.model",
+     "gpt-realtime is deprecated and shuts down on 2027-01-20"),
+    ("openai_realtime: {transcription_model: gpt-4o-mini-transcribe}",
+     "openai_realtime.transcription_model",
+     "gpt-4o-mini-transcribe is deprecated and shuts down on 2027-02-26"),
+    ("brain: {mode: transcript, classifier: {model: gpt-4.1-mini}}", "brain.classifier.model",
+     "gpt-4.1-mini is deprecated and shuts down on 2027-01-14"),
+    ("brain: {mode: both, classifier: {model: o1-mini}}", "brain.classifier.model",
+     "o1-mini was shut down on 2025-10-27: calls with it fail"),
+    ("brain: {mode: both, classifier: {provider: gemini, model: gemini-2.5-flash}}",
+     "brain.classifier.model", "gemini-2.5-flash was shut down on 2026-06-17"),
+    ("audio: {provider: gemini}\ngemini: {model: gemini-2.5-flash-native-audio-preview-09-2025}",
+     "gemini.model", "gemini-2.5-flash-native-audio-preview-09-2025 is a superseded preview"),
+    ("audio: {provider: gemini}\ngemini: {model: models/gemini-live-2.5-flash-preview}",
+     "gemini.model", "models/gemini-live-2.5-flash-preview was shut down on 2025-12-09"),
+])
+def test_deprecated_or_retired_model_is_warned_naming_the_key(text, key, says):
+    warnings = load(text).model_warnings(TODAY)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{key}: {says}")
+    assert warnings[0] in load(text).warnings(TODAY)
+
+
+def test_deprecated_model_turns_retired_on_its_shutdown_date():
+    config = load("openai_realtime: {model: gpt-realtime-2025-08-28}")
+    assert "is deprecated and shuts down on 2027-01-20" in config.model_warnings(TODAY)[0]
+    after = config.model_warnings(date(2027, 1, 20))[0]
+    assert "was shut down on 2027-01-20: calls with it fail" in after
+    assert after.endswith("use a current model such as gpt-realtime-2.1")
+
+
+def test_models_of_unused_parts_are_not_warned():
+    old = """
+        openai_realtime: {model: gpt-realtime, transcription_model: whisper-1}
+        gemini: {model: gemini-2.0-flash-live-001}
+        brain: {mode: tool, classifier: {model: gpt-4.1-mini}}
+    """
+    assert [w.split(":")[0] for w in load(old).model_warnings(TODAY)] == [
+        "openai_realtime.model", "openai_realtime.transcription_model"]
+    gemini = load(old.rstrip(" ") + "        audio: {provider: gemini}\n")
+    assert [w.split(":")[0] for w in gemini.model_warnings(TODAY)] == ["gemini.model"]
+    no_transcripts = load("openai_realtime: {transcription_model: ''}")
+    assert no_transcripts.model_warnings(TODAY) == []
+
+
 def test_warnings_list_missing_production_settings():
     assert any("public_url" in w for w in load("").warnings())
     full = load(f"""
@@ -478,10 +542,20 @@ def test_public_url_normalised_and_stream_url_built():
     assert server.webhook_url("twilio/status") == "https://agent.example.com/twilio/status"
 
 
-def test_stream_url_keeps_port_and_path_prefix_and_maps_http_to_ws():
-    server = load("server:\n  public_url: http://127.0.0.1:8080/agent/\n").server
-    assert server.stream_url == "ws://127.0.0.1:8080/agent/twilio/media-stream"
-    assert server.webhook_url("/x") == "http://127.0.0.1:8080/agent/x"
+def test_stream_url_keeps_port_and_path_prefix():
+    server = load("server:\n  public_url: https://127.0.0.1:8443/agent/\n").server
+    assert server.stream_url == "wss://127.0.0.1:8443/agent/twilio/media-stream"
+    assert server.webhook_url("/x") == "https://127.0.0.1:8443/agent/x"
+
+
+@pytest.mark.parametrize("url", ["http://agent.example.com", "http://127.0.0.1:8080/agent",
+                                 "http://localhost"])
+def test_http_public_url_is_refused_at_load(url):
+    # Twilio only opens wss:// media streams; an http public URL would make every call's
+    # TwiML invalid. The rule holds on loopback too: tests sign for an https public URL.
+    err = load_error(f"server:\n  host: 127.0.0.1\n  public_url: {url}\n")
+    assert (err.key, err.line) == ("server.public_url", 3)
+    assert "https://" in str(err) and "wss://" in str(err) and repr(url) in str(err)
 
 
 def test_url_helpers_refuse_without_public_url():

@@ -210,13 +210,17 @@ class ChatModelClassifier:
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "",
-                 timeout_s: float = 5.0, max_tokens: int = 300) -> None:
+                 timeout_s: float = 5.0, max_tokens: int = 300,
+                 reasoning_effort: str | None = None,
+                 max_tokens_field: str = "max_tokens") -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
+        self.reasoning_effort = reasoning_effort
+        self.max_tokens_field = max_tokens_field
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -224,9 +228,15 @@ class ChatModelClassifier:
 
     @classmethod
     def from_config(cls, config: Any) -> ChatModelClassifier:
-        """From a ``ClassifierConfig`` (base_url, model, api_key, timeout_s)."""
+        """From a ``ClassifierConfig`` (provider, base_url, model, api_key, timeout_s).
+
+        OpenAI's current chat models reason: they refuse ``max_tokens`` (it is
+        ``max_completion_tokens``) and, unless reasoning is off, a ``temperature``; reasoning
+        off (``reasoning_effort: none``) also answers a one-line verdict fastest."""
+        openai = config.provider == "openai"
         return cls(config.base_url, config.model, api_key=config.api_key,
-                   timeout_s=config.timeout_s)
+                   timeout_s=config.timeout_s, reasoning_effort="none" if openai else None,
+                   max_tokens_field="max_completion_tokens" if openai else "max_tokens")
 
     async def start(self) -> None:
         if self._http is None or self._http.closed:
@@ -240,9 +250,12 @@ class ChatModelClassifier:
             await http.close()
 
     def request_body(self, turn: str, context: Sequence[MemoryTurn]) -> dict[str, Any]:
-        return {"model": self.model, "messages": build_messages(turn, context),
+        body = {"model": self.model, "messages": build_messages(turn, context),
                 "response_format": {"type": "json_object"}, "temperature": 0,
-                "max_tokens": self.max_tokens, "stream": False}
+                self.max_tokens_field: self.max_tokens, "stream": False}
+        if self.reasoning_effort is not None:
+            body["reasoning_effort"] = self.reasoning_effort
+        return body
 
     async def classify(self, turn: str, context: Sequence[MemoryTurn] = ()) -> Intent:
         """The model's verdict on ``turn``; raises :class:`ClassifierError` on any failure."""
