@@ -300,6 +300,10 @@ class OpenAIRealtimeConfig(_Section):
     instructions: str = _DEFAULT_INSTRUCTIONS
     transcription_model: str = "gpt-transcribe"  # "" turns input transcription off
     greeting: str = ""  # what to say first when the call connects; "" waits for the caller
+    # spoken when a response fails (response.done failed/incomplete); "" says nothing
+    failed_response_message: str = "Sorry, I had a problem there. Could you say that again?"
+    # this many failed responses in a row end the call (a completed one resets); 0: never
+    max_failed_responses: int = field(default=3, metadata=_m(lo=0, hi=100))
     vad: VadConfig = field(default_factory=VadConfig)
 
 

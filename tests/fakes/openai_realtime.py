@@ -10,27 +10,38 @@
 
 Behaviour (GA only): 401 without the Bearer key; ``OpenAI-Beta: realtime=v1`` is closed with
 4000 ``beta_api_shape_disabled``; ``session.created`` first; every client event is validated
-with the openai SDK's client-event models (``openai.types.realtime``) plus a check for unknown
-fields, and an invalid one is answered with an ``error`` event carrying its ``event_id``.
+(:func:`validate_client_event`) with the openai SDK's client-event models
+(``openai.types.realtime``) in pydantic's strict mode, plus checks for unknown fields and for
+``null`` where the SDK's request ``*Param`` types allow none; an invalid one is answered with
+an ``error`` event (``invalid_request_error``, ``code``, ``param``, its ``event_id``).
 
 Scripting: ``s.script_response(ResponseScript(...))`` for the next response (audio or tone,
 transcript, function call, chunking, pace, ``hold_after_chunks`` to keep it active until
 ``s.release()``); ``auto_turn_ms`` turns received audio into a VAD turn; ``s.user_turn()``
 does it on demand; ``s.speech_started()`` injects a barge-in; ``s.send_error()``,
 ``s.abort()`` (no close frame), ``s.close(1011)``; ``max_session_s`` expires sessions;
-``fake.reject_next(status)`` fails handshakes. Nothing here imports agentic_fast.
+``fake.reject_next(status)`` fails handshakes; ``fake.refuse_next(code)`` opens with an
+``error`` instead of ``session.created``; ``ResponseScript.failed()`` /
+``ResponseScript.incomplete()`` end a response ``failed`` / ``incomplete`` (``s.statuses``).
+Nothing here imports agentic_fast.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import binascii
 import contextlib
 import copy
+import functools
+import importlib
+import inspect
+import itertools
 import json
 import secrets
 import time
+import types
 import typing
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pydantic
+import typing_extensions
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -83,7 +95,11 @@ class ResponseScript:
     """How the fake answers one response. ``audio`` is raw bytes in the output format (a tone
     of ``audio_ms`` if None). ``pace``: 0 = as fast as possible (the real server is faster
     than real time), 1.0 = real time. ``function_call=(name, arguments_json)`` answers with a
-    tool call instead of audio. ``hold_after_chunks=n`` stops after n chunks until released."""
+    tool call instead of audio. ``hold_after_chunks=n`` stops after n chunks until released.
+
+    ``status``: ``completed``; ``failed`` (no output, ``status_details.error`` = ``error``,
+    e.g. a quota or server error: see :meth:`failed`); ``incomplete`` (the audio, cut, then
+    ``status_details.reason`` = ``reason``: ``max_output_tokens`` or ``content_filter``)."""
 
     transcript: str = "Hello, this is the fake assistant."
     audio: bytes | None = None
@@ -92,6 +108,26 @@ class ResponseScript:
     pace: float = 0.0
     hold_after_chunks: int | None = None
     function_call: tuple[str, str] | None = None
+    status: str = "completed"
+    reason: str | None = None
+    error: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in ("completed", "failed", "incomplete"):
+            raise ValueError(f"ResponseScript.status {self.status!r}")
+
+    @classmethod
+    def failed(cls, code: str | None = "server_error", message: str = "The server had an "
+               "error while processing your request. Sorry about that!",
+               error_type: str = "server_error") -> ResponseScript:
+        """A response that fails before any output (``status: failed``)."""
+        return cls(status="failed",
+                   error={"type": error_type, "code": code, "message": message})
+
+    @classmethod
+    def incomplete(cls, reason: str = "max_output_tokens", **kw: Any) -> ResponseScript:
+        """A response whose audio is cut (``status: incomplete``, ``reason``)."""
+        return cls(status="incomplete", reason=reason, **kw)
 
 
 @dataclass
@@ -142,8 +178,81 @@ def _unknown_field(model: Any, path: str) -> str | None:
     return None
 
 
+@functools.cache
+def _nullable_keys(model_cls: type[pydantic.BaseModel]) -> frozenset[str] | None:
+    """Wire keys of ``model_cls`` that may be ``null``, from its request ``*Param`` TypedDict.
+
+    The SDK's response-side models make every optional field ``Optional`` (absent and null
+    look alike); the ``*Param`` TypedDicts in the sibling ``*_param`` module say which fields
+    really are nullable. None when the SDK has no such TypedDict (then nothing is checked).
+    """
+    try:
+        module = importlib.import_module(model_cls.__module__ + "_param")
+    except ImportError:
+        return None
+    param = (getattr(module, model_cls.__name__ + "Param", None)
+             or getattr(module, model_cls.__name__, None))
+    if param is None or not typing_extensions.is_typeddict(param):
+        return None
+    hints = typing.get_type_hints(param)
+    return frozenset(key for key, hint in hints.items() if _allows_none(hint)) | _doc_nullable(
+        module, param.__name__)
+
+
+def _doc_nullable(module: Any, class_name: str) -> frozenset[str]:
+    """Fields whose SDK docstring says they can be `null` though the annotation does not (e.g.
+    ``audio.input.transcription``: "can be set to `null` to turn off once on")."""
+    tree = ast.parse(inspect.getsource(module))
+    found: set[str] = set()
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name == class_name:
+            for field_, doc in itertools.pairwise(cls.body):
+                if isinstance(field_, ast.AnnAssign) and isinstance(field_.target, ast.Name) \
+                        and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) \
+                        and "`null`" in str(doc.value.value):
+                    found.add(field_.target.id)
+    return frozenset(found)
+
+
+def _allows_none(hint: Any) -> bool:
+    if hint is type(None) or hint is Any or hint is object:
+        return True
+    return any(_allows_none(arg) for arg in typing.get_args(hint)
+               if typing.get_origin(hint) in (typing.Union, types.UnionType))
+
+
+def _null_field(model: Any, path: str) -> str | None:
+    """First field sent as ``null`` that the API does not let be null (e.g. ``instructions``)."""
+    if isinstance(model, pydantic.BaseModel):
+        cls = type(model)
+        nullable = _nullable_keys(cls)
+        for name in model.model_fields_set:
+            value = getattr(model, name)
+            key = cls.model_fields[name].alias or name if name in cls.model_fields else name
+            where = f"{path}.{key}" if path else key
+            if value is None:
+                if nullable is not None and key not in nullable:
+                    return where
+                continue
+            found = _null_field(value, where)
+            if found:
+                return found
+    elif isinstance(model, list):
+        for i, value in enumerate(model):
+            found = _null_field(value, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
 def validate_client_event(event: Any) -> pydantic.BaseModel:
-    """Validate one client event like the real server; raises :class:`InvalidEvent`."""
+    """Validate one client event like the real server; raises :class:`InvalidEvent`.
+
+    The SDK's client-event model for the ``type`` validates the dict in pydantic's *strict*
+    mode (no ``"100"`` for an integer, no ``true`` for a number); the fields the model kept as
+    extras are unknown parameters, and a ``null`` where the SDK's request ``*Param`` type does
+    not allow one is an invalid type: the real server rejects all three.
+    """
     if not isinstance(event, dict):
         raise InvalidEvent("invalid_type", "Expected an object as the event.")
     kind = event.get("type")
@@ -155,7 +264,7 @@ def validate_client_event(event: Any) -> pydantic.BaseModel:
         raise InvalidEvent("invalid_value", f"Invalid value: '{kind}'. Supported values are: "
                            + ", ".join(f"'{k}'" for k in sorted(CLIENT_MODELS)) + ".", "type")
     try:
-        parsed = model.model_validate(event)
+        parsed = model.model_validate(event, strict=True)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         param = _param_path(event, err["loc"])
@@ -167,6 +276,17 @@ def validate_client_event(event: Any) -> pydantic.BaseModel:
     unknown = _unknown_field(parsed, "")
     if unknown:
         raise InvalidEvent("unknown_parameter", f"Unknown parameter: '{unknown}'.", unknown)
+    null = _null_field(parsed, "")
+    if null:
+        raise InvalidEvent("invalid_type", f"Invalid type for '{null}': expected a value, "
+                           "but got null instead.", null)
+    for key in ("session", "response"):
+        mods = event.get(key, {}).get("output_modalities") if isinstance(
+            event.get(key), dict) else None
+        if mods is not None and len(mods) != 1:  # the SDK's List allows both; the API not
+            raise InvalidEvent("invalid_value", f"Invalid '{key}.output_modalities': "
+                               "supported values are ['audio'] or ['text'].",
+                               f"{key}.output_modalities")
     return parsed
 
 
@@ -220,6 +340,7 @@ class FakeRealtimeSession:
         self.items: dict[str, dict[str, Any]] = {}
         self.audio_sent: dict[str, int] = {}  # assistant item id -> audio bytes sent
         self.responses: deque[ResponseScript] = deque()
+        self.statuses: list[str] = []  # final status of each response this session ended
         self.user_transcripts: deque[str] = deque()
         self.active: _Response | None = None
         self.closed = asyncio.Event()
@@ -554,15 +675,22 @@ class FakeRealtimeSession:
                     {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 1},
                     {"name": "tokens", "limit": 50000, "remaining": 49000,
                      "reset_seconds": 0.5}]})
-            if script.function_call is not None:
+            details: dict[str, Any] | None = None
+            if script.status == "failed":
+                details = {"type": "failed", "error": copy.deepcopy(script.error) or {
+                    "type": "server_error", "code": None, "message": "Server error."}}
+            elif script.function_call is not None:
                 await self._stream_function_call(resp, *script.function_call)
             else:
                 text_only = params.get("output_modalities",
                                        self.config["output_modalities"]) == ["text"]
                 await self._stream_message(resp, script, text_only)
+            if script.status == "incomplete":
+                details = {"type": "incomplete", "reason": script.reason}
             self.active = None
+            self.statuses.append(script.status)
             await self.send({"type": "response.done",
-                             "response": self._response_obj(resp, "completed")})
+                             "response": self._response_obj(resp, script.status, details)})
         except ConnectionClosed:
             self.active = None
 
@@ -603,7 +731,8 @@ class FakeRealtimeSession:
                 await asyncio.sleep(script.pace * len(chunk) / BYTES_PER_MS[fmt] / 1000)
             for word in words[len(chunks):]:
                 await self._transcript_delta(resp, ids, word)
-        await self._close_message(resp, "completed")
+        await self._close_message(resp, "incomplete" if script.status == "incomplete"
+                                  else "completed")
 
     async def _transcript_delta(self, resp: _Response, ids: dict[str, Any], word: str) -> None:
         resp.transcript += word
@@ -665,6 +794,7 @@ class FakeRealtimeSession:
         if resp is None:
             return
         self._stop_response()
+        self.statuses.append("cancelled")
         await self._close_message(resp, "incomplete")
         await self.send({"type": "response.done", "response": self._response_obj(
             resp, "cancelled", {"type": "cancelled", "reason": reason})})
@@ -697,6 +827,7 @@ class FakeOpenAIRealtime:
     port: int = 0
     _server: Server | None = None
     _rejects: deque[int] = field(default_factory=deque)
+    _open_errors: deque[dict[str, Any]] = field(default_factory=deque)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _tick: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -715,6 +846,17 @@ class FakeOpenAIRealtime:
     def reject_next(self, status: int = 503, times: int = 1) -> None:
         """Answer the next ``times`` handshakes with HTTP ``status`` (for reconnect tests)."""
         self._rejects.extend([status] * times)
+
+    def refuse_next(self, code: str | None = "invalid_api_key",
+                    message: str = "Incorrect API key provided: sk-fake-***. You can find "
+                    "your API key at https://platform.openai.com/account/api-keys.",
+                    *, error_type: str = "invalid_request_error", times: int = 1) -> None:
+        """Accept the next ``times`` upgrades, then send an ``error`` as the first frame
+        (instead of ``session.created``) and close 1000: what the real server does for a
+        bad key or a model that does not exist (``model_not_found``)."""
+        error = {"type": error_type, "code": code, "message": message, "param": None,
+                 "event_id": None}
+        self._open_errors.extend(copy.deepcopy(error) for _ in range(times))
 
     async def start(self) -> FakeOpenAIRealtime:
         self._server = await serve(self._handler, "127.0.0.1", 0,
@@ -788,6 +930,10 @@ class FakeOpenAIRealtime:
         try:
             if session.headers.get("openai-beta", "").startswith("realtime"):
                 await ws.close(4000, "beta_api_shape_disabled")
+                return
+            if self._open_errors:
+                await session.send({"type": "error", "error": self._open_errors.popleft()})
+                await ws.close(1000)
                 return
             await session.send({"type": "session.created",
                                 "session": copy.deepcopy(session.config)})

@@ -148,6 +148,30 @@ async def test_session_created_then_update_echoes_effective_session(
     ({"type": "input_audio_buffer.append", "audio": "***"}, "invalid_value", "audio"),
     ({"type": "input_audio_buffer.commit"}, "input_audio_buffer_commit_empty", None),
     ({"type": "response.cancel"}, "response_cancel_not_active", None),
+    # strict types: no coercion of strings, booleans or floats into numbers
+    ({"type": "conversation.item.truncate", "item_id": "item_1", "content_index": 0,
+      "audio_end_ms": "100"}, "invalid_type", "audio_end_ms"),
+    ({"type": "conversation.item.truncate", "item_id": "item_1", "content_index": True,
+      "audio_end_ms": 100}, "invalid_type", "content_index"),
+    ({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {
+        "turn_detection": {"type": "server_vad", "threshold": "0.5"}}}}},
+     "invalid_type", "session.audio.input.turn_detection.threshold"),
+    ({"type": "session.update", "session": {"type": "realtime", "max_output_tokens": "5"}},
+     "invalid_type", "session.max_output_tokens"),
+    # null only where the API allows it
+    ({"type": "session.update", "session": {"type": "realtime", "instructions": None}},
+     "invalid_type", "session.instructions"),
+    ({"type": "session.update", "session": {"type": "realtime", "tools": None}},
+     "invalid_type", "session.tools"),
+    # unknown keys at any depth, and GA's single output modality
+    ({"type": "session.update", "session": {"type": "realtime", "tools": [
+        {"type": "function", "name": "f", "strict": True}]}},
+     "unknown_parameter", "session.tools[0].strict"),
+    ({"type": "conversation.item.create", "item": {"type": "message", "role": "system",
+      "content": [{"type": "input_text", "text": "x", "lang": "en"}]}},
+     "unknown_parameter", "item.content[0].lang"),
+    ({"type": "response.create", "response": {"output_modalities": ["audio", "text"]}},
+     "invalid_value", "response.output_modalities"),
 ])
 async def test_invalid_event_answered_with_error(fake: FakeOpenAIRealtime, event: dict[str, Any],
                                                  code: str, param: str | None) -> None:
@@ -164,6 +188,15 @@ async def test_invalid_event_answered_with_error(fake: FakeOpenAIRealtime, event
     session = await fake.wait_session()
     assert session.rejected[0][0]["event_id"] == "evt_bad"
     assert session.received == []
+    await client.ws.close()
+
+
+async def test_documented_nulls_are_accepted(fake: FakeOpenAIRealtime) -> None:
+    client = await open_client(fake)
+    await client.send({"type": "session.update", "event_id": "evt_1", "session": {
+        "type": "realtime", "audio": {"input": {
+            "transcription": None, "turn_detection": None, "noise_reduction": None}}}})
+    assert (await client.recv())["type"] == "session.updated"
     await client.ws.close()
 
 
@@ -391,6 +424,57 @@ async def test_barge_in_injection_cancels_with_turn_detected(fake: FakeOpenAIRea
     assert types(events).index("input_audio_buffer.speech_started") < len(events) - 1
     assert events[-1]["response"]["status_details"]["reason"] == "turn_detected"
     assert sum(1 for e in events if e["type"] == "response.output_audio.delta") <= 2
+    await client.ws.close()
+
+
+async def test_failed_response_has_no_output_and_an_error(fake: FakeOpenAIRealtime) -> None:
+    client = await open_client(fake, vad=None)
+    session = await fake.wait_session()
+    session.script_response(ResponseScript.failed(
+        "insufficient_quota", "You exceeded your current quota.",
+        error_type="insufficient_quota"))
+    await client.send(oc.response_create())
+    events = await client.until("response.done")
+    assert [k for k in types(events) if k != "rate_limits.updated"] == [
+        "response.created", "response.done"]
+    response = events[-1]["response"]
+    assert response["status"] == "failed" and response["output"] == []
+    assert response["status_details"] == {"type": "failed", "error": {
+        "type": "insufficient_quota", "code": "insufficient_quota",
+        "message": "You exceeded your current quota."}}
+    assert session.statuses == ["failed"]
+    await client.send(oc.response_create())  # the session goes on
+    done = (await client.until("response.done"))[-1]
+    assert done["response"]["status"] == "completed"
+    await client.ws.close()
+
+
+async def test_incomplete_response_streams_then_ends_incomplete(
+        fake: FakeOpenAIRealtime) -> None:
+    client = await open_client(fake, vad=None)
+    session = await fake.wait_session()
+    session.script_response(ResponseScript.incomplete("content_filter", audio_ms=200))
+    await client.send(oc.response_create())
+    events = await client.until("response.done")
+    assert "response.output_audio.delta" in types(events)
+    response = events[-1]["response"]
+    assert response["status"] == "incomplete"
+    assert response["status_details"] == {"type": "incomplete", "reason": "content_filter"}
+    assert response["output"][0]["status"] == "incomplete"
+    await client.ws.close()
+
+
+async def test_refused_open_sends_an_error_first_and_closes(fake: FakeOpenAIRealtime) -> None:
+    fake.refuse_next("model_not_found", "The model 'gpt-realtime-0' does not exist.")
+    async with connect(fake.url, additional_headers=fake.auth_headers()) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert first["type"] == "error"
+    assert first["error"]["code"] == "model_not_found"
+    assert first["error"]["type"] == "invalid_request_error"
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1000
+    client = await open_client(fake)  # only the next one
     await client.ws.close()
 
 

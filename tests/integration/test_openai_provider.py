@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
+from agentic_fast import metrics
 from agentic_fast.config import OpenAIRealtimeConfig, VadConfig
 from agentic_fast.errors import PeerUnavailableError
 from agentic_fast.providers.openai_commands import function_tool
@@ -96,13 +98,15 @@ async def make() -> AsyncIterator[Callable[..., tuple[OpenAIRealtimeProvider, Re
 
     def factory(fake: FakeOpenAIRealtime, fmt: str = "pcm16", *, url: str | None = None,
                 connect_timeout_s: float = TIMEOUT, backoff: Backoff = FAST,
+                config: dict[str, Any] | None = None,
                 **kw: Any) -> tuple[OpenAIRealtimeProvider, Recorder]:
-        config = OpenAIRealtimeConfig(
+        settings = OpenAIRealtimeConfig(
             api_key=fake.api_key, url=url or f"ws://127.0.0.1:{fake.port}/v1/realtime",
             model=fake.model, audio_format=fmt, instructions="You are a test assistant.",
-            vad=VadConfig(threshold=0.7, prefix_padding_ms=250, silence_duration_ms=450))
+            vad=VadConfig(threshold=0.7, prefix_padding_ms=250, silence_duration_ms=450),
+            **(config or {}))
         kw.setdefault("ping_interval_s", None)
-        provider = OpenAIRealtimeProvider(config, call_id="call-test",
+        provider = OpenAIRealtimeProvider(settings, call_id="call-test",
                                           connect_timeout_s=connect_timeout_s,
                                           backoff=backoff, **kw)
         recorder = Recorder()
@@ -427,6 +431,202 @@ async def test_say_during_a_response_waits_for_it(fake: FakeOpenAIRealtime,
     assert texts(s) == ["Tell the caller: One moment please.",
                         "Tell the caller: Your table is booked."]
     assert s.rejected == []
+
+
+# --------------------------------------------------------------------------- failed responses
+
+
+@pytest.fixture
+def logs() -> Iterator[list[logging.LogRecord]]:
+    """The provider's log records (a handler on its logger: immune to ``log.configure``)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("agentic_fast.providers.openai")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def events(records: list[logging.LogRecord], name: str) -> list[dict[str, Any]]:
+    """The fields of each log line ``name`` (structured: ``agentic_fast.log``)."""
+    return [r.msg.fields for r in records if getattr(r.msg, "event", None) == name]
+
+
+APOLOGY = "Sorry, I had a problem there. Could you say that again?"
+
+
+def apologies(s: FakeRealtimeSession) -> list[str]:
+    return [t for t in texts(s) if APOLOGY in t]
+
+
+async def test_failed_response_is_logged_counted_apologised_for_and_the_call_goes_on(
+        fake: FakeOpenAIRealtime, make: Any, logs: list[logging.LogRecord]) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    s = fake.sessions[0]
+    before = metrics.snapshot()
+    s.script_response(ResponseScript.failed(
+        "insufficient_quota", "You exceeded your current quota.", error_type="insufficient_quota"))
+    s.script_response(ResponseScript(audio_ms=300, transcript="Sorry about that."))
+    await s.user_turn("What's on my calendar?")
+    await s.wait_received("response.create")  # the apology's response
+    assert apologies(s) and APOLOGY in apologies(s)[0]
+    types = s.received_types()
+    assert types.index("conversation.item.create") < types.index("response.create")
+    await rec.wait_for("audio_done")  # the call goes on: the apology is spoken
+    assert s.statuses == ["failed", "completed"]
+    assert rec.of("failed") == []
+    assert metrics.get("openai.responses.failed") == before.get(
+        "openai.responses.failed", 0) + 1
+    assert metrics.get("openai.responses.failed.insufficient_quota") == before.get(
+        "openai.responses.failed.insufficient_quota", 0) + 1
+    assert provider.stats["responses_failed"] == 1
+    (line,) = events(logs, "openai.response_failed")
+    assert line["call_id"] == "call-test" and line["status"] == "failed"
+    assert line["code"] == "insufficient_quota"
+    assert line["status_details"]["error"]["message"] == "You exceeded your current quota."
+    assert s.rejected == []
+
+
+@pytest.mark.parametrize("reason", ["max_output_tokens", "content_filter"])
+async def test_incomplete_response_is_a_failure(fake: FakeOpenAIRealtime, make: Any,
+                                                logs: list[logging.LogRecord],
+                                                reason: str) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    s = fake.sessions[0]
+    s.script_response(ResponseScript.incomplete(reason, audio_ms=200))
+    await s.user_turn("Tell me everything.")
+    await s.wait_received("response.create")
+    assert len(apologies(s)) == 1
+    (line,) = events(logs, "openai.response_failed")
+    assert line["status"] == "incomplete" and line["reason"] == reason
+    await rec.wait_for("audio_done", 2)  # the cut answer's item closed, then the apology
+    assert rec.of("failed") == [] and provider.stats["responses_failed"] == 1
+
+
+async def test_items_waiting_on_a_failed_response_share_the_apology_response(
+        fake: FakeOpenAIRealtime, make: Any) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    s = fake.sessions[0]
+    s.script_response(ResponseScript.incomplete("max_output_tokens", audio_ms=500,
+                                                hold_after_chunks=1))
+    s.script_response(ResponseScript(audio_ms=200))
+    await s.user_turn("Read me the whole list.")
+    await rec.wait_for("audio")
+    provider.say("Your order shipped.")  # a response is active: its response.create waits
+    await s.wait_until(lambda: len(texts(s)) == 1, what="said item")
+    s.release()
+    await s.wait_until(lambda: s.statuses == ["incomplete", "completed"], what="apology")
+    item = rec.of("audio")[-1][2]  # the apology's audio item
+    provider.interrupt(item, 100)  # a round trip: anything sent before it is handled first
+    await s.wait_sent("conversation.item.truncated")
+    assert texts(s)[0] == "Tell the caller: Your order shipped." and len(apologies(s)) == 1
+    assert s.received_types().count("response.create") == 1  # one response for both
+    assert s.rejected == []
+
+
+@pytest.mark.parametrize("reason", ["turn_detected", "client_cancelled"])
+async def test_incomplete_by_barge_in_or_cancel_is_not_a_failure(
+        fake: FakeOpenAIRealtime, make: Any, logs: list[logging.LogRecord],
+        reason: str) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    s = fake.sessions[0]
+    s.script_response(ResponseScript.incomplete(reason, audio_ms=200))
+    await s.user_turn("Hello?")
+    await s.wait_sent("response.done")
+    await rec.wait_for("audio_done")
+    s.script_response(ResponseScript(audio_ms=100))
+    await s.user_turn("Are you there?")  # later events are handled after that response.done
+    await rec.wait_for("audio_done", 2)
+    assert events(logs, "openai.response_failed") == []
+    assert apologies(s) == [] and provider.stats.get("responses_failed", 0) == 0
+
+
+async def test_failures_in_a_row_end_the_call_and_a_completed_one_resets(
+        fake: FakeOpenAIRealtime, make: Any) -> None:
+    provider, rec = make(fake, config={"max_failed_responses": 2})
+    await provider.connect()
+    s = fake.sessions[0]
+    # fail, the apology completes (resets), fail, the apology fails too: two in a row
+    s.script_response(ResponseScript.failed())
+    s.script_response(ResponseScript(audio_ms=100))
+    s.script_response(ResponseScript.failed())
+    s.script_response(ResponseScript.failed("rate_limit_exceeded", "Rate limit reached.",
+                                            error_type="rate_limit_error"))
+    await s.user_turn("First question.")
+    await s.wait_until(lambda: s.statuses == ["failed", "completed"], what="recovery")
+    await s.user_turn("Second question.")
+    _, reason = await rec.wait_for("failed")
+    assert s.statuses == ["failed", "completed", "failed", "failed"]
+    assert reason.startswith("2 responses failed in a row")
+    assert "rate_limit_exceeded: Rate limit reached." in reason
+    assert len(apologies(s)) == 2  # after the first failure of each run, not the last
+    assert not provider.connected
+    await s.wait_closed()
+    provider.say("nobody hears this")  # after failure: dropped, no raise
+    await provider.close()
+    assert len(rec.of("failed")) == 1
+
+
+async def test_no_apology_when_the_message_is_empty(fake: FakeOpenAIRealtime,
+                                                    make: Any) -> None:
+    provider, rec = make(fake, config={"failed_response_message": "",
+                                       "max_failed_responses": 0})
+    await provider.connect()
+    s = fake.sessions[0]
+    for _ in range(4):
+        s.script_response(ResponseScript.failed())
+    for n in range(4):  # 0: the call is never ended for failed responses
+        await s.user_turn(f"Question {n}.")
+        await s.wait_until(lambda n=n: len(s.statuses) == n + 1, what="failed response")
+    assert s.received_types().count("response.create") == 0
+    assert texts(s) == [] and rec.of("failed") == [] and provider.connected
+    assert provider.stats["responses_failed"] == 4
+
+
+async def test_error_as_first_frame_is_reported_with_its_code_and_message(
+        fake: FakeOpenAIRealtime, make: Any, logs: list[logging.LogRecord]) -> None:
+    provider, _ = make(fake)
+    fake.refuse_next("model_not_found", "The model 'gpt-realtime-0' does not exist or you "
+                     "do not have access to it.")
+    with pytest.raises(PeerUnavailableError) as info:
+        await provider.connect()
+    text = str(info.value)
+    assert "model_not_found" in text and "does not exist" in text
+    assert "session.created" not in text
+    (line,) = events(logs, "openai.session_refused")
+    assert line["code"] == "model_not_found" and line["call_id"] == "call-test"
+    assert line["error_type"] == "invalid_request_error"
+    await fake.sessions[0].wait_closed()
+
+
+async def test_error_as_first_frame_on_reconnect_fails_at_once(fake: FakeOpenAIRealtime,
+                                                              make: Any) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    fake.refuse_next("invalid_api_key", "Incorrect API key provided: sk-***.", times=10)
+    await fake.sessions[0].abort()
+    _, reason = await rec.wait_for("failed")
+    assert "invalid_api_key: Incorrect API key provided" in reason
+    assert fake.connection_count == 2  # no retry fixes a bad key
+
+
+async def test_server_error_as_first_frame_is_retried(fake: FakeOpenAIRealtime,
+                                                      make: Any) -> None:
+    provider, rec = make(fake)
+    await provider.connect()
+    fake.refuse_next("server_error", "The server had an error.", error_type="server_error")
+    await fake.sessions[0].abort()
+    s2 = await fake.wait_session(2)
+    await s2.wait_received("session.update")
+    assert rec.of("failed") == []
 
 
 # --------------------------------------------------------------------------- reconnect

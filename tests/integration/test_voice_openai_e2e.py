@@ -1,28 +1,40 @@
 """A whole call: fake Twilio caller -> server -> AudioBridge -> OpenAI provider -> fake
-OpenAI Realtime, and back. Nothing of ours is replaced: the fakes speak the wire protocols."""
+OpenAI Realtime, and back. Nothing of ours is replaced: the fakes speak the wire protocols.
+
+The server is wired as in production (``make_bridge_factory``: the ConversationBrain in its
+default mode ``tool``, its ``run_command`` tool in the session, the one gateway client), so
+the ``session.update`` the fake validates against the SDK types is the production one."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agentic_fast.audio import AudioConverter
-from agentic_fast.bridge_factory import AudioBridgeFactory
-from agentic_fast.providers.factory import provider_factory
+from agentic_fast.bridge_factory import make_bridge_factory
 from tests.fakes.audio import load_speech_ulaw
-from tests.fakes.openai_realtime import FakeOpenAIRealtime, tone
+from tests.fakes.openai_realtime import FakeOpenAIRealtime, ResponseScript, tone
+from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, make_config
 
+OWNER = "+15551230000"  # the fake caller's number (incoming_call_form's default From)
 
-def _openai_config(rest: FakeTwilioRest, url: str, key: str, **bridge: object) -> str:
-    lines = ["openai_realtime:", f"  url: {url}", f"  api_key: {key}",
-             "audio:", "  provider: openai", "bridge:", "  lead_ms: 120",
-             "  mark_every_frames: 5"]
+
+def _openai_config(url: str, key: str, gateway: FakeOpenClawGateway, key_path: Path,
+                   openai: dict[str, object], bridge: dict[str, object]) -> str:
+    lines = ["openai_realtime:", f"  url: {url}", f"  api_key: {key}"]
+    lines += [f"  {k}: {v}" for k, v in openai.items()]
+    lines += ["gateway:", f"  url: {gateway.url}", f"  token: {gateway.token}",
+              f"  device_key_path: {key_path}", "brain:", f"  allowed_callers: ['{OWNER}']",
+              "audio:", "  provider: openai", "bridge:", "  lead_ms: 120",
+              "  mark_every_frames: 5"]
     lines += [f"  {k}: {v}" for k, v in bridge.items()]
     return "\n".join(lines) + "\n"
 
@@ -33,16 +45,28 @@ async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
         yield fake
 
 
-async def _harness(rest: FakeTwilioRest, url: str, key: str, **bridge: object) -> Harness:
-    config = make_config(rest, extra=_openai_config(rest, url, key, **bridge))
-    factory = AudioBridgeFactory(config, provider_factory(config))
-    harness = Harness(config, rest, bridge_factory=factory)
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
+    async with FakeOpenClawGateway(token="gw-token",
+                                   default_script=ChatScript(noise=False)) as fake:
+        yield fake
+
+
+async def _harness(rest: FakeTwilioRest, url: str, key: str, gateway: FakeOpenClawGateway,
+                   key_path: Path, openai: dict[str, object] | None = None,
+                   **bridge: object) -> Harness:
+    config = make_config(rest, extra=_openai_config(url, key, gateway, key_path,
+                                                     openai or {}, bridge))
+    assert config.brain.mode == "tool"  # the default: the model delegates with a tool call
+    harness = Harness(config, rest, bridge_factory=make_bridge_factory(config))
     return await harness.__aenter__()
 
 
 @pytest.fixture
-async def harness(rest: FakeTwilioRest, openai: FakeOpenAIRealtime) -> AsyncIterator[Harness]:
-    h = await _harness(rest, openai.url.split("?")[0], openai.api_key)
+async def harness(rest: FakeTwilioRest, openai: FakeOpenAIRealtime,
+                  gateway: FakeOpenClawGateway, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = await _harness(rest, openai.url.split("?")[0], openai.api_key, gateway,
+                       tmp_path / "device_key")
     try:
         yield h
     finally:
@@ -59,6 +83,8 @@ async def _call(harness: Harness, openai: FakeOpenAIRealtime, **client_kwargs):
     await session.wait_received("session.update")
     client = harness.media_client(call_sid, params, **client_kwargs)
     await client.connect()
+    if client.continuous:  # the caller's line audio reaches the model: the bridge listens
+        await session.wait_until(lambda: session.audio_bytes.get("audio/pcm", 0) > 0)
     return client, session, harness.services.manager.get(params["callId"])
 
 
@@ -134,9 +160,9 @@ async def test_provider_drop_mid_call_reconnects_and_the_call_stays_up(
 
 
 async def test_unreachable_provider_gives_a_spoken_fallback_and_a_clean_end(
-        rest: FakeTwilioRest) -> None:
-    h = await _harness(rest, "ws://127.0.0.1:9/v1/realtime", "sk-none",
-                       provider_connect_timeout_s=1, prewarm="false")
+        rest: FakeTwilioRest, gateway: FakeOpenClawGateway, tmp_path: Path) -> None:
+    h = await _harness(rest, "ws://127.0.0.1:9/v1/realtime", "sk-none", gateway,
+                       tmp_path / "device_key", provider_connect_timeout_s=1, prewarm="false")
     try:
         call_sid, params, _ = await h.incoming_call()
         client = h.media_client(call_sid, params)
@@ -149,6 +175,64 @@ async def test_unreachable_provider_gives_a_spoken_fallback_and_a_clean_end(
         assert "<Hangup" in update.get("Twiml")
     finally:
         await h.__aexit__(None, None, None)
+
+
+async def test_production_session_and_a_tool_call_round_trip_pass_the_wire_validation(
+        harness: Harness, openai: FakeOpenAIRealtime, gateway: FakeOpenClawGateway) -> None:
+    _, s, call = await _call(harness, openai)
+    update = s.received[0]
+    assert update["type"] == "session.update"
+    assert [t["name"] for t in update["session"]["tools"]] == ["run_command"]
+    assert update["session"]["tool_choice"] == "auto"
+    gateway.queue_chat(ChatScript(reply="Done, I texted Sam.", noise=False))
+    s.script_response(function_call=("run_command", '{"command": "Text Sam I am late"}'))
+    await s.user_turn("text Sam that I'm late")
+    send = await gateway.wait_request("chat.send")
+    assert send["params"]["message"] == "Text Sam I am late"
+    await s.wait_until(lambda: bool(s.function_outputs), timeout=10, what="tool result")
+    assert "I texted Sam" in s.function_outputs[0]["output"]
+    await s.wait_received("response.create")
+    assert not s.rejected  # every client event of the production wiring is valid
+    assert not call.ended
+
+
+async def test_failed_responses_get_an_apology_then_three_in_a_row_end_the_call(
+        harness: Harness, openai: FakeOpenAIRealtime, rest: FakeTwilioRest) -> None:
+    client, s, call = await _call(harness, openai)
+    s.script_response(ResponseScript.failed())
+    s.script_response(ResponseScript(audio_ms=400))  # the apology is spoken
+    await s.user_turn("what time is it")
+    await client.wait_for_audio(160 * 15, timeout=10)
+    assert s.statuses == ["failed", "completed"] and not call.ended
+    apology = harness.config.openai_realtime.failed_response_message
+    assert any(apology in json.dumps(e) for e in s.received
+               if e["type"] == "conversation.item.create")
+    for _ in range(3):  # then the provider fails everything: 3 in a row end the call
+        s.script_response(ResponseScript.failed(
+            "rate_limit_exceeded", "Rate limit reached for gpt-realtime.",
+            error_type="rate_limit_error"))
+    await s.user_turn("hello?")
+    await client.wait_closed()
+    assert s.statuses == ["failed", "completed", "failed", "failed", "failed"]
+    assert call.status.value == "failed"
+    assert call.reason.startswith("provider-unavailable: 3 responses failed in a row")
+    assert "rate_limit_exceeded: Rate limit reached" in call.reason
+    twiml = rest.requests[-1].get("Twiml")
+    assert twiml and harness.config.bridge.unavailable_message in twiml and "<Hangup" in twiml
+    assert not s.rejected
+
+
+async def test_an_error_instead_of_session_created_is_recorded_on_the_call(
+        harness: Harness, openai: FakeOpenAIRealtime) -> None:
+    openai.refuse_next("invalid_api_key", "Incorrect API key provided: sk-***.", times=2)
+    call_sid, params, _ = await harness.incoming_call()
+    client = harness.media_client(call_sid, params)
+    await client.connect()
+    await client.wait_closed()
+    call = harness.services.manager.get(params["callId"])
+    assert call.status.value == "failed"
+    assert "invalid_api_key: Incorrect API key provided" in call.reason
+    assert "session.created" not in call.reason
 
 
 def test_tone_helper_is_pcm16() -> None:

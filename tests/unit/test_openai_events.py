@@ -133,6 +133,37 @@ def test_response_done_details_and_function_calls() -> None:
     assert done.usage is not None and done.usage["total_tokens"] == 912
 
 
+@pytest.mark.parametrize(("status", "details", "failed", "described"), [
+    ("completed", None, False, "completed"),
+    ("cancelled", {"type": "cancelled", "reason": "turn_detected"}, False,
+     "cancelled turn_detected"),
+    ("incomplete", {"type": "incomplete", "reason": "turn_detected"}, False,
+     "incomplete turn_detected"),
+    ("incomplete", {"type": "incomplete", "reason": "client_cancelled"}, False,
+     "incomplete client_cancelled"),
+    ("incomplete", {"type": "incomplete", "reason": "max_output_tokens"}, True,
+     "incomplete max_output_tokens"),
+    ("incomplete", {"type": "incomplete", "reason": "content_filter"}, True,
+     "incomplete content_filter"),
+    ("failed", {"type": "failed", "error": {"type": "insufficient_quota",
+                                             "code": "insufficient_quota",
+                                             "message": "You exceeded your current quota."}},
+     True, "failed insufficient_quota: You exceeded your current quota."),
+    ("failed", {"type": "failed", "error": {"type": "server_error", "code": None,
+                                             "message": "The server had an error."}},
+     True, "failed server_error: The server had an error."),
+    ("failed", None, True, "failed"),
+])
+def test_response_done_failure(status: str, details: dict[str, Any] | None, failed: bool,
+                               described: str) -> None:
+    done = oe.parse_server_event(orjson.dumps({"type": "response.done", "response": {
+        **RESPONSE_DONE, "status": status, "status_details": details}}))
+    assert isinstance(done, oe.ResponseDone)
+    assert done.failed is failed
+    assert done.describe() == described
+    assert done.error == (details or {}).get("error")
+
+
 def test_rate_limits_values() -> None:
     ev = oe.parse_server_event(orjson.dumps(SERVER_EVENTS[-1][0]))
     assert isinstance(ev, oe.RateLimitsUpdated)

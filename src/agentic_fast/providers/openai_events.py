@@ -36,16 +36,17 @@ from agentic_fast.errors import RemoteProtocolError
 from agentic_fast.log import get_logger
 
 __all__ = [
-    "AUDIO_FORMATS", "BYTES_PER_MS", "ConversationItemAdded", "ConversationItemDone",
-    "ConversationItemTruncated", "ErrorEvent", "FunctionCall", "FunctionCallArgumentsDelta",
-    "FunctionCallArgumentsDone", "InputAudioCleared", "InputAudioCommitted",
-    "InputTranscriptionCompleted", "InputTranscriptionDelta", "InputTranscriptionFailed",
-    "OpenAIProtocolError", "OutputAudioDelta", "OutputAudioDone", "OutputAudioTranscriptDelta",
-    "OutputAudioTranscriptDone", "OutputTextDelta", "OutputTextDone", "RateLimit",
-    "RateLimitsUpdated", "RealtimeState", "ResponseContentPartAdded", "ResponseContentPartDone",
-    "ResponseCreated", "ResponseDone", "ResponseOutputItemAdded", "ResponseOutputItemDone",
-    "ServerEvent", "SessionCreated", "SessionUpdated", "SpeechStarted", "SpeechStopped",
-    "UnknownServerEvent", "parse_server_event",
+    "AUDIO_FORMATS", "BYTES_PER_MS", "NORMAL_STOP_REASONS", "ConversationItemAdded",
+    "ConversationItemDone", "ConversationItemTruncated", "ErrorEvent", "FunctionCall",
+    "FunctionCallArgumentsDelta", "FunctionCallArgumentsDone", "InputAudioCleared",
+    "InputAudioCommitted", "InputTranscriptionCompleted", "InputTranscriptionDelta",
+    "InputTranscriptionFailed", "OpenAIProtocolError", "OutputAudioDelta", "OutputAudioDone",
+    "OutputAudioTranscriptDelta", "OutputAudioTranscriptDone", "OutputTextDelta",
+    "OutputTextDone", "RateLimit", "RateLimitsUpdated", "RealtimeState",
+    "ResponseContentPartAdded", "ResponseContentPartDone", "ResponseCreated", "ResponseDone",
+    "ResponseOutputItemAdded", "ResponseOutputItemDone", "ServerEvent", "SessionCreated",
+    "SessionUpdated", "SpeechStarted", "SpeechStopped", "UnknownServerEvent",
+    "parse_server_event",
 ]
 
 PEER = "openai"
@@ -349,12 +350,17 @@ class FunctionCall:
     item_id: str | None = None
 
 
+#: ``status_details.reason`` of a response the caller or we stopped: not a failure.
+NORMAL_STOP_REASONS = frozenset({"turn_detected", "client_cancelled"})
+
+
 @dataclass(frozen=True, slots=True)
 class ResponseDone:
     """End of a response. ``status``: completed, cancelled, failed, incomplete.
 
-    ``status_details`` (or None) has ``reason``: ``turn_detected`` (VAD barge-in),
-    ``client_cancelled``, ``max_output_tokens``, ``content_filter``.
+    ``status_details`` (or None) has ``type`` (the status), ``reason``: ``turn_detected``
+    (VAD barge-in), ``client_cancelled``, ``max_output_tokens``, ``content_filter``; and,
+    when ``failed``, ``error{type, code, message}`` (quota, rate limit, server error).
     """
 
     response_id: str
@@ -369,6 +375,30 @@ class ResponseDone:
         details = self.status_details
         reason = details.get("reason") if details else None
         return reason if type(reason) is str else None
+
+    @property
+    def error(self) -> Mapping[str, Any] | None:
+        """``status_details.error`` of a failed response (``type``, ``code``, ``message``)."""
+        details = self.status_details
+        error = details.get("error") if details else None
+        return error if type(error) is dict else None
+
+    @property
+    def failed(self) -> bool:
+        """The model could not answer: ``failed``, or ``incomplete`` for a reason other than
+        a barge-in/cancel (``max_output_tokens``, ``content_filter``)."""
+        status = self.status
+        return status == "failed" or (status == "incomplete"
+                                      and self.reason not in NORMAL_STOP_REASONS)
+
+    def describe(self) -> str:
+        """Short text for logs and a call's end reason, e.g. ``failed rate_limit_exceeded:
+        Rate limit reached`` or ``incomplete max_output_tokens``."""
+        error = self.error or {}
+        code = error.get("code") or error.get("type") or self.reason
+        text = f"{self.status} {code}" if code else self.status
+        message = error.get("message")
+        return f"{text}: {message}"[:300] if message else text
 
     @property
     def function_calls(self) -> tuple[FunctionCall, ...]:

@@ -52,6 +52,17 @@ the buffers are flushed (audio first, then items, then one ``response.create``).
 bound is exceeded, or the server refuses us for good (HTTP 400/401/403/404, a rejected
 ``session.update``), ``listener.on_failed`` runs once.
 
+Refusals and failed responses. An ``error`` sent instead of ``session.created`` (bad key,
+retired model, no quota) is reported with its code and message (``openai.session_refused``,
+``openai.connect.refused.<code>``, the ``PeerUnavailableError`` text); it is fatal (no
+retry) unless it is a ``server_error``. A ``response.done`` whose status is ``failed``, or
+``incomplete`` for ``max_output_tokens``/``content_filter`` (not a barge-in or cancel), is
+logged with its ``status_details`` (``openai.response_failed``) and counted
+(``openai.responses.failed[.<code>]``); the caller hears ``failed_response_message`` and the
+call goes on. ``max_failed_responses`` failures in a row (a completed response resets the
+run) end the call through ``listener.on_failed``. Only ``response.done`` is read for this:
+the per-delta path is untouched.
+
 Carry-over. OpenAI ends a session after 60 minutes (``session_expired``). A local cap
 (``max_session_s``, default 55 min) renews it first: a new socket is opened and configured
 while the old one still serves the call, the switch waits (at most ``carry_over_grace_s``)
@@ -101,6 +112,10 @@ _MAX_CALLS = 64  # tool call ids remembered (per session and per provider)
 
 class _Fatal(Exception):
     """The peer refused us in a way a retry will not fix (cause of a PeerUnavailableError)."""
+
+
+class _Refused(Exception):
+    """The server's first frame was an ``error`` that a retry may fix (``server_error``)."""
 
 
 class _Connection:
@@ -202,10 +217,15 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._recent: deque[tuple[str, str]] = deque(maxlen=recent_lines)
         self._opening: str | None = None
         self._call_names: dict[str, str] = {}
+        # failed responses (response.done failed/incomplete): apology, then end after a run
+        self._apology = config.failed_response_message
+        self._max_failed = config.max_failed_responses
+        self._failed_in_row = 0
         #: per-provider counts (also in :mod:`metrics`), for the closing log line and tests
         self.stats: dict[str, int] = {"reconnects": 0, "carry_overs": 0, "sessions": 0,
                                       "audio_buffered_dropped": 0,
-                                      "audio_backpressure_dropped": 0, "errors": 0}
+                                      "audio_backpressure_dropped": 0, "errors": 0,
+                                      "responses_failed": 0}
         self._handlers: dict[type, Callable[[_Connection, Any], None]] = {
             oe.OutputAudioDelta: self._on_audio_delta,
             oe.OutputAudioDone: self._on_audio_done,
@@ -372,6 +392,8 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                 conn = _Connection(ws, oe.RealtimeState(self.audio_format), seq)
                 self._conns.add(conn)
                 first = conn.state.receive(await ws.recv())
+                if type(first) is oe.ErrorEvent:  # bad key, retired model, no quota...
+                    raise self._refused(seq, first)
                 if type(first) is not oe.SessionCreated:
                     raise _Fatal(f"expected session.created, got {type(first).__name__}")
                 conn.session_id = first.session_id
@@ -400,6 +422,16 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self.log.info("openai.session_ready", session=seq, session_id=conn.session_id,
                       connect_ms=round((time.perf_counter() - started) * 1000, 1))
         return conn
+
+    def _refused(self, seq: int, event: oe.ErrorEvent) -> Exception:
+        """The exception for an ``error`` sent instead of ``session.created``: its code and
+        message, fatal unless the server says it is its own fault (``server_error``)."""
+        code = event.code or event.error_type
+        metrics.incr("openai.connect.refused." + code[:60])
+        self.log.error("openai.session_refused", session=seq, code=event.code,
+                       error_type=event.error_type, detail=event.message[:300])
+        text = f"error {code}: {event.message[:300]}"
+        return _Refused(text) if event.error_type == "server_error" else _Fatal(text)
 
     def _install(self, conn: _Connection) -> None:
         """Make ``conn`` the call's session: reader, session cap, then flush the buffers."""
@@ -725,10 +757,38 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                 self._close_item(item_id)
         for call in event.function_calls:
             self._tool_call(conn, call.call_id, call.name, call.arguments)
+        if event.status == "completed":
+            self._failed_in_row = 0
+        elif event.failed and conn is self._conn:
+            self._response_failed(conn, event)  # may request the apology's response
         if conn.pending and conn is self._conn:
             conn.pending = False
-            self._request_response(conn)
+            if not conn.requested:  # else the response just requested covers the items
+                self._request_response(conn)
         self._update_idle()
+
+    def _response_failed(self, conn: _Connection, event: oe.ResponseDone) -> None:
+        """The model could not answer (quota, rate limit, filter, server error): logged and
+        counted; the caller hears the apology and the call goes on, unless this is the
+        ``max_failed_responses``-th failure in a row: then the call ends (``on_failed``)."""
+        self._failed_in_row += 1
+        self.stats["responses_failed"] += 1
+        error = event.error or {}
+        kind = error.get("code") or error.get("type") or event.reason or event.status
+        metrics.incr("openai.responses.failed")
+        metrics.incr(f"openai.responses.failed.{str(kind)[:60]}")
+        self.log.warning("openai.response_failed", session=conn.seq,
+                         response_id=event.response_id, status=event.status,
+                         reason=event.reason, error_type=error.get("type"),
+                         code=error.get("code"), detail=str(error.get("message", ""))[:200],
+                         status_details=event.status_details, in_a_row=self._failed_in_row)
+        if self._max_failed and self._failed_in_row >= self._max_failed:
+            self._fail(f"{self._failed_in_row} responses failed in a row "
+                       f"(last: {event.describe()})")
+            return
+        if self._apology:
+            self._send_items([("system", "Your last reply did not reach the caller. "
+                               f"Say exactly this to them: {self._apology}", "")])
 
     def _on_speech_started(self, conn: _Connection, event: oe.SpeechStarted) -> None:
         self._user_speaking = True
@@ -796,7 +856,7 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, InvalidStatus):
         return f"HTTP {exc.response.status_code}"
-    if isinstance(exc, _Fatal):
+    if isinstance(exc, (_Fatal, _Refused)):
         return str(exc)
     return f"{exc!r:.200}"
 
