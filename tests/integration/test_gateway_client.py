@@ -34,6 +34,7 @@ from agentic_fast.gateway import (
     load_or_create_identity,
     voice_session_key,
 )
+from agentic_fast.gateway.credentials import DeviceCredentials
 from agentic_fast.gateway.device import DeviceTokenStore, StoredDeviceToken
 from agentic_fast.gateway.protocol import connect_params
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
@@ -256,11 +257,13 @@ def test_device_token_is_not_offered_to_a_remote_host_with_a_shared_token(store,
     for url in ("wss://gateway.example:18789", "ws://127.0.0.1:18789", "ws://[::1]:1"):
         store.save(StoredDeviceToken(token="dev", device_id=identity.device_id,
                                      role="operator", gateway_url=url))
-        with_token = GatewayClient(url, identity=identity, token=TOKEN, token_store=store)
-        without = GatewayClient(url, identity=identity, token="", token_store=store)
+        with_token = DeviceCredentials(device_id=identity.device_id, url=url,
+                                       shared_token=TOKEN, store=store)
+        without = DeviceCredentials(device_id=identity.device_id, url=url, shared_token="",
+                                    store=store)
         remote = url.startswith("wss://gateway")
-        assert with_token._device_token_to_send() == (None if remote else "dev")
-        assert without._device_token_to_send() == "dev"
+        assert with_token.for_connect() == (None if remote else "dev")
+        assert without.for_connect() == "dev"
 
 
 async def test_a_rotated_device_token_replaces_the_stored_one(fake, make_client, store,

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import platform
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -46,14 +44,13 @@ from agentic_fast.errors import (
     GatewayTimeoutError,
     RemoteProtocolError,
 )
+from agentic_fast.gateway.credentials import DeviceCredentials
 from agentic_fast.gateway.device import (
     DeviceIdentity,
     DeviceTokenStore,
-    StoredDeviceToken,
     load_or_create_identity,
 )
 from agentic_fast.gateway.protocol import (
-    ROLE,
     Backoff,
     ChatEvent,
     ClientHandshake,
@@ -122,11 +119,8 @@ class GatewayClient:
         self._url = url
         self._identity = identity
         self._token = token
-        self._token_store = token_store
-        self._device_token: StoredDeviceToken | None = token_store.load(
-            device_id=identity.device_id, role=ROLE, gateway_url=url) if token_store else None
-        self._sent_device_token = False
-        self._pairing: PairingRequired | None = None
+        self._credentials = DeviceCredentials(device_id=identity.device_id, url=url,
+                                              shared_token=token, store=token_store)
         self._handshake_timeout = handshake_timeout
         self._request_timeout = request_timeout
         self._abort_timeout = abort_timeout
@@ -189,12 +183,12 @@ class GatewayClient:
     @property
     def pairing_required(self) -> PairingRequired | None:
         """The pending pairing request while the gateway waits for the owner's approval."""
-        return self._pairing
+        return self._credentials.pairing
 
     @property
     def device_token(self) -> str | None:
         """The device token the gateway issued to this device (stored), if any."""
-        return self._device_token.token if self._device_token else None
+        return self._credentials.token
 
     @property
     def fatal_error(self) -> GatewayError | None:
@@ -222,9 +216,9 @@ class GatewayClient:
             if isinstance(exc, GatewayTimeoutError):
                 raise
             waiting = ""
-            if self._pairing is not None:
+            if (pairing := self._credentials.pairing) is not None:
                 waiting = (f" (device {self.device_id} awaits pairing approval: "
-                           f"{self._pairing.approve_command})")
+                           f"{pairing.approve_command})")
             raise GatewayTimeoutError(f"no open connection to {self._url} "
                                       f"within {wait_for:g} s{waiting}") from exc
 
@@ -419,8 +413,8 @@ class GatewayClient:
                 await self._connect_once()
                 delays = self._backoff.delays()  # it was open: start the backoff afresh
             except GatewayError as exc:
-                if self._forget_rejected_device_token(exc):
-                    await self._clear_device_token()  # then retry without it, once
+                if self._credentials.rejected(exc):
+                    await self._credentials.forget()  # then retry without it, once
                 elif not exc.retryable:
                     self._fatal = exc
                     metrics.incr("gateway.connect.refused")
@@ -468,17 +462,14 @@ class GatewayClient:
                                           f"{self._handshake_timeout:g} s") from exc
             raise
         try:
-            await self._keep_device_token(hello)  # durable before anyone uses the link
+            await self._credentials.keep(hello)  # durable before anyone uses the link
         except BaseException:
             ws.transport.abort()
             raise
         link = _Link(ws, hello, asyncio.get_running_loop().time())
         self._link = link
         self._connections += 1
-        if self._pairing is not None:
-            _log.info("gateway.pairing.approved", device_id=self.device_id,
-                      request_id=self._pairing.request_id)
-            self._pairing = None
+        self._credentials.opened()
         self._ready.set()
         metrics.incr("gateway.connect.open")
         _log.info("gateway.open", url=self._url, device_id=self.device_id[:16],
@@ -506,11 +497,10 @@ class GatewayClient:
                 _log.warning("gateway.closed", url=self._url, reason=reason)
 
     async def _handshake(self, ws: ClientConnection) -> HelloOk:
-        device_token = self._device_token_to_send()
-        self._sent_device_token = device_token is not None
         handshake = ClientHandshake(signer=self._identity, token=self._token,
                                     client_version=self._client_version,
-                                    platform=self._platform, device_token=device_token)
+                                    platform=self._platform,
+                                    device_token=self._credentials.for_connect())
         async for message in ws:
             out = handshake.receive(parse_frame(message))
             if out.send is not None:
@@ -520,74 +510,14 @@ class GatewayClient:
         raise GatewayConnectionError(f"gateway closed the connection during the handshake "
                                      f"({_close_reason(ws)})")
 
-    # --- internals: pairing and the device token ------------------------------------------
-
-    def _device_token_to_send(self) -> str | None:
-        """The stored device token, when the gateway may see it.
-
-        Without a shared token it is our only credential. With one, the gateway checks the
-        device token only if the shared token is wrong; like OpenClaw's own client we offer
-        it then only to a trusted endpoint (loopback), not to any ``wss://`` host that
-        answers at the configured URL.
-        """
-        if self._device_token is None:
-            return None
-        if not self._token or _is_loopback_url(self._url):
-            return self._device_token.token
-        return None
-
     def _on_retryable_refusal(self, exc: GatewayError, delay: float) -> None:
         pairing = parse_pairing_required(exc.details)
         if pairing is not None:
-            self._on_pairing_required(pairing, delay)
+            self._credentials.pairing_required(pairing, delay)
             return
         metrics.incr("gateway.connect.unavailable")
         _log.info("gateway.connect.retry", code=exc.code, details_code=exc.details_code,
                   delay_s=round(delay, 3), reason=_details_reason(exc))
-
-    def _on_pairing_required(self, pairing: PairingRequired, delay: float) -> None:
-        metrics.incr("gateway.connect.pairing_required")
-        first = self._pairing is None or self._pairing.request_id != pairing.request_id
-        self._pairing = pairing
-        fields = {"device_id": self.device_id, "request_id": pairing.request_id,
-                  "reason": pairing.reason, "approve": pairing.approve_command,
-                  "retry_in_s": round(delay, 3)}
-        if first:  # once per pairing request: the owner's cue; then quieter retries
-            _log.warning("gateway.pairing.required", url=self._url, **fields,
-                         hint="approve this device on the gateway host; "
-                              "it connects on its own once approved")
-        else:
-            _log.info("gateway.pairing.waiting", **fields)
-
-    def _forget_rejected_device_token(self, exc: GatewayError) -> bool:
-        """True when the gateway refused the device token we sent (revoked or rotated)."""
-        return self._sent_device_token and exc.details_code == "AUTH_DEVICE_TOKEN_MISMATCH"
-
-    async def _clear_device_token(self) -> None:
-        metrics.incr("gateway.device_token.rejected")
-        _log.warning("gateway.device_token.rejected", device_id=self.device_id[:16],
-                     action="forgotten; reconnecting without it")
-        self._device_token = None
-        self._sent_device_token = False
-        if self._token_store is not None:
-            await asyncio.to_thread(self._token_store.clear)
-
-    async def _keep_device_token(self, hello: HelloOk) -> None:
-        """Store a new or rotated ``hello-ok.auth.deviceToken`` (off the event loop)."""
-        token = hello.device_token
-        if token is None or (self._device_token and self._device_token.token == token):
-            return
-        record = StoredDeviceToken(token=token, device_id=self.device_id,
-                                   role=hello.role or ROLE, gateway_url=self._url,
-                                   scopes=hello.scopes,
-                                   issued_at_ms=hello.device_token_issued_at_ms)
-        self._device_token = record
-        if self._token_store is None:
-            return
-        if await asyncio.to_thread(self._token_store.save, record):
-            metrics.incr("gateway.device_token.stored")
-            _log.info("gateway.device_token.stored", device_id=self.device_id[:16],
-                      path=str(self._token_store.path))
 
     async def _watch_ticks(self, link: _Link) -> None:
         """Abort the transport after 2 tick intervals without any frame."""
@@ -682,16 +612,6 @@ def _retry_delay(exc: GatewayError, delays: Iterator[float], maximum: float) -> 
 def _details_reason(exc: GatewayError) -> str | None:
     reason = exc.details.get("reason") if isinstance(exc.details, dict) else None
     return reason if isinstance(reason, str) else None
-
-
-def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _close_reason(ws: ClientConnection) -> str:
