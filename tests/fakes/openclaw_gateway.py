@@ -4,8 +4,21 @@ It must not import agentic_fast. It speaks the v4 frames on a loopback WebSocket
 
 - ``connect.challenge`` first; the first frame must be a ``connect`` req (a JSON-RPC frame
   closes with 1008); connect params are closed objects (unknown properties rejected),
-  protocol range, client id / mode closed lists, token (``AUTH_TOKEN_MISMATCH``), the
-  Ed25519 device signature over the v3 payload, scopes; then ``hello-ok`` with ``policy``.
+  protocol range, client id / mode closed lists, the Ed25519 device signature over the v3
+  payload (its token is ``auth.token``, else ``auth.deviceToken``), then auth: the shared
+  token, else the device token of a paired device (``AUTH_TOKEN_MISSING``,
+  ``AUTH_TOKEN_MISMATCH`` with ``recommendedNextStep: retry_with_device_token``,
+  ``AUTH_DEVICE_TOKEN_MISMATCH``); then ``hello-ok`` with ``policy``.
+- Pairing, as OpenClaw 2026.9.6 does it (its ``connect-device-pairing`` and
+  ``connect-error-details`` modules, checked live): with ``require_pairing`` (a remote
+  gateway) an unknown device gets ``NOT_PAIRED`` with details ``{code: PAIRING_REQUIRED,
+  reason: not-paired, requestId, remediationHint, deviceId, requestedRole,
+  requestedScopes}`` (no ``retryable`` for a backend client) and close 1008 ``pairing
+  required: device is not approved yet (requestId: <id>)``; a retry reuses the pending
+  request. :meth:`approve` (``openclaw devices approve <requestId>``) pairs it; a paired
+  device gets ``auth.deviceToken`` (+ ``issuedAtMs``, ``method``) in every ``hello-ok``.
+  Without ``require_pairing`` the fake behaves like a loopback gateway to a
+  ``gateway-client`` backend: unpaired devices get in, with no device token.
 - ``tick`` events every ``tick_interval_ms`` (per connection; ``stop_ticking`` silences).
 - ``chat.send`` (``idempotencyKey`` required, ``operator.write`` scope) -> ``res`` with
   ``{runId, status: "started"}``, then scripted ``chat`` events (:class:`ChatScript`):
@@ -23,6 +36,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections import deque
@@ -65,13 +79,15 @@ class _Reject(Exception):
     """An error ``res`` to send (and maybe a close code to follow it)."""
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None,
-                 close: int | None = None, **extra: Any) -> None:
+                 close: int | None = None, close_reason: str = "connect failed",
+                 **extra: Any) -> None:
         super().__init__(message)
         self.error: dict[str, Any] = {"code": code, "message": message}
         if details is not None:
             self.error["details"] = details
         self.error.update(extra)
         self.close = close
+        self.close_reason = close_reason
 
 
 def _b64url_decode(text: str) -> bytes:
@@ -108,6 +124,18 @@ class ChatScript:
     first_event_before_res: bool = False
     noise: bool = True  # interleave events of another runId (same session) and agent events
     drop_after_events: int | None = None  # abort the transport after this many chat events
+
+
+@dataclass
+class PairedDevice:
+    """A device the owner approved, and the token the fake issued to it."""
+
+    device_id: str
+    public_key: str
+    role: str
+    scopes: list[str]
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    issued_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 @dataclass
@@ -153,13 +181,19 @@ class FakeOpenClawGateway:
     def __init__(self, *, token: str = "fake-token", tick_interval_ms: int = 30_000,
                  max_payload: int = 1024 * 1024, protocol: int = PROTOCOL,
                  allowed_scopes: frozenset[str] = ALL_OPERATOR_SCOPES,
-                 require_device: bool = True, default_script: ChatScript | None = None) -> None:
+                 require_device: bool = True, default_script: ChatScript | None = None,
+                 require_pairing: bool = False) -> None:
         self.token = token
         self.tick_interval_ms = tick_interval_ms
         self.max_payload = max_payload
         self.protocol = protocol
         self.allowed_scopes = allowed_scopes
         self.require_device = require_device
+        self.require_pairing = require_pairing
+        self.paired: dict[str, PairedDevice] = {}
+        self.pairing_requests: dict[str, dict[str, Any]] = {}  # requestId -> pending request
+        self.pairing_refusals = 0
+        self.auth_methods: list[str] = []  # of accepted handshakes: token | device-token
         self.default_script = default_script or ChatScript()
         self.scripts: deque[ChatScript] = deque()
         self.requests: list[dict[str, Any]] = []  # {"conn", "method", "params", "id"}
@@ -230,6 +264,32 @@ class FakeOpenClawGateway:
         """Abruptly close every open connection (no close frame)."""
         for conn in list(self._conns):
             conn.ws.transport.abort()
+
+    def approve(self, request_id: str) -> PairedDevice:
+        """``openclaw devices approve <requestId>``: pair the pending device."""
+        request = self.pairing_requests.pop(request_id)
+        device = PairedDevice(request["deviceId"], request["publicKey"], request["role"],
+                              list(request["scopes"]))
+        self.paired[device.device_id] = device
+        self._notify()
+        return device
+
+    def pair(self, device_id: str, public_key: str,
+             scopes: Sequence[str] = ("operator.read", "operator.write")) -> PairedDevice:
+        """A device approved earlier (state a real gateway keeps across restarts)."""
+        device = PairedDevice(device_id, public_key, "operator", list(scopes))
+        self.paired[device_id] = device
+        return device
+
+    def rotate_device_token(self, device_id: str) -> str:
+        """``openclaw devices rotate``: the old token stops working."""
+        device = self.paired[device_id]
+        device.token = secrets.token_urlsafe(32)
+        device.issued_at_ms = int(time.time() * 1000)
+        return device.token
+
+    async def wait_pairing_refusals(self, n: int) -> None:
+        await self.wait_until(lambda: self.pairing_refusals >= n, f"{n} pairing refusals")
 
     def methods(self, method: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == method]
@@ -305,26 +365,31 @@ class FakeOpenClawGateway:
                 hint = {} if self.retry_after_ms is None else {"retryAfterMs": self.retry_after_ms}
                 raise _Reject("UNAVAILABLE", "gateway starting", {"reason": "startup-sidecars"},
                               close=1013, retryable=True, **hint)
-            granted = self._check_connect(conn, frame.get("params"))
+            granted, method, paired = self._check_connect(conn, frame.get("params"))
         except _Reject as rej:
             await conn.res_error(rid, rej.error)
-            await conn.ws.close(rej.close or 1008, "connect failed")
+            await conn.ws.close(rej.close or 1008, rej.close_reason)
             return False
         conn.scopes = granted
         self.hellos += 1
+        self.auth_methods.append(method)
         self._notify()
+        auth: dict[str, Any] = {"method": method, "role": "operator", "scopes": sorted(granted)}
+        if paired is not None:
+            auth.update(deviceToken=paired.token, issuedAtMs=paired.issued_at_ms)
         await conn.res_ok(rid, {
             "type": "hello-ok", "protocol": self.protocol,
             "server": {"version": "fake-2026.9", "connId": f"conn-{conn.number}"},
             "features": {"methods": sorted(METHOD_SCOPES), "events": ["chat", "agent", "tick"]},
             "snapshot": {},
-            "auth": {"role": "operator", "scopes": sorted(granted)},
+            "auth": auth,
             "policy": {"maxPayload": self.max_payload, "maxBufferedBytes": 2 * self.max_payload,
                        "tickIntervalMs": self.tick_interval_ms},
         })
         return True
 
-    def _check_connect(self, conn: _Conn, params: Any) -> set[str]:
+    def _check_connect(self, conn: _Conn, params: Any
+                       ) -> tuple[set[str], str, PairedDevice | None]:
         p = _closed(params, CONNECT_KEYS, "connect params")
         lo, hi = p.get("minProtocol"), p.get("maxProtocol")
         if not isinstance(lo, int) or not isinstance(hi, int):
@@ -345,26 +410,83 @@ class FakeOpenClawGateway:
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise _Reject("INVALID_REQUEST", "invalid connect params: scopes")
         auth = _closed(p.get("auth", {}), AUTH_KEYS, "connect params: at /auth")
-        token = auth.get("token")
-        if self.token:
-            if not token:
-                raise _Reject("INVALID_REQUEST", "unauthorized: gateway token missing",
-                              {"code": "AUTH_TOKEN_MISSING"})
-            if token != self.token:
-                raise _Reject("INVALID_REQUEST", "unauthorized: gateway token mismatch",
-                              {"code": "AUTH_TOKEN_MISMATCH"})
+        token, device_token = auth.get("token"), auth.get("deviceToken")
+        for name, value in (("token", token), ("deviceToken", device_token)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise _Reject("INVALID_REQUEST", f"invalid connect params: at /auth/{name}")
         device = p.get("device")
+        device_id = None
         if device is not None:
-            self._check_device(conn, device, client_id, mode, role, scopes, token or "",
-                               platform, client.get("deviceFamily"))
+            device_id = self._check_device(
+                conn, device, client_id, mode, role, scopes,
+                token or device_token or auth.get("bootstrapToken") or "", platform,
+                client.get("deviceFamily"))
         elif self.require_device:
             raise _Reject("INVALID_REQUEST", "device identity required",
                           {"code": "DEVICE_IDENTITY_REQUIRED"})
-        return {s for s in scopes if s in self.allowed_scopes}
+        method = self._authenticate(token, device_token, device_id)
+        paired = self._check_pairing(device, device_id, role, scopes)
+        if device_id is not None:
+            self.device_ids.append(device_id)
+        return {s for s in scopes if s in self.allowed_scopes}, method, paired
+
+    def _authenticate(self, token: str | None, device_token: str | None,
+                      device_id: str | None) -> str:
+        """Shared token first; else the device token (explicit, or ``auth.token``)."""
+        if not self.token or token == self.token:
+            return "token"
+        candidate = (device_token or token) if device_id else None
+        paired = self.paired.get(device_id or "")
+        if candidate and paired is not None and paired.token == candidate:
+            return "device-token"
+        if device_token and device_id:
+            raise _Reject("INVALID_REQUEST", "unauthorized: device token mismatch "
+                          "(rotate/reissue device token)",
+                          {"code": "AUTH_DEVICE_TOKEN_MISMATCH",
+                           "authReason": "device_token_mismatch",
+                           "canRetryWithDeviceToken": False,
+                           "recommendedNextStep": "update_auth_credentials"})
+        if token:
+            raise _Reject("INVALID_REQUEST", "unauthorized: gateway token mismatch",
+                          {"code": "AUTH_TOKEN_MISMATCH", "authReason": "token_mismatch",
+                           "canRetryWithDeviceToken": device_id is not None,
+                           "recommendedNextStep": "retry_with_device_token"
+                           if device_id is not None else "update_auth_credentials"})
+        raise _Reject("INVALID_REQUEST", "unauthorized: gateway token missing",
+                      {"code": "AUTH_TOKEN_MISSING", "authReason": "token_missing",
+                       "canRetryWithDeviceToken": False,
+                       "recommendedNextStep": "update_auth_configuration"})
+
+    def _check_pairing(self, device: Any, device_id: str | None, role: str,
+                       scopes: list[str]) -> PairedDevice | None:
+        """The paired device (gets a token), None (let in unpaired), or NOT_PAIRED."""
+        if device_id is None:
+            return None
+        public_key = device["publicKey"]
+        paired = self.paired.get(device_id)
+        if paired is not None and paired.public_key == public_key:
+            return paired
+        if not self.require_pairing:
+            return None
+        request_id = next((rid for rid, req in self.pairing_requests.items()
+                           if req["deviceId"] == device_id
+                           and req["publicKey"] == public_key), None)
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+            self.pairing_requests[request_id] = {
+                "requestId": request_id, "deviceId": device_id, "publicKey": public_key,
+                "role": role, "scopes": list(scopes)}
+        self.pairing_refusals += 1
+        message = "pairing required: device is not approved yet"
+        raise _Reject("NOT_PAIRED", message, {
+            "code": "PAIRING_REQUIRED", "reason": "not-paired", "requestId": request_id,
+            "remediationHint": "Approve this device from the pending pairing requests.",
+            "deviceId": device_id, "requestedRole": role, "requestedScopes": list(scopes),
+        }, close=1008, close_reason=f"{message} (requestId: {request_id})")
 
     def _check_device(self, conn: _Conn, device: Any, client_id: str, mode: str, role: str,
                       scopes: list[str], token: str, platform: str,
-                      family: str | None) -> None:
+                      family: str | None) -> str:
         d = _closed(device, DEVICE_KEYS, "connect params: at /device")
         device_id = _text(d, "id", "device")
         try:
@@ -391,7 +513,7 @@ class FakeOpenClawGateway:
         except (InvalidSignature, ValueError) as exc:
             raise _Reject("INVALID_REQUEST", "device signature invalid",
                           {"code": "DEVICE_AUTH_SIGNATURE_INVALID"}) from exc
-        self.device_ids.append(device_id)
+        return device_id
 
     async def _tick(self, conn: _Conn) -> None:
         with contextlib.suppress(ConnectionClosed):

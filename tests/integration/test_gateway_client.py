@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from agentic_fast.gateway import (
     load_or_create_identity,
     voice_session_key,
 )
+from agentic_fast.gateway.credentials import DeviceCredentials
+from agentic_fast.gateway.device import DeviceTokenStore, StoredDeviceToken
 from agentic_fast.gateway.protocol import connect_params
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 
@@ -174,6 +178,152 @@ async def test_unreachable_gateway_backs_off_doubling_to_the_cap(make_client, sl
             await sleeps.wait_count(6)
         assert not client.is_open
     assert sleeps.delays[:6] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+# --- pairing and the device token -------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DeviceTokenStore:
+    return DeviceTokenStore.beside(tmp_path / "device_key")
+
+
+def pair(fake: FakeOpenClawGateway, identity: DeviceIdentity) -> str:
+    """The owner approved this device earlier; the token the gateway will issue it."""
+    return fake.pair(identity.device_id, identity.public_key_b64url).token
+
+
+async def test_pairing_required_is_retried_until_the_owner_approves(
+        make_client, store, sleeps, tmp_path, caplog):
+    async with FakeOpenClawGateway(token=TOKEN, require_pairing=True) as remote:
+        client = make_client(remote.url, token_store=store)
+        with caplog.at_level("INFO", logger="agentic_fast.gateway"):
+            async with client:
+                await client.start()
+                async with asyncio.timeout(10):
+                    await sleeps.wait_count(3)
+                # still waiting for the owner, not given up until restart
+                assert client.fatal_error is None
+                pending = client.pairing_required
+                assert pending is not None and pending.device_id == client.device_id
+                assert list(remote.pairing_requests) == [pending.request_id]
+                with pytest.raises(GatewayTimeoutError, match=pending.request_id):
+                    await client.wait_ready(timeout=0.01)
+                remote.approve(pending.request_id)
+                hello = await client.wait_ready()
+                assert client.pairing_required is None
+        issued = remote.paired[client.device_id].token
+        assert hello.device_token == issued
+    assert sleeps.delays[:3] == [1.0, 2.0, 4.0]  # the reconnect backoff, bounded by its cap
+    warnings = [r.getMessage() for r in caplog.records
+                if "gateway.pairing.required" in r.getMessage()]
+    assert len(warnings) == 1  # once per pairing request, then quieter retries
+    assert f"device_id={client.device_id}" in warnings[0]
+    assert f'approve="openclaw devices approve {pending.request_id}"' in warnings[0]
+    stored = json.loads(store.path.read_text())
+    assert (stored["token"], stored["deviceId"]) == (issued, client.device_id)
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+async def test_device_token_is_reused_after_a_restart(make_client, store, tmp_path):
+    identity = load_or_create_identity(tmp_path / "device_key")
+    async with FakeOpenClawGateway(token=TOKEN, require_pairing=True) as remote:
+        issued = pair(remote, identity)
+        async with make_client(remote.url, token_store=store) as first:
+            assert (await first.wait_ready()).device_token == issued
+        assert remote.methods("connect")[0]["params"]["auth"] == {"token": TOKEN}
+        # restart, the shared token no longer configured: the device token is the credential
+        async with make_client(remote.url, token="", token_store=store) as second:
+            await second.wait_ready()
+        assert second.device_token == issued
+        assert remote.methods("connect")[1]["params"]["auth"] == {"deviceToken": issued}
+        assert remote.auth_methods == ["token", "device-token"]
+
+
+async def test_device_token_survives_a_rotated_shared_token_on_loopback(
+        fake, make_client, store, tmp_path):
+    issued = pair(fake, load_or_create_identity(tmp_path / "device_key"))
+    async with make_client(fake.url, token_store=store) as first:
+        await first.wait_ready()
+    async with make_client(fake.url, token="rotated-away", token_store=store) as second:
+        await second.wait_ready()
+    assert fake.methods("connect")[1]["params"]["auth"] == {"token": "rotated-away",
+                                                            "deviceToken": issued}
+    assert fake.auth_methods == ["token", "device-token"]
+
+
+def test_device_token_is_not_offered_to_a_remote_host_with_a_shared_token(store, tmp_path):
+    identity = load_or_create_identity(tmp_path / "device_key")
+    for url in ("wss://gateway.example:18789", "ws://127.0.0.1:18789", "ws://[::1]:1"):
+        store.save(StoredDeviceToken(token="dev", device_id=identity.device_id,
+                                     role="operator", gateway_url=url))
+        with_token = DeviceCredentials(device_id=identity.device_id, url=url,
+                                       shared_token=TOKEN, store=store)
+        without = DeviceCredentials(device_id=identity.device_id, url=url, shared_token="",
+                                    store=store)
+        remote = url.startswith("wss://gateway")
+        assert with_token.for_connect() == (None if remote else "dev")
+        assert without.for_connect() == "dev"
+
+
+async def test_a_rotated_device_token_replaces_the_stored_one(fake, make_client, store,
+                                                             tmp_path):
+    identity = load_or_create_identity(tmp_path / "device_key")
+    old = pair(fake, identity)
+    async with make_client(fake.url, token_store=store) as first:
+        await first.wait_ready()
+    new = fake.rotate_device_token(identity.device_id)
+    async with make_client(fake.url, token_store=store) as second:
+        await second.wait_ready()
+    assert old != new
+    assert json.loads(store.path.read_text())["token"] == new
+
+
+async def test_a_rejected_device_token_is_forgotten_not_retried_forever(
+        fake, make_client, store, tmp_path, caplog):
+    identity = load_or_create_identity(tmp_path / "device_key")
+    revoked = pair(fake, identity)
+    async with make_client(fake.url, token_store=store) as first:
+        await first.wait_ready()
+    fake.rotate_device_token(identity.device_id)  # the stored token is now revoked
+    with caplog.at_level("WARNING", logger="agentic_fast.gateway"):
+        async with make_client(fake.url, token="", token_store=store) as second:
+            with pytest.raises(GatewayError) as info:
+                await second.wait_ready()
+    # the revoked token was dropped, and without it there is no credential left: fatal
+    assert [c["params"].get("auth") for c in fake.methods("connect")[1:]] == [
+        {"deviceToken": revoked}, None]
+    assert info.value.details_code == "AUTH_TOKEN_MISSING"
+    assert not store.path.exists()
+    assert second.device_token is None
+    assert any("gateway.device_token.rejected" in r.getMessage() for r in caplog.records)
+
+
+async def test_corrupt_token_file_does_not_stop_the_client(fake, make_client, store,
+                                                          tmp_path, caplog):
+    issued = pair(fake, load_or_create_identity(tmp_path / "device_key"))
+    store.path.write_text("{ this is not json")
+    os.chmod(store.path, 0o600)
+    with caplog.at_level("WARNING", logger="agentic_fast.gateway"):
+        async with make_client(fake.url, token_store=store) as client:
+            await client.wait_ready()
+    assert fake.methods("connect")[0]["params"]["auth"] == {"token": TOKEN}
+    assert any("gateway.device_token.corrupt" in r.getMessage() for r in caplog.records)
+    assert json.loads(store.path.read_text())["token"] == issued  # rewritten whole
+
+
+async def test_from_config_keeps_the_device_token_beside_the_key(fake, tmp_path):
+    key = tmp_path / "state" / "gateway_device_key"
+    issued = pair(fake, load_or_create_identity(key))
+    config = GatewayConfig(url=fake.url, token=TOKEN, device_key_path=str(key))
+    async with GatewayClient.from_config(config) as client:
+        await client.wait_ready()
+    token_file = key.with_name("gateway_device_key.token")
+    assert json.loads(token_file.read_text())["token"] == issued
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    async with GatewayClient.from_config(config) as again:
+        await again.wait_ready()
+    assert fake.methods("connect")[1]["params"]["auth"]["deviceToken"] == issued
 
 
 # --- chat.send ------------------------------------------------------------------------------
@@ -402,12 +552,12 @@ async def test_many_concurrent_runs_share_one_connection(fake, make_client):
 # --- the fake itself follows protocols.md 5 (raw frames, not through the client) -----------
 
 
-async def raw_handshake(url: str, **overrides: object):
+async def raw_handshake(url: str, identity: DeviceIdentity | None = None, **overrides: object):
     """Open a raw socket, answer the challenge with a signed connect; (ws, hello frame)."""
     ws = await websockets_connect(url)
     challenge = json.loads(await ws.recv())
     assert challenge["event"] == "connect.challenge"
-    params = connect_params(signer=DeviceIdentity.generate(), token=TOKEN,
+    params = connect_params(signer=identity or DeviceIdentity.generate(), token=TOKEN,
                             nonce=challenge["payload"]["nonce"],
                             signed_at=challenge["payload"]["ts"], client_version="0.1.0",
                             platform="linux")
@@ -440,6 +590,27 @@ async def test_fake_rejects_unknown_properties_and_a_missing_idempotency_key(fak
         res = json.loads(await ws.recv())
     assert (res["ok"], res["error"]["code"]) == (False, "INVALID_REQUEST")
     await ws.close()
+
+
+async def test_fake_refuses_an_unpaired_device_like_the_real_gateway():
+    async with FakeOpenClawGateway(token=TOKEN, require_pairing=True) as remote:
+        identity = DeviceIdentity.generate()
+        ws, hello = await raw_handshake(remote.url, identity)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        ws2, again = await raw_handshake(remote.url, identity)
+        await ws2.close()
+    error = hello["error"]
+    assert (error["code"], error["message"]) == ("NOT_PAIRED",
+                                                 "pairing required: device is not approved yet")
+    assert "retryable" not in error
+    details = error["details"]
+    assert (details["code"], details["reason"]) == ("PAIRING_REQUIRED", "not-paired")
+    assert details["requestId"] in remote.pairing_requests
+    assert again["error"]["details"]["requestId"] == details["requestId"]  # reused
+    assert ws.close_code == 1008
+    assert ws.close_reason == ("pairing required: device is not approved yet "
+                               f"(requestId: {details['requestId']})")
 
 
 async def test_fake_rejects_a_bad_signature(fake):

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agentic_fast import metrics
 from agentic_fast.errors import (
     ConfigError,
     GatewayError,
@@ -18,6 +19,8 @@ from agentic_fast.errors import (
 )
 from agentic_fast.gateway.device import (
     DeviceIdentity,
+    DeviceTokenStore,
+    StoredDeviceToken,
     b64url_decode,
     b64url_encode,
     device_id_for,
@@ -40,6 +43,7 @@ from agentic_fast.gateway.protocol import (
     parse_chat_event,
     parse_frame,
     parse_hello_ok,
+    parse_pairing_required,
     voice_session_key,
 )
 from agentic_fast.gateway.run import PendingRunBuffer
@@ -162,6 +166,61 @@ def test_connect_without_token_sends_no_auth_and_signs_an_empty_token():
     assert identity.verify(b64url_decode(params["device"]["signature"]), signed.encode())
 
 
+def test_connect_carries_the_device_token_and_signs_the_shared_token_first():
+    identity = DeviceIdentity.generate()
+    params = connect_params(signer=identity, token="tok", nonce="n", signed_at=1,
+                            client_version="0.1.0", platform="linux", device_token="dev-tok")
+    assert params["auth"] == {"token": "tok", "deviceToken": "dev-tok"}
+    signed = "v3|" + identity.device_id + "|gateway-client|backend|operator|" \
+        "operator.read,operator.write|1|tok|n|linux|"
+    assert identity.verify(b64url_decode(params["device"]["signature"]), signed.encode())
+
+
+def test_connect_with_only_a_device_token_signs_the_device_token():
+    identity = DeviceIdentity.generate()
+    params = connect_params(signer=identity, token="", nonce="n", signed_at=1,
+                            client_version="0.1.0", platform="linux", device_token="dev-tok")
+    assert params["auth"] == {"deviceToken": "dev-tok"}
+    signed = "v3|" + identity.device_id + "|gateway-client|backend|operator|" \
+        "operator.read,operator.write|1|dev-tok|n|linux|"
+    assert identity.verify(b64url_decode(params["device"]["signature"]), signed.encode())
+
+
+# What OpenClaw 2026.9.6 answered live to an unapproved backend device (connect from a LAN
+# address): error.code NOT_PAIRED, no retryable flag, then close 1008.
+PAIRING_ERROR = ErrorShape("NOT_PAIRED", "pairing required: device is not approved yet", {
+    "code": "PAIRING_REQUIRED", "reason": "not-paired",
+    "requestId": "73135b20-713e-4a35-9df8-a837abcefab1",
+    "remediationHint": "Approve this device from the pending pairing requests.",
+    "deviceId": "34b290718003aa7db1bee75f51ed84d6f6e9c18953e313bb0610bf8f90c36afa",
+    "requestedRole": "operator", "requestedScopes": ["operator.read", "operator.write"]})
+
+
+def test_pairing_required_is_retryable_and_names_the_approve_command():
+    exc = error_from_shape(PAIRING_ERROR, "connect")
+    assert (exc.code, exc.details_code, exc.retryable) == ("NOT_PAIRED", "PAIRING_REQUIRED",
+                                                           True)
+    pairing = parse_pairing_required(exc.details)
+    assert pairing is not None
+    assert pairing.request_id == "73135b20-713e-4a35-9df8-a837abcefab1"
+    assert pairing.device_id == PAIRING_ERROR.details["deviceId"]
+    assert pairing.reason == "not-paired"
+    assert pairing.approve_command == \
+        "openclaw devices approve 73135b20-713e-4a35-9df8-a837abcefab1"
+
+
+def test_pairing_details_are_untrusted():
+    pairing = parse_pairing_required({"code": "PAIRING_REQUIRED",
+                                      "requestId": "x; rm -rf / #", "deviceId": 42})
+    assert pairing is not None
+    assert (pairing.request_id, pairing.device_id) == (None, None)
+    assert pairing.approve_command == "openclaw devices approve --latest"
+    assert parse_pairing_required({"code": "AUTH_TOKEN_MISMATCH"}) is None
+    assert parse_pairing_required(None) is None
+    explicit = ErrorShape("NOT_PAIRED", "m", {"code": "PAIRING_REQUIRED"}, retryable=False)
+    assert error_from_shape(explicit).retryable is False
+
+
 # --- handshake table ----------------------------------------------------------------------
 
 
@@ -224,6 +283,16 @@ def test_parse_hello_ok_reads_policy_and_auth():
     assert hello.policy.max_buffered_bytes == 52428800
     assert hello.scopes == ("operator.read", "operator.write")
     assert hello.role == "operator"
+    assert hello.device_token is None
+
+
+def test_parse_hello_ok_reads_the_device_token():
+    auth = {**HELLO["auth"], "method": "token", "deviceToken": "irzme-tok",
+            "issuedAtMs": 1796506077173}
+    hello = parse_hello_ok({**HELLO, "auth": auth})
+    assert (hello.device_token, hello.auth_method, hello.device_token_issued_at_ms) == (
+        "irzme-tok", "token", 1796506077173)
+    assert parse_hello_ok({**HELLO, "auth": {**auth, "deviceToken": ""}}).device_token is None
 
 
 # --- chat -----------------------------------------------------------------------------------
@@ -368,3 +437,86 @@ def test_corrupt_key_file_names_the_config_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_or_create_identity(path)
     assert info.value.key == "gateway.device_key_path"
+
+
+# --- device token file --------------------------------------------------------------------
+
+URL = "ws://127.0.0.1:18789"
+
+
+def record(identity: DeviceIdentity, token: str = "dev-tok") -> StoredDeviceToken:
+    return StoredDeviceToken(token=token, device_id=identity.device_id, role="operator",
+                             gateway_url=URL, scopes=("operator.read",), issued_at_ms=7)
+
+
+def test_token_file_is_written_0600_by_atomic_replace_and_read_back(tmp_path):
+    identity = DeviceIdentity.generate()
+    store = DeviceTokenStore.beside(tmp_path / "keys" / "gateway_device_key")
+    assert store.path == tmp_path / "keys" / "gateway_device_key.token"
+    assert store.load(device_id=identity.device_id, role="operator", gateway_url=URL) is None
+    store.path.parent.mkdir()
+    store.path.write_text("old")
+    os.chmod(store.path, 0o644)
+    old_inode = store.path.stat().st_ino
+    assert store.save(record(identity))
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert store.path.stat().st_ino != old_inode  # replaced, not rewritten in place
+    assert sorted(p.name for p in store.path.parent.iterdir()) == [store.path.name]
+    assert store.load(device_id=identity.device_id, role="operator",
+                      gateway_url=URL) == record(identity)
+    store.clear()
+    assert not store.path.exists()
+
+
+@pytest.mark.parametrize("content", [b"not json", b"[]", b'{"version": 1, "token": ""}',
+                                     b'{"version": 99}', b"\xff\xfe"])
+def test_corrupt_token_file_is_a_logged_warning_and_ignored(tmp_path, caplog, content):
+    identity = DeviceIdentity.generate()
+    store = DeviceTokenStore(tmp_path / "key.token")
+    store.path.write_bytes(content)
+    before = metrics.get("gateway.device_token.corrupt")
+    with caplog.at_level("WARNING", logger="agentic_fast.gateway"):
+        assert store.load(device_id=identity.device_id, role="operator",
+                          gateway_url=URL) is None
+    assert metrics.get("gateway.device_token.corrupt") == before + 1
+    line = next(r.getMessage() for r in caplog.records
+                if "gateway.device_token.corrupt" in r.getMessage())
+    assert str(store.path) in line
+
+
+def test_unreadable_token_file_is_a_logged_warning_and_ignored(tmp_path, caplog):
+    identity = DeviceIdentity.generate()
+    store = DeviceTokenStore(tmp_path / "key.token")
+    store.path.mkdir()  # reading it fails with an OSError
+    with caplog.at_level("WARNING", logger="agentic_fast.gateway"):
+        assert store.load(device_id=identity.device_id, role="operator",
+                          gateway_url=URL) is None
+    assert any("gateway.device_token.unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_loose_token_file_permissions_are_tightened(tmp_path):
+    identity = DeviceIdentity.generate()
+    store = DeviceTokenStore(tmp_path / "key.token")
+    assert store.save(record(identity))
+    os.chmod(store.path, 0o644)
+    assert store.load(device_id=identity.device_id, role="operator", gateway_url=URL)
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+def test_token_of_another_device_or_gateway_is_not_used(tmp_path):
+    identity, other = DeviceIdentity.generate(), DeviceIdentity.generate()
+    store = DeviceTokenStore(tmp_path / "key.token")
+    assert store.save(record(other))
+    assert store.load(device_id=identity.device_id, role="operator", gateway_url=URL) is None
+    assert store.save(record(identity))
+    assert store.load(device_id=identity.device_id, role="operator",
+                      gateway_url="wss://elsewhere.example") is None
+
+
+def test_a_token_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
+    identity = DeviceIdentity.generate()
+    (tmp_path / "file").write_text("x")
+    store = DeviceTokenStore(tmp_path / "file" / "key.token")  # parent is not a folder
+    with caplog.at_level("WARNING", logger="agentic_fast.gateway"):
+        assert store.save(record(identity)) is False
+    assert any("gateway.device_token.save_failed" in r.getMessage() for r in caplog.records)

@@ -14,6 +14,12 @@ One connection task keeps the link up: handshake (15 s), reconnect with backoff 
 doubling to 30 s, jittered), ``UNAVAILABLE`` retried after its ``retryAfterMs``, and a tick
 watchdog (2 ticks of silence = dead link). Requests in flight when the link drops fail with
 :class:`GatewayConnectionError`; runs too. Every queue is bounded.
+
+Pairing: a gateway that does not know this device yet refuses the connect with
+``PAIRING_REQUIRED``; the client logs the device id and the ``openclaw devices approve
+<requestId>`` command for the owner and keeps retrying with the backoff until approved. The
+device token the gateway then issues (``hello-ok.auth.deviceToken``) is stored beside the
+device key and sent on later connects; a token the gateway rejects is forgotten.
 """
 
 from __future__ import annotations
@@ -38,19 +44,26 @@ from agentic_fast.errors import (
     GatewayTimeoutError,
     RemoteProtocolError,
 )
-from agentic_fast.gateway.device import DeviceIdentity, load_or_create_identity
+from agentic_fast.gateway.credentials import DeviceCredentials
+from agentic_fast.gateway.device import (
+    DeviceIdentity,
+    DeviceTokenStore,
+    load_or_create_identity,
+)
 from agentic_fast.gateway.protocol import (
     Backoff,
     ChatEvent,
     ClientHandshake,
     Event,
     HelloOk,
+    PairingRequired,
     Response,
     chat_abort_params,
     encode_request,
     error_from_shape,
     parse_chat_event,
     parse_frame,
+    parse_pairing_required,
 )
 from agentic_fast.gateway.run import ChatRun, PendingRunBuffer, RunRoute, abort_quietly
 from agentic_fast.log import get_logger
@@ -101,10 +114,13 @@ class GatewayClient:
                  max_request_retries: int = 5, max_pending: int = 256, max_runs: int = 256,
                  run_queue_size: int = 256, early_buffer_size: int = 256,
                  max_message_size: int = 16 * 1024 * 1024, client_version: str = __version__,
-                 client_platform: str | None = None) -> None:
+                 client_platform: str | None = None,
+                 token_store: DeviceTokenStore | None = None) -> None:
         self._url = url
         self._identity = identity
         self._token = token
+        self._credentials = DeviceCredentials(device_id=identity.device_id, url=url,
+                                              shared_token=token, store=token_store)
         self._handshake_timeout = handshake_timeout
         self._request_timeout = request_timeout
         self._abort_timeout = abort_timeout
@@ -135,9 +151,13 @@ class GatewayClient:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> GatewayClient:
-        """A client for ``config`` (url, token, device key created on first use)."""
+        """A client for ``config`` (url, token, device key created on first use).
+
+        The device token is kept beside the device key (``<device_key_path>.token``).
+        """
         identity = kwargs.pop("identity", None) or load_or_create_identity(
             config.device_key_file)
+        kwargs.setdefault("token_store", DeviceTokenStore.beside(config.device_key_file))
         return cls(config.url, identity=identity, token=config.token, **kwargs)
 
     # --- state ------------------------------------------------------------------------------
@@ -159,6 +179,16 @@ class GatewayClient:
     def connections(self) -> int:
         """How many times a connection was opened (1 + reconnects)."""
         return self._connections
+
+    @property
+    def pairing_required(self) -> PairingRequired | None:
+        """The pending pairing request while the gateway waits for the owner's approval."""
+        return self._credentials.pairing
+
+    @property
+    def device_token(self) -> str | None:
+        """The device token the gateway issued to this device (stored), if any."""
+        return self._credentials.token
 
     @property
     def fatal_error(self) -> GatewayError | None:
@@ -185,8 +215,12 @@ class GatewayClient:
         except TimeoutError as exc:
             if isinstance(exc, GatewayTimeoutError):
                 raise
+            waiting = ""
+            if (pairing := self._credentials.pairing) is not None:
+                waiting = (f" (device {self.device_id} awaits pairing approval: "
+                           f"{pairing.approve_command})")
             raise GatewayTimeoutError(f"no open connection to {self._url} "
-                                      f"within {wait_for:g} s") from exc
+                                      f"within {wait_for:g} s{waiting}") from exc
 
     async def close(self) -> None:
         """Let pending aborts go out (bounded), then close the link and fail what is left."""
@@ -379,7 +413,9 @@ class GatewayClient:
                 await self._connect_once()
                 delays = self._backoff.delays()  # it was open: start the backoff afresh
             except GatewayError as exc:
-                if not exc.retryable:
+                if self._credentials.rejected(exc):
+                    await self._credentials.forget()  # then retry without it, once
+                elif not exc.retryable:
                     self._fatal = exc
                     metrics.incr("gateway.connect.refused")
                     _log.error("gateway.connect.refused", url=self._url, code=exc.code,
@@ -387,10 +423,9 @@ class GatewayClient:
                     self._fail_all(f"gateway refused the connection: {exc}")
                     self._ready.set()
                     return
-                delay = _retry_delay(exc, delays, self._backoff.maximum)
-                metrics.incr("gateway.connect.unavailable")
-                _log.info("gateway.connect.retry", code=exc.code, delay_s=round(delay, 3),
-                          reason=_details_reason(exc))
+                else:
+                    delay = _retry_delay(exc, delays, self._backoff.maximum)
+                    self._on_retryable_refusal(exc, delay)
             except InvalidURI as exc:
                 self._fatal = GatewayError(f"bad gateway url {self._url}: {exc}",
                                            code="INVALID_URL")
@@ -426,14 +461,21 @@ class GatewayClient:
                 raise GatewayTimeoutError(f"handshake with {self._url} took over "
                                           f"{self._handshake_timeout:g} s") from exc
             raise
+        try:
+            await self._credentials.keep(hello)  # durable before anyone uses the link
+        except BaseException:
+            ws.transport.abort()
+            raise
         link = _Link(ws, hello, asyncio.get_running_loop().time())
         self._link = link
         self._connections += 1
+        self._credentials.opened()
         self._ready.set()
         metrics.incr("gateway.connect.open")
         _log.info("gateway.open", url=self._url, device_id=self.device_id[:16],
                   conn_id=hello.conn_id, tick_ms=hello.policy.tick_interval_ms,
-                  max_payload=hello.policy.max_payload, scopes=",".join(hello.scopes))
+                  max_payload=hello.policy.max_payload, scopes=",".join(hello.scopes),
+                  auth=hello.auth_method)
         reason = "closed"
         watchdog = asyncio.create_task(self._watch_ticks(link))
         try:
@@ -457,7 +499,8 @@ class GatewayClient:
     async def _handshake(self, ws: ClientConnection) -> HelloOk:
         handshake = ClientHandshake(signer=self._identity, token=self._token,
                                     client_version=self._client_version,
-                                    platform=self._platform)
+                                    platform=self._platform,
+                                    device_token=self._credentials.for_connect())
         async for message in ws:
             out = handshake.receive(parse_frame(message))
             if out.send is not None:
@@ -466,6 +509,15 @@ class GatewayClient:
                 return out.hello
         raise GatewayConnectionError(f"gateway closed the connection during the handshake "
                                      f"({_close_reason(ws)})")
+
+    def _on_retryable_refusal(self, exc: GatewayError, delay: float) -> None:
+        pairing = parse_pairing_required(exc.details)
+        if pairing is not None:
+            self._credentials.pairing_required(pairing, delay)
+            return
+        metrics.incr("gateway.connect.unavailable")
+        _log.info("gateway.connect.retry", code=exc.code, details_code=exc.details_code,
+                  delay_s=round(delay, 3), reason=_details_reason(exc))
 
     async def _watch_ticks(self, link: _Link) -> None:
         """Abort the transport after 2 tick intervals without any frame."""

@@ -32,6 +32,7 @@ __all__ = [
     "CLIENT_ID",
     "CLIENT_MODE",
     "OPERATOR_SCOPES",
+    "PAIRING_REQUIRED",
     "PROTOCOL_VERSION",
     "ROLE",
     "TERMINAL_STATES",
@@ -43,6 +44,7 @@ __all__ = [
     "HandshakeOutput",
     "HandshakeState",
     "HelloOk",
+    "PairingRequired",
     "Policy",
     "Request",
     "Response",
@@ -56,6 +58,7 @@ __all__ = [
     "parse_chat_event",
     "parse_frame",
     "parse_hello_ok",
+    "parse_pairing_required",
     "voice_session_key",
 ]
 
@@ -66,6 +69,9 @@ CLIENT_MODE = "backend"
 ROLE = "operator"
 OPERATOR_SCOPES: tuple[str, ...] = ("operator.read", "operator.write")
 QUEUE_MODES = frozenset({"steer", "followup", "collect", "interrupt"})
+#: ``error.details.code`` of a connect refused until the owner approves this device
+#: (``error.code`` is ``NOT_PAIRED``; the socket then closes with 1008).
+PAIRING_REQUIRED = "PAIRING_REQUIRED"
 
 # chat event states (protocols.md 5.3)
 STATUS, DELTA, FINAL, ERROR, ABORTED = "status", "delta", "final", "error", "aborted"
@@ -98,8 +104,15 @@ class ErrorShape:
 
     @property
     def should_retry(self) -> bool:
-        """Retry later: explicit ``retryable``, else ``UNAVAILABLE`` means retryable."""
-        return self.retryable if self.retryable is not None else self.code == "UNAVAILABLE"
+        """Retry later: explicit ``retryable``, else ``UNAVAILABLE`` or a pending pairing.
+
+        The gateway sends no ``retryable`` with ``PAIRING_REQUIRED`` for a backend client
+        (only ``wait_then_retry`` for bootstrap / Control UI flows), but a server process
+        must keep retrying until the owner approves the device, not stop until restarted.
+        """
+        if self.retryable is not None:
+            return self.retryable
+        return self.code == "UNAVAILABLE" or self.details_code == PAIRING_REQUIRED
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,12 +263,18 @@ def device_auth_payload_v3(*, device_id: str, client_id: str, client_mode: str, 
 
 def connect_params(*, signer: Signer, token: str, nonce: str, signed_at: int,
                    client_version: str, platform: str, device_family: str | None = None,
-                   scopes: Sequence[str] = OPERATOR_SCOPES) -> dict[str, Any]:
-    """``connect`` params: protocol 4, operator role, token auth and a signed device."""
+                   scopes: Sequence[str] = OPERATOR_SCOPES,
+                   device_token: str | None = None) -> dict[str, Any]:
+    """``connect`` params: protocol 4, operator role, token auth and a signed device.
+
+    ``device_token`` (the one a paired device got in ``hello-ok.auth.deviceToken``) goes in
+    ``auth.deviceToken``; the gateway checks it when the shared ``token`` is absent or wrong.
+    The signature binds ``auth.token``, else ``auth.deviceToken`` (the gateway's order).
+    """
     payload = device_auth_payload_v3(
         device_id=signer.device_id, client_id=CLIENT_ID, client_mode=CLIENT_MODE, role=ROLE,
-        scopes=scopes, signed_at=signed_at, token=token, nonce=nonce, platform=platform,
-        device_family=device_family)
+        scopes=scopes, signed_at=signed_at, token=token or device_token, nonce=nonce,
+        platform=platform, device_family=device_family)
     client: dict[str, Any] = {"id": CLIENT_ID, "version": client_version,
                               "platform": platform, "mode": CLIENT_MODE}
     if device_family:
@@ -267,8 +286,13 @@ def connect_params(*, signer: Signer, token: str, nonce: str, signed_at: int,
                    "signature": signer.sign_text(payload), "signedAt": signed_at,
                    "nonce": nonce},
     }
+    auth: dict[str, str] = {}
     if token:
-        params["auth"] = {"token": token}
+        auth["token"] = token
+    if device_token:
+        auth["deviceToken"] = device_token
+    if auth:
+        params["auth"] = auth
     return params
 
 
@@ -291,6 +315,11 @@ class HelloOk:
     scopes: tuple[str, ...]
     server_version: str | None = None
     conn_id: str | None = None
+    #: ``auth.deviceToken``: issued to a paired device; reuse it on later connects.
+    device_token: str | None = None
+    #: ``auth.method``: how the gateway authenticated us (``token``, ``device-token``...).
+    auth_method: str | None = None
+    device_token_issued_at_ms: int | None = None
 
 
 def _positive(obj: Mapping[str, Any], key: str) -> int:
@@ -314,6 +343,8 @@ def parse_hello_ok(payload: Any) -> HelloOk:
     auth = payload.get("auth") if isinstance(payload.get("auth"), dict) else {}
     server = payload.get("server") if isinstance(payload.get("server"), dict) else {}
     scopes = auth.get("scopes")
+    device_token = auth.get("deviceToken")
+    issued = auth.get("issuedAtMs")
     return HelloOk(
         protocol=PROTOCOL_VERSION,
         policy=Policy(_positive(policy, "maxPayload"), _positive(policy, "tickIntervalMs"),
@@ -321,7 +352,48 @@ def parse_hello_ok(payload: Any) -> HelloOk:
         role=auth.get("role") if isinstance(auth.get("role"), str) else None,
         scopes=tuple(s for s in scopes if isinstance(s, str)) if isinstance(scopes, list) else (),
         server_version=server.get("version") if isinstance(server.get("version"), str) else None,
-        conn_id=server.get("connId") if isinstance(server.get("connId"), str) else None)
+        conn_id=server.get("connId") if isinstance(server.get("connId"), str) else None,
+        device_token=device_token if isinstance(device_token, str) and device_token else None,
+        auth_method=auth.get("method") if isinstance(auth.get("method"), str) else None,
+        device_token_issued_at_ms=issued if isinstance(issued, int)
+        and not isinstance(issued, bool) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class PairingRequired:
+    """``details`` of a connect refused with ``PAIRING_REQUIRED`` (device not approved yet)."""
+
+    device_id: str | None
+    request_id: str | None
+    reason: str | None  # not-paired | role-upgrade | scope-upgrade | metadata-upgrade
+    recommended_next_step: str | None = None
+
+    @property
+    def approve_command(self) -> str:
+        """The OpenClaw CLI command that approves this request (it takes the request id)."""
+        if self.request_id:
+            return f"openclaw devices approve {self.request_id}"
+        return "openclaw devices approve --latest"
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def parse_pairing_required(details: Any) -> PairingRequired | None:
+    """The pairing details of a connect error, or None if it is not ``PAIRING_REQUIRED``.
+
+    Values are untrusted and end up in log lines: ids are kept only when they look like ids.
+    """
+    if not isinstance(details, dict) or details.get("code") != PAIRING_REQUIRED:
+        return None
+
+    def text(key: str, pattern: re.Pattern[str] = _REQUEST_ID) -> str | None:
+        value = details.get(key)
+        return value if isinstance(value, str) and pattern.match(value) else None
+
+    return PairingRequired(device_id=text("deviceId"), request_id=text("requestId"),
+                           reason=text("reason"),
+                           recommended_next_step=text("recommendedNextStep"))
 
 
 class HandshakeState(Enum):
@@ -363,9 +435,11 @@ class ClientHandshake:
 
     def __init__(self, *, signer: Signer, token: str, client_version: str, platform: str,
                  device_family: str | None = None, request_id: str = "connect",
-                 scopes: Sequence[str] = OPERATOR_SCOPES) -> None:
+                 scopes: Sequence[str] = OPERATOR_SCOPES,
+                 device_token: str | None = None) -> None:
         self._signer = signer
         self._token = token
+        self._device_token = device_token
         self._client_version = client_version
         self._platform = platform
         self._device_family = device_family
@@ -418,7 +492,7 @@ class ClientHandshake:
         params = connect_params(signer=self._signer, token=self._token, nonce=nonce,
                                 signed_at=ts, client_version=self._client_version,
                                 platform=self._platform, device_family=self._device_family,
-                                scopes=self._scopes)
+                                scopes=self._scopes, device_token=self._device_token)
         return encode_request(self.request_id, "connect", params)
 
 
