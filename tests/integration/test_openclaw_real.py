@@ -19,7 +19,6 @@ Select with ``pytest -m openclaw``. Timings are printed and recorded as properti
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -32,12 +31,10 @@ from agentic_fast.gateway import (
     load_or_create_identity,
     voice_session_key,
 )
-from agentic_fast.gateway.device import DeviceTokenStore
 from tests.fakes.fake_chat_model import FakeChatModel
 from tests.fakes.openclaw_real import (
     OpenClawInstall,
     RealGateway,
-    lan_address,
 )
 
 pytestmark = pytest.mark.openclaw
@@ -111,64 +108,3 @@ async def test_real_gateway_answers_a_command_and_aborts(
     for name, value in timings.items():
         record_property(name, round(value, 3))
     print("\nopenclaw timings: " + ", ".join(f"{k}={v:.2f}" for k, v in timings.items()))
-
-
-async def test_real_gateway_pairing_issues_a_device_token_that_is_reused(
-        openclaw: OpenClawInstall, tmp_path: Path) -> None:
-    host = lan_address()
-    if host is None:
-        pytest.skip("no non-loopback address to reach the gateway as a remote client")
-    identity = load_or_create_identity(tmp_path / "device_key")
-    store = DeviceTokenStore.beside(tmp_path / "device_key")
-    async with FakeChatModel(default_reply=REPLY) as model:
-        gateway = RealGateway(openclaw, tmp_path / "openclaw", token=TOKEN, bind="lan",
-                              model_base_url=model.base_url, model_id=model.model)
-        await gateway.start()
-        try:
-            # loopback backend: in without pairing, and no device token for it
-            async with GatewayClient(gateway.url, token=TOKEN, identity=identity,
-                                     token_store=store,
-                                     backoff=Backoff(initial=0.25, maximum=1.0)) as local:
-                try:
-                    hello = await local.wait_ready(timeout=READY_TIMEOUT_S)
-                except PeerUnavailableError as exc:
-                    pytest.fail(f"gateway never accepted the handshake ({exc}); "
-                                f"exit={gateway.exited()}\n{gateway.log_tail()}")
-                assert hello.device_token is None
-
-            remote_url = f"ws://{host}:{gateway.port}"
-            pairing_seen = asyncio.Event()
-
-            async def sleep(delay: float) -> None:  # the client's backoff, watched
-                if remote.pairing_required is not None:
-                    pairing_seen.set()
-                await asyncio.sleep(delay)
-
-            remote = GatewayClient(remote_url, token=TOKEN, identity=identity,
-                                   token_store=store, sleep=sleep,
-                                   backoff=Backoff(initial=0.25, maximum=1.0))
-            async with remote:
-                await remote.start()
-                async with asyncio.timeout(60):
-                    await pairing_seen.wait()
-                pending = remote.pairing_required
-                assert pending is not None and pending.device_id == identity.device_id
-                assert remote.fatal_error is None  # waiting for the owner, not stopped
-                assert pending.request_id is not None, gateway.log_tail()
-                rc, out = await gateway.cli("devices", "approve", pending.request_id)
-                assert rc == 0, out
-                hello = await remote.wait_ready(timeout=60)
-                assert hello.device_token, hello
-                assert remote.pairing_required is None
-            stored = store.load(device_id=identity.device_id, role="operator",
-                                gateway_url=remote_url)
-            assert stored is not None and stored.token == hello.device_token
-
-            # a restart without the shared token: the stored device token is the credential
-            async with GatewayClient(remote_url, token="", identity=identity,
-                                     token_store=store) as again:
-                hello = await again.wait_ready(timeout=60)
-            assert hello.auth_method == "device-token"
-            assert {"operator.read", "operator.write"} <= set(hello.scopes)
-        finally:
-            await gateway.stop()
