@@ -124,12 +124,7 @@ def load_or_create_identity(path: str | os.PathLike[str]) -> DeviceIdentity:
     identity = DeviceIdentity.generate()
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, identity.private_pem())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_private(tmp, identity.private_pem())
         try:
             os.link(tmp, file)  # fails if another process created it meanwhile
         except FileExistsError:
@@ -270,12 +265,7 @@ class DeviceTokenStore:
                                   f"{secrets.token_hex(4)}.tmp")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, record.to_json())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _write_private(tmp, record.to_json())
             os.replace(tmp, self.path)
             _fsync_dir(self.path.parent)
         except OSError as exc:
@@ -295,6 +285,16 @@ class DeviceTokenStore:
             metrics.incr("gateway.device_token.clear_failed")
             _log.warning("gateway.device_token.clear_failed", path=str(self.path),
                          error=str(exc))
+
+
+def _write_private(tmp: Path, data: bytes) -> None:
+    """Create ``tmp`` (it must not exist) readable by its owner only, with ``data`` on disk."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
