@@ -140,6 +140,14 @@ def _log_level(value: str) -> str:
     return value.upper()
 
 
+def _say_text(value: str) -> str:
+    """A short line to speak: not empty, at most 500 characters."""
+    value = _nonempty(value).strip()
+    if len(value) > 500:
+        raise ValueError(f"must be a short line (at most 500 characters), got {len(value)}")
+    return value
+
+
 def _audio_format(value: str) -> str:
     if value not in ("", "pcm16", "pcmu"):
         raise ValueError(f"must be pcm16 or pcmu (or empty: follow audio.provider); got {value!r}")
@@ -410,11 +418,30 @@ class BridgeConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitsConfig(_Section):
+    """Rates of new inbound calls (see ``agentic_fast.admission``); 0 turns a limit off."""
+
+    PATH: ClassVar[str] = "calls.rate_limits"
+    per_caller_per_minute: int = field(default=5, metadata=_m(lo=0, hi=10_000))
+    global_per_second: int = field(default=10, metadata=_m(lo=0, hi=100_000))
+    # callers whose per-caller window is remembered at most (least recently admitted go first)
+    max_tracked_callers: int = field(default=10_000, metadata=_m(lo=1, hi=10_000_000))
+
+
+@dataclass(frozen=True, slots=True)
 class CallsConfig(_Section):
-    """Call registry limits."""
+    """Call registry limits and who gets a model session (inbound policy, rates)."""
 
     PATH: ClassVar[str] = "calls"
     max_concurrent_calls: int = field(default=50, metadata=_m(lo=1, hi=100_000))
+    inbound: str = field(default="allowlist",
+                         metadata=_m(choices=("open", "allowlist", "disabled")))
+    # empty: brain.allowed_callers (set after load, in Config)
+    inbound_numbers: tuple[str, ...] = field(default=(), metadata=_m(each=_e164))
+    refuse_with: str = field(default="reject", metadata=_m(choices=("reject", "say")))
+    refuse_message: str = field(default="Sorry, this number cannot take your call. Goodbye.",
+                                metadata=_m(check=_say_text))
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +479,9 @@ class Config:
             object.__setattr__(self, "openai_realtime",
                                replace(self.openai_realtime, audio_format=wanted))
         brain = self.brain
+        if not self.calls.inbound_numbers and brain.allowed_callers:
+            object.__setattr__(self, "calls", replace(
+                self.calls, inbound_numbers=brain.allowed_callers))
         if brain.filler_after_s >= brain.deadline_s:
             raise ConfigError(f"brain.filler_after_s: must be below brain.deadline_s "
                               f"({brain.deadline_s})", key="brain.filler_after_s")
@@ -495,7 +525,17 @@ class Config:
         if not self.server.api_token and self.server.host not in _LOOPBACK_HOSTS:
             out.append("server.api_token is not set while server.host is not loopback: "
                        "the /calls API is open")
-        return out + self.model_warnings(today)
+        return out + self.inbound_warnings() + self.model_warnings(today)
+
+    def inbound_warnings(self) -> list[str]:
+        """``calls.inbound_numbers: ...`` when the allow list admits no inbound caller."""
+        calls = self.calls
+        if calls.inbound != "allowlist" or calls.inbound_numbers:
+            return []
+        return ["calls.inbound_numbers is empty (and so is brain.allowed_callers, its "
+                "default) while calls.inbound is allowlist: no inbound caller will be "
+                "answered; list the callers' numbers, or set calls.inbound: open to "
+                "answer anyone"]
 
     def model_warnings(self, today: date | None = None) -> list[str]:
         """``key: ...`` for each model in use that its vendor deprecated, shut down or

@@ -41,6 +41,18 @@ def test_check_config_warns_about_missing_settings_on_stderr(config_file, capsys
     assert "warning: server.public_url is not set" in err
 
 
+def test_check_config_warns_when_no_inbound_caller_would_be_answered(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("calls:\n  inbound: allowlist\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 0
+    err = capsys.readouterr().err
+    assert "warning: calls.inbound_numbers is empty" in err
+    assert "no inbound caller will be answered" in err
+    path.write_text("calls:\n  inbound: open\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 0
+    assert "calls.inbound_numbers" not in capsys.readouterr().err
+
+
 def test_check_config_error_is_one_line_and_exit_2(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("server:\n  port: 8080\n  prot: 80\n")

@@ -527,6 +527,7 @@ def test_warnings_list_missing_production_settings():
         server: {{public_url: "https://a.example.com", host: 0.0.0.0, api_token: t}}
         twilio: {{account_sid: {SID}, auth_token: t}}
         openai_realtime: {{api_key: k}}
+        brain: {{allowed_callers: ['+15551230000']}}
     """)
     assert full.warnings() == []
     assert any("api_token" in w for w in load("server: {host: 0.0.0.0}").warnings())
@@ -591,3 +592,47 @@ def test_bridge_section_booleans() -> None:
     assert cfg.bridge.prewarm is False and cfg.bridge.lead_ms == 150
     with pytest.raises(ConfigError, match=r"bridge\.prewarm.*true or false"):
         Config.from_text("bridge:\n  prewarm: 3\n", env={})
+
+
+# -- inbound policy (calls.inbound) ---------------------------------------------------------------
+
+EMPTY_ALLOW_LIST = "calls.inbound_numbers is empty"
+
+
+def test_inbound_defaults_to_the_allow_list_of_the_brains_callers():
+    assert load("").calls.inbound == "allowlist"
+    config = load("brain: {allowed_callers: ['+15551230000', '+15551239999']}")
+    assert config.calls.inbound_numbers == ("+15551230000", "+15551239999")
+    own = load("brain: {allowed_callers: ['+15551230000']}\n"
+               "calls: {inbound_numbers: '+15557770000, +15557770001'}")
+    assert own.calls.inbound_numbers == ("+15557770000", "+15557770001")
+    assert own.brain.allowed_callers == ("+15551230000",)
+    limits = load("").calls.rate_limits
+    assert (limits.per_caller_per_minute, limits.global_per_second) == (5, 10)
+
+
+def test_an_empty_allow_list_warns_that_no_caller_will_be_answered():
+    warned = [w for w in load("").warnings() if w.startswith(EMPTY_ALLOW_LIST)]
+    assert len(warned) == 1 and "no inbound caller will be answered" in warned[0]
+    assert "calls.inbound: open" in warned[0]  # and how to answer everyone instead
+    for text in ("brain: {allowed_callers: ['+15551230000']}",
+                 "calls: {inbound_numbers: ['+15551230000']}",
+                 "calls: {inbound: open}", "calls: {inbound: disabled}"):
+        assert not [w for w in load(text).warnings() if w.startswith(EMPTY_ALLOW_LIST)], text
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("calls:\n  inbound: everyone\n", "calls.inbound"),
+    ("calls:\n  inbound_numbers: ['5551230000']\n", "calls.inbound_numbers[0]"),
+    ("calls:\n  refuse_with: hangup\n", "calls.refuse_with"),
+    ("calls:\n  refuse_message: ''\n", "calls.refuse_message"),
+    ("calls:\n  refuse_message: '" + "x" * 501 + "'\n", "calls.refuse_message"),
+    ("calls:\n  rate_limits:\n    per_caller_per_minute: -1\n",
+     "calls.rate_limits.per_caller_per_minute"),
+    ("calls:\n  rate_limits:\n    global_per_second: 1000000\n",
+     "calls.rate_limits.global_per_second"),
+    ("calls:\n  rate_limits:\n    max_tracked_callers: 0\n",
+     "calls.rate_limits.max_tracked_callers"),
+])
+def test_bad_inbound_settings_name_their_key(text, key):
+    assert load_error(text).key == key

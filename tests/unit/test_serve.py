@@ -50,3 +50,23 @@ async def test_serve_logs_a_deprecated_model_naming_the_key(
     assert len(found) == 1, lines
     assert "gpt-realtime is deprecated and shuts down on 2027-01-20" in found[0]
     assert metrics.get("config.warnings") >= before + 1
+
+
+async def test_serve_warns_when_no_inbound_caller_would_be_answered(
+        caplog: pytest.LogCaptureFixture, keep_gc: None) -> None:
+    config = Config.from_text(
+        "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n",
+        env={})
+    caplog.set_level(logging.WARNING, logger="agentic_fast")
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    lines = [r.getMessage() for r in caplog.records if r.name == "agentic_fast.serve"]
+    found = [x for x in lines if x.startswith("config.warning key=calls.inbound_numbers ")]
+    assert len(found) == 1, lines
+    assert "no inbound caller will be answered" in found[0]
