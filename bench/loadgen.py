@@ -215,6 +215,10 @@ bridge:
   mark_every_frames: {args.mark_every}
 calls:
   max_concurrent_calls: {limit}
+  inbound: open                 # generated callers, ramped faster than the default rates
+  rate_limits:
+    per_caller_per_minute: 0
+    global_per_second: 0
 logging:
   level: INFO
   format: json

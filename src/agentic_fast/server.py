@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from agentic_fast import metrics
+from agentic_fast.admission import Admission, Refusal, caller_tag, mask_number
 from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
@@ -45,7 +46,12 @@ from agentic_fast.telephony.status import (
     parse_stream_status_callback,
 )
 from agentic_fast.telephony.stream_token import StreamTokenSigner
-from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
+from agentic_fast.telephony.twiml import (
+    busy_twiml,
+    connect_stream_twiml,
+    reject_twiml,
+    say_hangup_twiml,
+)
 
 log = get_logger("server")
 
@@ -86,6 +92,7 @@ class Services:
     validator_problem: str | None
     tokens: StreamTokenSigner
     bridge_factory: BridgeFactory
+    admission: Admission
     owns_rest: bool = False
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -183,6 +190,9 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
         metrics.incr("calls.refused.draining")
         log.info("call.refused", reason="draining", call_sid=call_sid)
         return _twiml(say_hangup_twiml(DRAINING_TEXT))
+    refused = _inbound_refusal(svc, call_sid, _first(fields, "From"))
+    if refused is not None:
+        return refused
     try:
         session = svc.manager.create_inbound(call_sid, _first(fields, "From"),
                                              _first(fields, "To"))
@@ -210,6 +220,25 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
         metrics.incr("bridge.prewarm.failed")
         session.log.exception("bridge.prewarm_failed")
     return _twiml(twiml)
+
+
+def _inbound_refusal(svc: Services, call_sid: str, caller: str) -> web.Response | None:
+    """The answer refusing a new inbound call that ``calls.inbound`` / ``calls.rate_limits``
+    do not admit (logged and counted, caller masked), else None. A webhook for a call
+    already known (a replay) is left to the replay handling."""
+    if svc.manager.get_by_sid(call_sid) is not None:
+        return None
+    refusal: Refusal | None = svc.admission.admit(caller)
+    if refusal is None:
+        return None
+    metrics.incr(f"calls.refused.{refusal.reason}")
+    emit = log.warning if refusal.busy else log.info
+    emit("call.refused", reason=refusal.reason, call_sid=call_sid,
+         caller=mask_number(caller), caller_tag=caller_tag(svc.admission.tag_key, caller))
+    calls = svc.config.calls
+    if calls.refuse_with == "say":
+        return _twiml(say_hangup_twiml(calls.refuse_message))
+    return _twiml(reject_twiml("busy" if refusal.busy else "rejected"))
 
 
 def _prewarm(svc: Services, session: CallSession) -> None:
@@ -470,8 +499,10 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
         bind(manager, rest_client)
+    admission = Admission(config.calls, clock=manager.clock.monotonic,
+                          tag_key=hashlib.sha256(b"agentic-fast/caller-tag/v1" + secret).digest())
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, owns_rest)
+                   bridge_factory, admission, owns_rest)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app.router.add_post(VOICE_PATH, voice_webhook)

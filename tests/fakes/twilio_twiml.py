@@ -1,4 +1,5 @@
-"""Fake Twilio's reading of a ``<Connect><Stream>`` TwiML answer (protocols.md 1.2).
+"""Fake Twilio's reading of a ``<Connect><Stream>`` TwiML answer (protocols.md 1.2), and
+of a ``<Reject>`` answer (``read_reject``).
 
 Built from Twilio's "TwiML Voice: <Stream>" page, independent of ``agentic_fast``: a
 ``<Stream>`` may carry ``url`` (required, ``wss`` only, no query string: 31920/31922),
@@ -60,6 +61,31 @@ def _check_callback(url: str | None) -> str | None:
     if not url.strip():
         raise TwimlRejected(12200, "statusCallback is empty")
     return url
+
+
+REJECT_REASONS = frozenset({"rejected", "busy"})
+
+
+def read_reject(twiml: str) -> str:
+    """The ``reason`` of a ``<Response><Reject/></Response>`` answer, checked as Twilio's
+    "TwiML Voice: <Reject>" page describes it: ``reason`` is ``rejected`` (the default) or
+    ``busy``; ``<Reject>`` has no children and nothing may follow it in the document."""
+    try:
+        root = ET.fromstring(twiml)
+    except ET.ParseError as exc:
+        raise TwimlRejected(12100, f"document parse failure: {exc}") from None
+    if root.tag != "Response":
+        raise TwimlRejected(12200, f"root must be <Response>, got <{root.tag}>")
+    verbs = [child.tag for child in root]
+    if verbs != ["Reject"]:
+        raise TwimlRejected(12200, f"expected a lone <Reject>, got {verbs}")
+    reject = root[0]
+    if len(reject) or (reject.text or "").strip() or set(reject.attrib) - {"reason"}:
+        raise TwimlRejected(12200, "<Reject> takes only the reason attribute")
+    reason = reject.get("reason", "rejected")
+    if reason not in REJECT_REASONS:
+        raise TwimlRejected(12200, f"<Reject reason> must be rejected or busy, got {reason!r}")
+    return reason
 
 
 def read_connect_stream(twiml: str) -> ConnectStream:

@@ -38,7 +38,11 @@ FROM_NUMBER = "+15550001111"
 def make_config(rest: FakeTwilioRest | None, extra: str = "", *,
                 shared_keys: Sequence[SharedKey] = (), **server: Any) -> Config:
     """Config for a server behind ``PUBLIC_URL``; ``shared_keys`` become
-    ``twilio.webhook_shared_keys``."""
+    ``twilio.webhook_shared_keys``. Inbound calls are open to any caller without rate
+    limits unless ``extra`` has its own ``calls:`` section."""
+    if not any(line.startswith("calls:") for line in extra.splitlines()):
+        extra += ("\ncalls:\n  inbound: open\n  rate_limits:\n"
+                  "    per_caller_per_minute: 0\n    global_per_second: 0\n")
     lines = ["server:", f"  public_url: {PUBLIC_URL}"]
     lines += [f"  {k}: {v}" for k, v in server.items()]
     if rest is not None:

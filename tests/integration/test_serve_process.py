@@ -70,6 +70,8 @@ openai_realtime:
 gateway:
   url: ws://127.0.0.1:9
   device_key_path: {tmp_path / "device_key"}
+calls:
+  inbound: open
 logging:
   level: INFO
 """)

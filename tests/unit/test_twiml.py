@@ -8,8 +8,13 @@ import pytest
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from agentic_fast.errors import LocalProtocolError
-from agentic_fast.telephony.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
-from tests.fakes.twilio_twiml import TwimlRejected, read_connect_stream
+from agentic_fast.telephony.twiml import (
+    busy_twiml,
+    connect_stream_twiml,
+    reject_twiml,
+    say_hangup_twiml,
+)
+from tests.fakes.twilio_twiml import TwimlRejected, read_connect_stream, read_reject
 
 URL = "wss://agent.example.com/twilio/media-stream"
 
@@ -149,3 +154,17 @@ def test_fake_twilio_refuses_bad_stream_urls(url: str, code: int) -> None:
     with pytest.raises(TwimlRejected) as info:
         read_connect_stream(doc)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("reason", ["rejected", "busy"])
+def test_reject_is_read_by_twilio_with_its_reason(reason: str) -> None:
+    assert read_reject(reject_twiml(reason)) == reason
+    assert read_reject(busy_twiml()) == "busy"
+
+
+def test_reject_refuses_a_reason_twilio_does_not_define() -> None:
+    with pytest.raises(LocalProtocolError):
+        reject_twiml("blocked")
+    with pytest.raises(TwimlRejected) as info:  # what Twilio does with one
+        read_reject('<Response><Reject reason="blocked"/></Response>')
+    assert info.value.code == 12200

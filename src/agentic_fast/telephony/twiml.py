@@ -19,6 +19,7 @@ __all__ = [
     "MAX_PARAMETER_CHARS",
     "busy_twiml",
     "connect_stream_twiml",
+    "reject_twiml",
     "say_hangup_twiml",
 ]
 
@@ -106,6 +107,16 @@ def say_hangup_twiml(text: str) -> str:
     response = VoiceResponse()
     response.say(text)
     response.hangup()
+    return response.to_xml()
+
+
+def reject_twiml(reason: str = "rejected") -> str:
+    """``<Reject>``: the call is not answered (no charge); ``reason`` is ``rejected`` (the
+    caller hears "not in service") or ``busy`` (a busy tone)."""
+    if reason not in ("rejected", "busy"):
+        raise _error(f"<Reject reason> must be rejected or busy, got {reason!r}")
+    response = VoiceResponse()
+    response.reject(reason=reason)
     return response.to_xml()
 
 
