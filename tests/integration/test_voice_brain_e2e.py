@@ -70,6 +70,9 @@ async def test_a_spoken_command_reaches_the_agent_and_its_answer_is_spoken(stack
     client = harness.media_client(call_sid, params)
     await client.connect()
     await s.wait_received("session.update")
+    # the provider was pre-warmed at the webhook: events it gets before the stream's bridge
+    # attaches go nowhere, so the caller's turns start once caller audio flows through it
+    await s.wait_received("input_audio_buffer.append")
     gateway.queue_chat(ChatScript(reply="**Done.** I texted Sam: running late.", noise=False))
 
     await s.user_turn("hi there")  # small talk: never reaches the agent
