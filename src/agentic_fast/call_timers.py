@@ -160,10 +160,10 @@ class CallTimers:
         self._duration = self._sched.call_at(end_at, self._expire)
         if self.ending is not None:
             return
-        left = round(end_at - self._sched.time())
+        left = f"{self.limits.duration_warning_s:g}"  # what the timer was set for
         metrics.incr("calls.max_duration.warned")
         self._log.info("call.max_duration.warning", seconds_left=left)
-        self._audio.speak(self.limits.duration_warning_message.replace("{seconds}", str(left)))
+        self._audio.speak(self.limits.duration_warning_message.replace("{seconds}", left))
 
     def _expire(self) -> None:
         self._duration = None

@@ -124,8 +124,8 @@ def test_a_goodbye_the_model_never_voices_is_handed_to_the_hang_up() -> None:
 
 
 def test_a_goodbye_that_plays_too_long_is_cut_at_the_bound() -> None:
-    timers, audio, sched = _timers(max_duration_s=10, duration_warning_s=0,
-                                   silence_timeout_s=0, goodbye_timeout_s=5)
+    _, audio, sched = _timers(max_duration_s=10, duration_warning_s=0,
+                              silence_timeout_s=0, goodbye_timeout_s=5)
     sched.advance(10)
     audio.assistant_item, audio.assistant_busy = "goodbye", True
     sched.advance(5.2)
