@@ -119,7 +119,10 @@ class AudioBridgeFactory:
     def end_call(self, session: CallSession, reason: str, unsaid: str | None) -> None:
         """A call time limit was reached and its goodbye played (``unsaid``: the goodbye
         the model never voiced): record ``reason`` as the call's end, then hang up."""
-        if self.manager is not None and not session.ended:
+        if session.ended:  # the caller (or Twilio) ended it meanwhile: nothing to hang up
+            session.log.info("call.limit_after_end", reason=reason, ended_by=session.reason)
+            return
+        if self.manager is not None:
             self.manager.complete(session, reason=reason)
         self._spawn(self._hang_up(session, reason, unsaid))
 

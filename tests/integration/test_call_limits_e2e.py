@@ -8,6 +8,7 @@ reason recorded; a silent line gets one "are you still there?" then the same goo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,3 +107,74 @@ async def test_a_silent_line_is_prompted_once_then_hung_up(
         await client.hangup()
     finally:
         await h.__aexit__(None, None, None)
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _Bridge:
+    def __init__(self) -> None:
+        self.sender = _Sender()
+
+
+async def _factory(rest: FakeTwilioRest):  # type: ignore[no-untyped-def]
+    from agentic_fast.bridge_factory import AudioBridgeFactory
+    from agentic_fast.calls import CallManager
+    from agentic_fast.telephony.rest import TwilioRestClient
+
+    config = make_config(rest)
+    manager = CallManager()
+    client = TwilioRestClient(rest.account_sid, rest.auth_token, api_base=rest.base_url,
+                              timeout_s=5)
+    factory = AudioBridgeFactory(config, lambda s: None)  # type: ignore[arg-type,return-value]
+    factory.bind_server(manager, client)
+    session = manager.create_inbound("CA" + "3" * 32, "+15551230000", "+15557654321")
+    manager.mark_stream_started(session)
+    session.bridge = _Bridge()
+    return factory, manager, client, session
+
+
+async def test_a_goodbye_the_model_never_voiced_is_said_by_twilio_before_the_hang_up(
+        rest: FakeTwilioRest) -> None:
+    factory, _, client, session = await _factory(rest)
+    rest.add_incoming(session.call_sid, session.from_number, session.to_number)
+    try:
+        factory.end_call(session, "max-duration", "Time is up. Goodbye!")
+        assert session.status.value == "completed" and session.reason == "max-duration"
+        request = await rest.wait_request(_hangup_of(session.call_sid))
+        twiml = request.get("Twiml") or ""
+        assert "<Say>Time is up. Goodbye!</Say>" in twiml and "<Hangup" in twiml
+        await factory.close()
+        assert not session.bridge.sender.closed
+    finally:
+        await client.close()
+
+
+async def test_when_the_rest_hang_up_fails_the_stream_is_closed(rest: FakeTwilioRest) -> None:
+    factory, _, client, session = await _factory(rest)
+    rest.add_incoming(session.call_sid, session.from_number, session.to_number)
+    rest.fail_next(503, times=10)
+    try:
+        factory.end_call(session, "silence-timeout", None)
+        assert session.reason == "silence-timeout"
+        await rest.wait_request(_hangup_of(session.call_sid))
+        tasks = list(factory._tasks)
+        await asyncio.wait(tasks, timeout=10)
+        assert session.bridge.sender.closed
+    finally:
+        await client.close()
+
+
+async def test_a_call_that_already_ended_is_not_hung_up_again(rest: FakeTwilioRest) -> None:
+    factory, manager, client, session = await _factory(rest)
+    try:
+        manager.complete(session, reason="stop")
+        factory.end_call(session, "max-duration", None)
+        assert session.reason == "stop" and not factory._tasks and not rest.requests
+    finally:
+        await client.close()
