@@ -206,3 +206,18 @@ def test_cancel_stops_everything_and_zero_turns_the_limits_off() -> None:
     assert not CallLimits(max_duration_s=0, silence_timeout_s=0).enabled
     timers, audio, sched = _timers(max_duration_s=0, silence_timeout_s=0)
     assert sched.pending == 0
+
+
+def test_config_names_the_key_of_a_bad_limit() -> None:
+    import pytest
+
+    from agentic_fast.config import Config
+    from agentic_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"calls\.duration_warning_s: must be below"):
+        Config.from_text("calls:\n  max_duration_s: 20\n", source="t", env={})
+    with pytest.raises(ConfigError, match=r"calls\.silence_prompt_message: must not be empty"):
+        Config.from_text("calls:\n  silence_prompt_message: ' '\n", source="t", env={})
+    calls = Config.from_text("calls:\n  max_duration_s: 0\n  silence_timeout_s: 0\n",
+                             source="t", env={}).calls
+    assert (calls.max_duration_s, calls.silence_timeout_s, calls.duration_warning_s) == (0, 0, 30)
