@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from agentic_fast import metrics
 from agentic_fast.audio import AudioConverter
+from agentic_fast.call_timers import CallLimits, CallTimers, Scheduler
 from agentic_fast.calls import CallSession
 from agentic_fast.errors import AudioFormatError, PeerUnavailableError
 from agentic_fast.media_stream import TwilioStreamSender
@@ -87,7 +88,10 @@ class AudioBridge(ProviderListener):
                  conversation: ConversationSink | None = None,
                  on_provider_failed: Callable[[CallSession, str], Any] | None = None,
                  write_buffer: Callable[[], int] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 limits: CallLimits | None = None,
+                 on_call_limit: Callable[[CallSession, str, str | None], Any] | None = None,
+                 scheduler: Scheduler | None = None) -> None:
         self.session = session
         self.sender = sender
         self.provider = provider
@@ -125,6 +129,11 @@ class AudioBridge(ProviderListener):
         self.dropped_frames = 0
         self.barge_ins = 0
         self.barge_in_latencies_ms: deque[float] = deque(maxlen=64)
+        # call time limits (max duration, silence): armed in start(), off in close()
+        self._limits = limits
+        self.on_call_limit = on_call_limit
+        self._scheduler = scheduler
+        self.timers: CallTimers | None = None
 
     # -- MediaSink: what the media stream feeds ---------------------------------------------
 
@@ -148,6 +157,7 @@ class AudioBridge(ProviderListener):
             raise ProviderUnreachableError(reason, peer="provider") from exc
         self.provider.begin(speak_first=self.speak_first)
         self.pacer.register(self)
+        self._start_timers()
 
     def on_media(self, payload_b64: str, timestamp_ms: int) -> None:
         send = self.provider.send_audio
@@ -159,6 +169,8 @@ class AudioBridge(ProviderListener):
         if entry is None:
             metrics.incr("bridge.marks.unknown")
             return
+        if self.timers is not None:
+            self.timers.note_assistant()  # assistant audio has just played
         epoch, item, item_ms = entry
         if epoch != self._epoch:
             metrics.incr("bridge.marks.flushed")  # echoed by a clear: not heard
@@ -168,6 +180,8 @@ class AudioBridge(ProviderListener):
             self._last_heard = (item, item_ms, self._clock())
 
     def on_dtmf(self, digit: str) -> None:
+        if self.timers is not None:
+            self.timers.note_caller()
         if self.conversation is not None:
             self.conversation.on_dtmf(self.session, digit)
 
@@ -176,6 +190,8 @@ class AudioBridge(ProviderListener):
             return
         self._closed = True
         self.pacer.unregister(self)
+        if self.timers is not None:
+            self.timers.cancel()
         if self.conversation is not None:
             try:
                 self.conversation.on_call_end(self.session)
@@ -245,6 +261,11 @@ class AudioBridge(ProviderListener):
             self._runs.append([item_id, len(frames)])
 
     def on_speech_started(self) -> None:
+        timers = self.timers
+        if timers is not None:
+            timers.note_caller_speaking(True)
+            if timers.ending is not None:  # the goodbye is not interrupted
+                return
         if not self.barge_in_due:
             return
         wait = self.settings.barge_in_min_speech_ms
@@ -261,12 +282,19 @@ class AudioBridge(ProviderListener):
             self._barge_in(started)
 
     def on_speech_stopped(self) -> None:
+        if self.timers is not None:
+            self.timers.note_caller_speaking(False)
         if self._speech_timer is not None:  # too short to count ("mhm", line noise)
             self._speech_timer.cancel()
             self._speech_timer = None
             metrics.incr("bridge.barge_in.ignored_short")
 
     def on_transcript(self, role: str, text: str, final: bool) -> None:
+        if self.timers is not None and text:
+            if role == "user":
+                self.timers.note_caller()
+            else:
+                self.timers.note_assistant()
         if final and text:
             self.session.add_transcript(role, text)
             if self.conversation is not None:
@@ -371,6 +399,39 @@ class AudioBridge(ProviderListener):
             self._marks.pop(next(iter(self._marks)))
             metrics.incr("bridge.marks.evicted")
         return name
+
+    # -- call time limits (CallAudio: what CallTimers drives) ----------------------------------
+
+    def _start_timers(self) -> None:
+        limits = self._limits
+        if limits is None or not limits.enabled:
+            return
+        scheduler = self._scheduler or asyncio.get_running_loop()
+        self.timers = CallTimers(limits, self, scheduler, self.log)
+        self.timers.start(self.session.duration)
+
+    @property
+    def assistant_busy(self) -> bool:
+        return self.barge_in_due
+
+    @property
+    def assistant_item(self) -> str | None:
+        return self._current_item
+
+    def speak(self, text: str) -> None:
+        if text and not self._closed:
+            self.provider.say(text)
+
+    def hang_up(self, reason: str, unsaid: str | None) -> None:
+        """A time limit ends the call (goodbye played, or ``unsaid`` by the model)."""
+        if self._closed:
+            return
+        if self.on_call_limit is not None:
+            result = self.on_call_limit(self.session, reason, unsaid)
+            if asyncio.iscoroutine(result):
+                self._spawn(result)
+        else:  # no server wiring (tests): end the stream
+            self._spawn(self.sender.close())
 
     # -- barge-in -------------------------------------------------------------------------------
 

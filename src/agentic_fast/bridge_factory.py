@@ -15,6 +15,7 @@ from typing import Any
 
 from agentic_fast import metrics
 from agentic_fast.bridge import AudioBridge, BridgeSettings, ConversationSink
+from agentic_fast.call_timers import CallLimits
 from agentic_fast.calls import CallDirection, CallManager, CallSession
 from agentic_fast.config import Config
 from agentic_fast.log import get_logger
@@ -46,6 +47,7 @@ class AudioBridgeFactory:
             max_queue_frames=int(b.max_queue_s * 50),
             barge_in_min_speech_ms=b.barge_in_min_speech_ms,
             connect_timeout_s=b.provider_connect_timeout_s)
+        self.limits = call_limits(config)
         self._warm: dict[str, RealtimeProvider] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.manager: CallManager | None = None
@@ -94,7 +96,8 @@ class AudioBridgeFactory:
         return AudioBridge(session, sender, provider, self.pacer, settings=self.settings,
                            speak_first=speak_first, conversation=self.conversation,
                            on_provider_failed=self.provider_failed,
-                           write_buffer=sender.write_buffer_size)
+                           write_buffer=sender.write_buffer_size,
+                           limits=self.limits, on_call_limit=self.end_call)
 
     async def provider_failed(self, session: CallSession, reason: str) -> None:
         """The model cannot be reached: say so to the caller, then end the call cleanly."""
@@ -110,6 +113,33 @@ class AudioBridgeFactory:
         bridge = session.bridge
         sender = getattr(bridge, "sender", None)
         if sender is not None:  # no REST: closing the stream plays the TwiML's <Say>
+            with contextlib.suppress(Exception):
+                await sender.close()
+
+    def end_call(self, session: CallSession, reason: str, unsaid: str | None) -> None:
+        """A call time limit was reached and its goodbye played (``unsaid``: the goodbye
+        the model never voiced): record ``reason`` as the call's end, then hang up."""
+        if session.ended:  # the caller (or Twilio) ended it meanwhile: nothing to hang up
+            session.log.info("call.limit_after_end", reason=reason, ended_by=session.reason)
+            return
+        if self.manager is not None:
+            self.manager.complete(session, reason=reason)
+        self._spawn(self._hang_up(session, reason, unsaid))
+
+    async def _hang_up(self, session: CallSession, reason: str, unsaid: str | None) -> None:
+        if self.rest is not None and session.call_sid:
+            try:
+                if unsaid:  # Twilio says the goodbye the model did not
+                    await self.rest.update_twiml(session.call_sid, say_hangup_twiml(unsaid))
+                else:
+                    await self.rest.hangup(session.call_sid)
+                session.log.info("call.hung_up", reason=reason, twilio_said_goodbye=bool(unsaid))
+                return
+            except TwilioApiError as exc:
+                metrics.incr("calls.limit.hangup_failed")
+                session.log.warning("call.hangup_failed", reason=reason, error=str(exc)[:200])
+        sender = getattr(session.bridge, "sender", None)
+        if sender is not None:  # no REST: ending the stream ends the call's TwiML
             with contextlib.suppress(Exception):
                 await sender.close()
 
@@ -136,6 +166,19 @@ class AudioBridgeFactory:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def call_limits(config: Config) -> CallLimits:
+    """The ``calls.*`` time limits of every call."""
+    c = config.calls
+    return CallLimits(
+        max_duration_s=c.max_duration_s, duration_warning_s=c.duration_warning_s,
+        duration_warning_message=c.duration_warning_message,
+        duration_goodbye_message=c.duration_goodbye_message,
+        silence_timeout_s=c.silence_timeout_s, silence_grace_s=c.silence_grace_s,
+        silence_prompt_message=c.silence_prompt_message,
+        silence_goodbye_message=c.silence_goodbye_message,
+        goodbye_timeout_s=c.goodbye_timeout_s)
 
 
 def make_bridge_factory(config: Config) -> AudioBridgeFactory:

@@ -81,6 +81,10 @@ TRANSITIONS: Final[dict[CallStatus, frozenset[CallStatus]]] = {
 UNANSWERED_REASONS: Final = frozenset({"busy", "no-answer", "canceled"})
 _BEFORE_ANSWER: Final = frozenset({CallStatus.INITIATING, CallStatus.RINGING})
 
+# End reasons of calls our side ends on a limit (``CallSession.reason``; see call_timers.py).
+END_MAX_DURATION: Final = "max-duration"
+END_SILENCE_TIMEOUT: Final = "silence-timeout"
+
 # Progress rank, used only to tell a stale status (not ahead) from an invalid one.
 _RANK: Final = {
     CallStatus.INITIATING: 0,

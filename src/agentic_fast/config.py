@@ -100,6 +100,15 @@ def _nonempty(value: str) -> str:
     return value
 
 
+def _spoken(value: str) -> str:
+    """A line the assistant (or Twilio's ``<Say>``) speaks: not empty, not a speech."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > 1000:
+        raise ValueError(f"must be at most 1000 characters, got {len(value)}")
+    return value
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     """Check for an absolute URL with one of ``schemes``; strips a trailing ``/``."""
     def check(value: str) -> str:
@@ -138,14 +147,6 @@ def _log_level(value: str) -> str:
     if value.upper() not in _LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}; got {value!r}")
     return value.upper()
-
-
-def _say_text(value: str) -> str:
-    """A short line to speak: not empty, at most 500 characters."""
-    value = _nonempty(value).strip()
-    if len(value) > 500:
-        raise ValueError(f"must be a short line (at most 500 characters), got {len(value)}")
-    return value
 
 
 def _audio_format(value: str) -> str:
@@ -430,7 +431,8 @@ class RateLimitsConfig(_Section):
 
 @dataclass(frozen=True, slots=True)
 class CallsConfig(_Section):
-    """Call registry limits and who gets a model session (inbound policy, rates)."""
+    """Call registry limits, who gets a model session (inbound policy, rates) and
+    per-call time limits."""
 
     PATH: ClassVar[str] = "calls"
     max_concurrent_calls: int = field(default=50, metadata=_m(lo=1, hi=100_000))
@@ -440,8 +442,33 @@ class CallsConfig(_Section):
     inbound_numbers: tuple[str, ...] = field(default=(), metadata=_m(each=_e164))
     refuse_with: str = field(default="reject", metadata=_m(choices=("reject", "say")))
     refuse_message: str = field(default="Sorry, this number cannot take your call. Goodbye.",
-                                metadata=_m(check=_say_text))
+                                metadata=_m(check=_spoken))
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    # -- time limits (call_timers.py): 0 turns a limit off ------------------------------------
+    max_duration_s: float = field(default=900.0, metadata=_m(lo=0, hi=86_400))
+    duration_warning_s: float = field(default=30.0, metadata=_m(lo=0, hi=3600))
+    duration_warning_message: str = field(
+        default="Just so you know, this call will end in about {seconds} seconds.",
+        metadata=_m(check=_spoken))
+    duration_goodbye_message: str = field(
+        default="We have reached the time limit for this call. Goodbye!",
+        metadata=_m(check=_spoken))
+    silence_timeout_s: float = field(default=60.0, metadata=_m(lo=0, hi=3600))
+    silence_grace_s: float = field(default=15.0, metadata=_m(gt=0, hi=3600))
+    silence_prompt_message: str = field(default="Are you still there?",
+                                        metadata=_m(check=_spoken))
+    silence_goodbye_message: str = field(
+        default="I haven't heard from you, so I will hang up now. Goodbye!",
+        metadata=_m(check=_spoken))
+    goodbye_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+
+
+def _check_call_limits(calls: CallsConfig) -> None:
+    """The duration warning must come before the end it announces."""
+    if 0 < calls.max_duration_s <= calls.duration_warning_s:
+        raise ConfigError(f"calls.duration_warning_s: must be below calls.max_duration_s "
+                          f"({calls.max_duration_s}); 0 for no warning",
+                          key="calls.duration_warning_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +512,7 @@ class Config:
         if brain.filler_after_s >= brain.deadline_s:
             raise ConfigError(f"brain.filler_after_s: must be below brain.deadline_s "
                               f"({brain.deadline_s})", key="brain.filler_after_s")
+        _check_call_limits(self.calls)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Mapping[str, str] = os.environ) -> Config:

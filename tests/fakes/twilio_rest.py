@@ -19,6 +19,7 @@ import contextlib
 import re
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -74,6 +75,7 @@ class FakeTwilioRest:
     _rejected: dict[str, int] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     base_url: str = ""
 
     # -- scripting ---------------------------------------------------------------------------
@@ -95,6 +97,25 @@ class FakeTwilioRest:
             call["start_time"] = _rfc2822()
         if status in TERMINAL_STATUSES:
             call["end_time"] = _rfc2822()
+
+    async def wait_request(self, predicate: Callable[[RecordedRequest], bool],
+                           timeout: float = 10.0) -> RecordedRequest:
+        """The first request (recorded so far or to come) that satisfies ``predicate``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((r for r in self.requests if predicate(r)), None)
+                if found is not None:
+                    return found
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def add_incoming(self, call_sid: str, from_: str, to: str) -> None:
+        """An inbound call Twilio has answered (``in-progress``): its Calls resource exists,
+        so it can be updated (hang-up, new TwiML) like any other."""
+        call = self._resource(call_sid, to, from_, _Form([]))
+        call["direction"] = "inbound"
+        self.calls[call_sid] = call
+        self.set_status(call_sid, "in-progress")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -150,6 +171,7 @@ class FakeTwilioRest:
         authorized = self._check_auth(request)
         self.requests.append(RecordedRequest(request.method, request.path, form,
                                              dict(request.headers), authorized))
+        self._arrived.set()
         if self.delay_s:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), self.delay_s)

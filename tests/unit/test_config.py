@@ -626,7 +626,7 @@ def test_an_empty_allow_list_warns_that_no_caller_will_be_answered():
     ("calls:\n  inbound_numbers: ['5551230000']\n", "calls.inbound_numbers[0]"),
     ("calls:\n  refuse_with: hangup\n", "calls.refuse_with"),
     ("calls:\n  refuse_message: ''\n", "calls.refuse_message"),
-    ("calls:\n  refuse_message: '" + "x" * 501 + "'\n", "calls.refuse_message"),
+    ("calls:\n  refuse_message: '" + "x" * 1001 + "'\n", "calls.refuse_message"),
     ("calls:\n  rate_limits:\n    per_caller_per_minute: -1\n",
      "calls.rate_limits.per_caller_per_minute"),
     ("calls:\n  rate_limits:\n    global_per_second: 1000000\n",
