@@ -48,6 +48,7 @@ class FakeTransport:
         self.resume_calls = 0
         self.reading = True
         self.buffered = 0
+        self.limits: tuple[int | None, int | None] = (None, None)
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.aborted: asyncio.Future[None] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
@@ -91,6 +92,9 @@ class FakeTransport:
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
