@@ -146,6 +146,8 @@ class MediaSocket(asyncio.Protocol):
             self._hb_timer = self._loop.call_later(self.heartbeat_s, self._heartbeat)
 
     def data_received(self, data: bytes) -> None:
+        if self._close_received:  # closing: what still arrives is discarded
+            return
         buf = self._buf
         if buf:
             buf += data
@@ -356,9 +358,16 @@ class MediaSocket(asyncio.Protocol):
         if not self._close_sent:
             self._close_sent = True
             self._write(server_frame(OP_CLOSE, close_payload(code, reason)))
-        if self.transport is not None:
-            self.transport.close()
-            if not self._lost and self._close_timer is None:  # a peer that never reads
+        transport = self.transport
+        if transport is not None and not self._lost:
+            if transport.can_write_eof() and not transport.is_closing():
+                # half-close and read (discarding) until the peer's EOF: closing with its
+                # unread bytes in our buffer would reset the connection, and the peer
+                # could lose the close frame
+                transport.write_eof()
+            else:
+                transport.close()
+            if self._close_timer is None:  # a peer that never reads nor closes
                 self._close_timer = self._loop.call_later(self.close_timeout_s, self._abort)
         self._wake()
 
