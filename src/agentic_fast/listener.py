@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,9 +49,9 @@ class ListenerLimits:
     ``head_timeout_s``: a new connection has this long to send its whole request head (and
     a ``Content-Length`` body up to ``MAX_EARLY_BODY_BYTES``), else 408 and close.
     ``max_pending_total``: connections still inside that deadline, plus media streams not
-    yet started; a new connection beyond it closes the oldest of them (so a flood of
-    half-sent heads cannot lock out webhooks and health checks). ``max_pending_per_address``:
-    beyond it, a new connection from that address gets 503 and is closed.
+    yet started, and ``max_pending_per_address`` of them from one address: a new connection
+    beyond either closes the oldest of them (503, or close 1013 for a media stream), so a
+    flood of half-sent heads cannot lock out webhooks and health checks.
     """
 
     head_timeout_s: float = 5.0
@@ -88,43 +87,44 @@ class PendingSlot:
 
 class PendingConnections:
     """Connections that have not sent a complete request yet, and media streams not yet
-    started: capped in total (the oldest makes room) and per address (the newcomer is
-    refused). Every operation is O(1)."""
+    started, capped in total and per address. At a cap the oldest pending connection (of
+    that address, or of all) is closed to make room: a flood of half-sent heads holds at
+    most the cap, and a new request, even from the flooding address (a proxy on this host),
+    still gets in. Every operation is O(1)."""
 
     def __init__(self, max_total: int, max_per_address: int) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
         self._slots: dict[PendingSlot, None] = {}  # oldest first
-        self._per_address: Counter[str] = Counter()
+        self._by_address: dict[str, dict[PendingSlot, None]] = {}
 
     @property
     def total(self) -> int:
         return len(self._slots)
 
     def count(self, address: str) -> int:
-        return self._per_address.get(address, 0)
+        return len(self._by_address.get(address, ()))
 
-    def admit(self, address: str, evict: Callable[[], None]) -> PendingSlot | None:
-        """A slot for a new connection from ``address``; None: that address is at its cap."""
-        if self._per_address[address] >= self.max_per_address:
-            metrics.incr("listener.pending.refused_per_address")
-            return None
+    def admit(self, address: str, evict: Callable[[], None]) -> PendingSlot:
+        """A slot for a new connection from ``address``, closing the oldest at a cap."""
+        mine = self._by_address.get(address)
+        if mine is not None and len(mine) >= self.max_per_address:
+            metrics.incr("listener.pending.evicted_per_address")
+            next(iter(mine)).evict()
         while len(self._slots) >= self.max_total:
-            oldest = next(iter(self._slots))
             metrics.incr("listener.pending.evicted")
-            oldest.evict()
+            next(iter(self._slots)).evict()
         slot = PendingSlot(self, address, evict)
         self._slots[slot] = None
-        self._per_address[address] += 1
+        self._by_address.setdefault(address, {})[slot] = None
         return slot
 
     def _release(self, slot: PendingSlot) -> None:
         del self._slots[slot]
-        left = self._per_address[slot.address] - 1
-        if left > 0:
-            self._per_address[slot.address] = left
-        else:
-            del self._per_address[slot.address]
+        mine = self._by_address[slot.address]
+        del mine[slot]
+        if not mine:
+            del self._by_address[slot.address]
 
 
 class UpgradeHandler(Protocol):
@@ -161,12 +161,6 @@ class FrontProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._slot = self._pending.admit(self._remote, self._evicted)
-        if self._slot is None:
-            log.warning("listener.pending_refused", remote=self._remote,
-                        limit=self._pending.max_per_address)
-            self._refuse(503, "too many pending connections from this address",
-                         {"Retry-After": "1"})
-            return
         self._timer = asyncio.get_running_loop().call_later(self._limits.head_timeout_s,
                                                             self._timeout)
 

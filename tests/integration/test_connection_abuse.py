@@ -109,22 +109,20 @@ async def test_partial_second_request_on_keepalive_is_closed(quick: Harness) -> 
 
 # -- pending connections: capped per address and in total ------------------------------------
 
-async def test_pending_cap_per_address_refuses_503(quick: Harness) -> None:
-    conns = [await open_raw(quick.port) for _ in range(4)]
+async def test_pending_cap_per_address_closes_that_address_oldest(quick: Harness) -> None:
+    before = metrics.get("listener.pending.evicted_per_address")
+    conns = [await open_raw(quick.port) for _ in range(4)]  # 4 per address
     try:
         await until(lambda: quick.site.pending.count("127.0.0.1") == 4)
-        reader, writer = await open_raw(quick.port)
-        status, headers, _ = await read_response(reader)
-        assert status == 503 and headers["retry-after"] == "1"
-        await close_writer(writer)
-        # one of the four completes its request: a place is free again
-        r0, w0 = conns[0]
-        w0.write(request("GET", "/healthz"))
-        assert (await read_response(r0))[0] == 200
+        # a fifth from the same address still gets its answer: the oldest is closed
         reader, writer = await open_raw(quick.port)
         writer.write(request("GET", "/healthz"))
         assert (await read_response(reader))[0] == 200
         await close_writer(writer)
+        status, headers, _ = await read_response(conns[0][0])
+        assert status == 503 and headers["retry-after"] == "1"
+        assert metrics.get("listener.pending.evicted_per_address") == before + 1
+        assert quick.site.pending.count("127.0.0.1") == 3
     finally:
         for _, w in conns:
             await close_writer(w)
@@ -167,13 +165,10 @@ async def test_media_socket_is_pending_until_its_stream_starts(quick: Harness) -
 
 async def test_unstarted_media_socket_is_evicted_with_1013(quick: Harness) -> None:
     async with connect(quick.ws_url, open_timeout=WAIT) as ws:
-        conns = [await open_raw(quick.port) for _ in range(3)]  # 4 per address, 6 in all
+        # 4 per address: the fourth after it closes the oldest, the socket
+        conns = [await open_raw(quick.port) for _ in range(4)]
         other: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
-            await until(lambda: quick.site.pending.total == 4)
-            # loopback is one address: lift its cap so that the total (6) is what binds
-            quick.site.pending.max_per_address = 100
-            other = [await open_raw(quick.port) for _ in range(3)]
             await asyncio.wait_for(ws.wait_closed(), WAIT)
             assert ws.close_code == 1013
         finally:
