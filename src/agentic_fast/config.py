@@ -244,6 +244,14 @@ class ServerConfig(_Section):
     ws_heartbeat_s: float = field(default=20.0, metadata=_m(lo=0, hi=600))  # 0: off
     api_token: str = field(default="", metadata=_m(secret=True))
     stream_token_ttl_s: float = field(default=60.0, metadata=_m(gt=0, hi=3600))
+    # connection abuse bounds (listener, media sockets; see listener.ListenerLimits)
+    head_timeout_s: float = field(default=5.0, metadata=_m(gt=0, hi=120))
+    max_pending_total: int = field(default=256, metadata=_m(lo=1, hi=1_000_000))
+    max_pending_per_ip: int = field(default=32, metadata=_m(lo=1, hi=1_000_000))
+    http_keepalive_s: float = field(default=15.0, metadata=_m(gt=0, hi=3600))
+    ws_max_control_frames_per_s: int = field(default=20, metadata=_m(lo=0, hi=100_000))
+    ws_max_write_buffer_bytes: int = field(default=256 * 1024,
+                                           metadata=_m(lo=16 * 1024, hi=64 * 2**20))
 
     def _require_public_url(self) -> str:
         if not self.public_url:

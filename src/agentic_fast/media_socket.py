@@ -13,6 +13,11 @@ control frames short and unfragmented; continuation rules; message size cap (clo
 anything else closes with 1002. Pings are answered; a heartbeat pings a peer silent for a
 whole period and drops it when no frame comes back within half a period. Closing sends a
 close frame, waits (bounded) for the peer's, then closes the transport.
+
+Abuse bounds: more than ``max_control_frames_per_s`` pings/pongs in one second closes the
+socket with 1008 (a ping flood cannot take the loop from the other calls); the transport's
+write buffer pauses reading at half of ``max_write_buffer_bytes`` (a peer that does not
+read its pongs stops being read) and drops the connection, close code 1008, beyond it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from agentic_fast import metrics
 from agentic_fast.wsframe import (
@@ -45,6 +51,7 @@ CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 
 _VALID_CLOSE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013,
                           1014}) | frozenset(range(3000, 5000))
@@ -57,20 +64,41 @@ CLOSED = (OP_CLOSE, b"")
 TextHandler = Callable[[bytes], None]
 OtherHandler = Callable[[int, bytes], None]
 
+#: defaults of the abuse bounds (``server.ws_max_control_frames_per_s``,
+#: ``server.ws_max_write_buffer_bytes``)
+DEFAULT_CONTROL_FRAMES_PER_S = 20
+DEFAULT_WRITE_BUFFER_BYTES = 256 * 1024
+
+
+class PendingHold(Protocol):
+    """A slot among the listener's pending connections, held until the stream starts."""
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+
+    def set_evict(self, evict: Callable[[], None]) -> None:
+        """What to call when the listener needs the slot for a newer connection."""
+
 
 class MediaSocket(asyncio.Protocol):
     """One accepted WebSocket (the HTTP upgrade is done by ``listener``)."""
 
     def __init__(self, *, max_message_bytes: int, heartbeat_s: float = 0.0,
                  queue_limit: int = 32, close_timeout_s: float = 2.0,
-                 remote: str = "?") -> None:
+                 remote: str = "?",
+                 max_control_frames_per_s: int = DEFAULT_CONTROL_FRAMES_PER_S,
+                 max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES,
+                 clock: Callable[[], float] | None = None) -> None:
         self.max_message_bytes = max_message_bytes
+        self.max_control_frames_per_s = max_control_frames_per_s  # 0: no limit
+        self.max_write_buffer_bytes = max_write_buffer_bytes
         self.heartbeat_s = heartbeat_s
         self.queue_limit = queue_limit
         self.close_timeout_s = close_timeout_s
         self.remote = remote
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_event_loop()
+        self._clock = clock or self._loop.time
         self._buf = bytearray()
         self._need = 0                    # bytes the buffered partial frame needs at least
         self._frag_op = 0                 # opcode of a fragmented message in progress
@@ -80,7 +108,12 @@ class MediaSocket(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._on_text: TextHandler | None = None
         self._on_other: OtherHandler | None = None
-        self._paused = False
+        self._paused = False              # reading paused: the queue is full
+        self._write_paused = False        # reading paused: the write buffer is above high water
+        self._reading_paused = False      # what the transport was last told
+        self._ctl_window_end = 0.0        # control frames counted per one-second window
+        self._ctl_count = 0
+        self._pending: PendingHold | None = None
         self._close_sent = False
         self._close_received = False
         self._lost = False
@@ -107,10 +140,14 @@ class MediaSocket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        limit = self.max_write_buffer_bytes
+        self.transport.set_write_buffer_limits(high=limit // 2, low=limit // 8)
         if self.heartbeat_s > 0:
             self._hb_timer = self._loop.call_later(self.heartbeat_s, self._heartbeat)
 
     def data_received(self, data: bytes) -> None:
+        if self._close_received:  # closing: what still arrives is discarded
+            return
         buf = self._buf
         if buf:
             buf += data
@@ -171,6 +208,7 @@ class MediaSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._release_pending()
         for timer in (self._close_timer, self._hb_timer):
             if timer is not None:
                 timer.cancel()
@@ -184,10 +222,46 @@ class MediaSocket(asyncio.Protocol):
             handler(OP_CLOSE, b"")
 
     def pause_writing(self) -> None:
+        """The write buffer passed half its bound: stop reading (no more pongs to queue)."""
         metrics.incr("ws.write_paused")
+        self._write_paused = True
+        self._sync_reading()
 
     def resume_writing(self) -> None:
-        pass
+        self._write_paused = False
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        """Pause reading while the queue is full or the write buffer high; else read."""
+        want = self._paused or self._write_paused
+        transport = self.transport
+        if want != self._reading_paused and transport is not None and not self._lost:
+            self._reading_paused = want
+            if want:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # -- the listener's pending slot (held from the upgrade until the stream starts) --------
+
+    def hold_pending(self, slot: PendingHold) -> None:
+        """Hold ``slot`` until :meth:`set_handler` (the stream started) or the end; the
+        listener may evict this socket for a newer connection meanwhile (close 1013)."""
+        if self._lost:
+            slot.release()
+            return
+        self._pending = slot
+        slot.set_evict(self.evict)
+
+    def _release_pending(self) -> None:
+        slot, self._pending = self._pending, None
+        if slot is not None:
+            slot.release()
+
+    def evict(self) -> None:
+        """Make room for a newer connection: close with 1013 (try again later) now."""
+        metrics.incr("ws.evicted")
+        self._close_now(CLOSE_TRY_AGAIN_LATER, "server busy")
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -211,13 +285,28 @@ class MediaSocket(asyncio.Protocol):
                 self._frag_op, self._frag, self._frag_size = 0, [], 0
                 self._message(op, b"".join(parts))
         elif opcode == OP_PING:
+            self._control_frame()
             self._write(server_frame(OP_PONG, payload))
         elif opcode == OP_PONG:
-            return  # nothing to do: any frame proves the peer alive (see _heartbeat)
+            self._control_frame()  # else nothing to do: any frame proves the peer alive
         elif opcode == OP_CLOSE:
             self._peer_close(payload)
         else:
             raise _ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+
+    def _control_frame(self) -> None:
+        """Count a ping/pong; past the per-second limit the socket closes with 1008."""
+        limit = self.max_control_frames_per_s
+        if not limit:
+            return
+        now = self._clock()
+        if now >= self._ctl_window_end:  # a new one-second window
+            self._ctl_window_end = now + 1.0
+            self._ctl_count = 0
+        self._ctl_count += 1
+        if self._ctl_count > limit:
+            metrics.incr("ws.control_flood")
+            raise _ProtocolError(CLOSE_POLICY_VIOLATION, "too many control frames")
 
     def _message(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_TEXT:
@@ -230,9 +319,9 @@ class MediaSocket(asyncio.Protocol):
             return
         self._queue.append((opcode, payload))
         self._wake()
-        if len(self._queue) >= self.queue_limit and not self._paused and self.transport:
+        if len(self._queue) >= self.queue_limit and not self._paused:
             self._paused = True
-            self.transport.pause_reading()
+            self._sync_reading()
 
     def _peer_close(self, payload: bytes) -> None:
         self._close_received = True
@@ -269,8 +358,35 @@ class MediaSocket(asyncio.Protocol):
         if not self._close_sent:
             self._close_sent = True
             self._write(server_frame(OP_CLOSE, close_payload(code, reason)))
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self._lost:
+            if transport.can_write_eof() and not transport.is_closing():
+                # half-close and read (discarding) until the peer's EOF: closing with its
+                # unread bytes in our buffer would reset the connection, and the peer
+                # could lose the close frame
+                transport.write_eof()
+            else:
+                transport.close()
+            if self._close_timer is None:  # a peer that never reads nor closes
+                self._close_timer = self._loop.call_later(self.close_timeout_s, self._abort)
+        self._wake()
+
+    def _close_now(self, code: int, reason: str) -> None:
+        """End the connection at once with ``code``: the close frame goes out if it fits
+        (the write buffer is empty), else the connection is aborted."""
+        self._close_received = True  # read nothing more
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        transport = self.transport
+        if not self._close_sent:
+            self._close_sent = True
+            if transport is not None and not transport.get_write_buffer_size():
+                self._write(server_frame(OP_CLOSE, close_payload(code, reason)))
+        if transport is not None and not self._lost:
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
         self._wake()
 
     def _heartbeat(self) -> None:
@@ -312,9 +428,9 @@ class MediaSocket(asyncio.Protocol):
             finally:
                 self._waiter = None
         item = self._queue.popleft()
-        if self._paused and len(self._queue) < self.queue_limit // 2 and self.transport:
+        if self._paused and len(self._queue) < self.queue_limit // 2:
             self._paused = False
-            self.transport.resume_reading()
+            self._sync_reading()
         return item
 
     def set_handler(self, on_text: TextHandler, on_other: OtherHandler) -> None:
@@ -328,9 +444,10 @@ class MediaSocket(asyncio.Protocol):
             else:
                 on_other(opcode, payload)
         self._on_text, self._on_other = on_text, on_other
-        if self._paused and self.transport is not None:
+        self._release_pending()  # the stream started: no longer a pending connection
+        if self._paused:
             self._paused = False
-            self.transport.resume_reading()
+            self._sync_reading()
         if self._lost:
             self.connection_lost(None)
 
@@ -347,6 +464,10 @@ class MediaSocket(asyncio.Protocol):
             self.dropped_writes += 1
             return False
         transport.write(data)
+        if self._write_paused and transport.get_write_buffer_size() > self.max_write_buffer_bytes:
+            metrics.incr("ws.write_buffer_overflow")
+            self._close_now(CLOSE_POLICY_VIOLATION, "write buffer full")
+            return False
         return True
 
     def send_text(self, text: str | bytes) -> bool:
@@ -377,9 +498,9 @@ class MediaSocket(asyncio.Protocol):
                 self.close_code, self.close_reason = code, reason
         if self._lost:
             return
-        if self._paused and self.transport is not None:  # the peer's close must be read
+        if self._paused:  # the peer's close must be read
             self._paused = False
-            self.transport.resume_reading()
+            self._sync_reading()
         if not self._close_received and self.transport is not None:
             self._close_timer = self._loop.call_later(self.close_timeout_s, self._abort)
         await asyncio.shield(self._closed)

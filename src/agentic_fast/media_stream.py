@@ -31,6 +31,8 @@ from agentic_fast.media_socket import (
     CLOSE_GOING_AWAY,
     CLOSE_OK,
     CLOSE_POLICY_VIOLATION,
+    DEFAULT_CONTROL_FRAMES_PER_S,
+    DEFAULT_WRITE_BUFFER_BYTES,
     MediaSocket,
     text_frame,
 )
@@ -178,7 +180,9 @@ class MediaStreamHandler:
     def __init__(self, *, manager: CallManager, tokens: StreamTokenSigner,
                  bridge_factory: BridgeFactory, limiter: ConnectionLimiter,
                  start_timeout_s: float, max_message_bytes: int, heartbeat_s: float,
-                 record_dtmf: bool = True) -> None:
+                 record_dtmf: bool = True,
+                 max_control_frames_per_s: int = DEFAULT_CONTROL_FRAMES_PER_S,
+                 max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES) -> None:
         self.manager = manager
         self.tokens = tokens
         self.bridge_factory = bridge_factory
@@ -187,6 +191,8 @@ class MediaStreamHandler:
         self.max_message_bytes = max_message_bytes
         self.heartbeat_s = heartbeat_s
         self.record_dtmf = record_dtmf
+        self.max_control_frames_per_s = max_control_frames_per_s
+        self.max_write_buffer_bytes = max_write_buffer_bytes
         self._sockets: set[MediaSocket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -221,7 +227,9 @@ class MediaStreamHandler:
             transport.close()
             return
         sock = MediaSocket(max_message_bytes=self.max_message_bytes,
-                           heartbeat_s=self.heartbeat_s, remote=remote)
+                           heartbeat_s=self.heartbeat_s, remote=remote,
+                           max_control_frames_per_s=self.max_control_frames_per_s,
+                           max_write_buffer_bytes=self.max_write_buffer_bytes)
         transport.write(switching_protocols(request))
         sock.take_over(transport, leftover)
         self._sockets.add(sock)

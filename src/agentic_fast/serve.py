@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import signal
 
 import uvloop
@@ -30,6 +31,12 @@ from agentic_fast.server import (
 
 log = get_logger("serve")
 
+#: descriptors kept for all but calls and pending connections: the listening socket, logs,
+#: the gateway, the REST client, webhooks and health checks on keep-alive connections
+DESCRIPTOR_RESERVE = 64
+#: descriptors one call holds: its media stream and its model socket
+DESCRIPTORS_PER_CALL = 2
+
 
 def default_bridge_factory(config: Config) -> BridgeFactory:
     """The production bridge: audio to the configured realtime provider and back."""
@@ -44,8 +51,9 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     """Serve until a signal; ``ready`` (if given) receives the bound port."""
     require_public_config(config)
     log_config_warnings(config)
+    log_capacity(config, raise_nofile_limit())
     app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    runner = make_runner(app, config)
     await runner.setup()
     site = await start_site(runner, host or config.server.host,
                             config.server.port if port is None else port)
@@ -86,6 +94,62 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
             loop.remove_signal_handler(signum)
         await runner.cleanup()
         log.info("server.stopped")
+
+
+def make_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The app's runner: an idle keep-alive HTTP connection (or one that sends half of a
+    next request) is closed after ``server.http_keepalive_s``."""
+    return web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0,
+                         keepalive_timeout=config.server.http_keepalive_s)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; the ``(soft, hard)`` in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:  # e.g. a hard limit above the kernel's nr_open
+        log.warning("server.nofile_not_raised", soft=soft, hard=hard, error=str(exc))
+        return soft, hard
+    return target, hard
+
+
+def capacity_warnings(config: Config, nofile: int) -> tuple[int, list[str]]:
+    """How many calls ``nofile`` descriptors hold beside the pending connections and the
+    reserve, and a warning (naming the key) for each cap the descriptors cannot honour."""
+    server = config.server
+    calls = max(0, (nofile - DESCRIPTOR_RESERVE - server.max_pending_total)
+                // DESCRIPTORS_PER_CALL)
+    warnings = []
+    if server.max_connections_total > calls:
+        warnings.append(
+            f"server.max_connections_total ({server.max_connections_total}) exceeds what "
+            f"{nofile} file descriptors hold: {calls} calls at {DESCRIPTORS_PER_CALL} each, "
+            f"beside server.max_pending_total ({server.max_pending_total}) and a reserve of "
+            f"{DESCRIPTOR_RESERVE}; raise the hard limit (ulimit -Hn) or lower the cap")
+    if server.max_pending_total + DESCRIPTOR_RESERVE > nofile:
+        warnings.append(
+            f"server.max_pending_total ({server.max_pending_total}) leaves no descriptors "
+            f"for calls under a limit of {nofile}")
+    return calls, warnings
+
+
+def log_capacity(config: Config, nofile: tuple[int, int]) -> None:
+    """Log what the server can hold with its descriptors; warn (counted) about caps above it."""
+    soft, hard = nofile
+    server = config.server
+    calls, warnings = capacity_warnings(config, soft)
+    log.info("server.capacity", nofile_soft=soft, nofile_hard=hard, calls=calls,
+             max_connections_total=server.max_connections_total,
+             max_pending_total=server.max_pending_total,
+             max_pending_per_ip=server.max_pending_per_ip,
+             head_timeout_s=server.head_timeout_s)
+    for warning in warnings:
+        metrics.incr("config.warnings")
+        log.warning("config.warning", key=warning.split(" ", 1)[0], detail=warning)
 
 
 def log_config_warnings(config: Config) -> None:

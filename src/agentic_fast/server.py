@@ -24,7 +24,7 @@ from agentic_fast.admission import Admission, Refusal, caller_tag, mask_number
 from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
-from agentic_fast.listener import CallServerSite
+from agentic_fast.listener import CallServerSite, ListenerLimits
 from agentic_fast.log import get_logger
 from agentic_fast.media_stream import (
     PARAM_CALL_ID,
@@ -495,6 +495,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
         heartbeat_s=server.ws_heartbeat_s,
         record_dtmf=not config.brain.pin,  # a PIN must not end up in /calls or the logs
+        max_control_frames_per_s=server.ws_max_control_frames_per_s,
+        max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
     )
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
@@ -550,10 +552,20 @@ async def _on_cleanup(app: web.Application) -> None:
 async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerSite:
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
-    media = runner.app[SERVICES].media
-    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: media})
+    svc = runner.app[SERVICES]
+    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: svc.media},
+                          limits=listener_limits(svc.config))
     await site.start()
     return site
+
+
+def listener_limits(config: Config) -> ListenerLimits:
+    """The listener's bounds on not-yet-complete requests (``server.head_timeout_s``,
+    ``server.max_pending_total``, ``server.max_pending_per_ip``)."""
+    server = config.server
+    return ListenerLimits(head_timeout_s=server.head_timeout_s,
+                          max_pending_total=server.max_pending_total,
+                          max_pending_per_address=server.max_pending_per_ip)
 
 
 def begin_drain(app: web.Application) -> None:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from agentic_fast.audio import AudioConverter
 from agentic_fast.calls import CallManager, CallSession
 from agentic_fast.config import Config
 from agentic_fast.media_stream import TwilioStreamSender
+from agentic_fast.serve import make_runner
 from agentic_fast.server import SERVICES, create_app, start_site
 from tests.fakes.twilio_media import FakeTwilioMediaClient
 from tests.fakes.twilio_rest import FakeTwilioRest
@@ -109,7 +109,7 @@ class Harness:
         self.bridges: dict[str, RecordingBridge] = {}
         self.app = create_app(config, bridge_factory=bridge_factory or self._bridge,
                               manager=manager)
-        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5.0)
+        self.runner = make_runner(self.app, config)
         self.site: Any = None
         self.http: aiohttp.ClientSession | None = None
         self.clients: list[FakeTwilioMediaClient] = []

@@ -22,9 +22,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Close, Frame, Opcode
 
-from agentic_fast import listener
 from agentic_fast.http_upgrade import UpgradeRequest, accept_key, switching_protocols
-from agentic_fast.listener import MAX_HEAD_BYTES, CallServerSite, FrontProtocol
+from agentic_fast.listener import MAX_HEAD_BYTES, CallServerSite, FrontProtocol, ListenerLimits
 from agentic_fast.media_socket import MediaSocket
 from agentic_fast.wsframe import OP_BINARY, OP_CLOSE, OP_TEXT, ClientFramer, server_frame
 from tests.fakes.twilio_rest import FakeTwilioRest
@@ -100,21 +99,27 @@ async def _echo_body(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"X-Length": str(len(body))})
 
 
-@pytest.fixture
-async def echo_server() -> AsyncIterator[EchoServer]:
+@contextlib.asynccontextmanager
+async def echo_server_with(limits: ListenerLimits | None = None) -> AsyncIterator[EchoServer]:
     app = web.Application()
     app.router.add_get("/healthz", _healthz)
     app.router.add_post("/echo", _echo_body)
     route = EchoRoute()
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = CallServerSite(runner, "127.0.0.1", 0, routes={"/ws": route})
+    site = CallServerSite(runner, "127.0.0.1", 0, routes={"/ws": route}, limits=limits)
     await site.start()
     try:
         yield EchoServer(route, runner, site)
     finally:
         await route.close()
         await runner.cleanup()
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[EchoServer]:
+    async with echo_server_with() as server:
+        yield server
 
 
 @pytest.fixture
@@ -552,22 +557,30 @@ async def test_connection_cap_total(rest: FakeTwilioRest) -> None:
 
 # -- the head timeout --------------------------------------------------------------------------
 
-async def test_head_timeout_drops_slow_connections(monkeypatch: pytest.MonkeyPatch,
-                                                   echo_server: EchoServer) -> None:
-    monkeypatch.setattr(listener, "HEAD_TIMEOUT_S", 0.1)
-    for data in (b"", b"GET /w", b"GET /ws HTTP/1.1\r\nHost: x\r\n"):
+async def test_head_timeout_drops_slow_connections() -> None:
+    async with echo_server_with(ListenerLimits(head_timeout_s=0.1)) as echo_server:
         reader, writer = await open_raw(echo_server.port)
-        try:
-            writer.write(data)
+        try:  # nothing sent: closed without an answer
             assert await read_to_eof(reader) == b""
         finally:
             await close_writer(writer)
-    assert echo_server.route.upgrades == []
+        for data in (b"GET /w", b"GET /ws HTTP/1.1\r\nHost: x\r\n"):
+            reader, writer = await open_raw(echo_server.port)
+            try:
+                writer.write(data)
+                assert (await read_response(reader))[0] == 408
+                assert await read_to_eof(reader) == b""
+            finally:
+                await close_writer(writer)
+        assert echo_server.route.upgrades == []
 
 
-async def test_head_timeout_does_not_touch_handed_over_connections(
-        monkeypatch: pytest.MonkeyPatch, echo_server: EchoServer) -> None:
-    monkeypatch.setattr(listener, "HEAD_TIMEOUT_S", 0.05)
+async def test_head_timeout_does_not_touch_handed_over_connections() -> None:
+    async with echo_server_with(ListenerLimits(head_timeout_s=0.05)) as echo_server:
+        await _handed_over_connections_survive(echo_server)
+
+
+async def _handed_over_connections_survive(echo_server: EchoServer) -> None:
     http_r, http_w = await open_raw(echo_server.port)
     ws_r, ws_w = await open_raw(echo_server.port)
     framer = ClientFramer()
@@ -606,6 +619,9 @@ class _Transport:
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol | None:
+        return self.protocol
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("10.0.0.7", 4242) if name == "peername" else default
@@ -662,7 +678,7 @@ async def test_front_protocol_routes_an_upgrade_fed_byte_by_byte() -> None:
 
 async def test_front_protocol_hands_http_over_with_every_byte() -> None:
     for data in (request("GET", "/healthz"), request("POST", "/echo", body=b"abc"),
-                 request("GET", "/w"), request("GET", "/wsx"), b"PUT /ws HTTP/1.1\r\n"):
+                 request("GET", "/w"), request("GET", "/wsx"), b"PUT /ws HTTP/1.1\r\n\r\n"):
         front, transport, made, route = _front()
         for i in range(len(data)):
             if made:

@@ -48,6 +48,7 @@ class FakeTransport:
         self.resume_calls = 0
         self.reading = True
         self.buffered = 0
+        self.limits: tuple[int | None, int | None] = (None, None)
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.aborted: asyncio.Future[None] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
@@ -91,6 +92,12 @@ class FakeTransport:
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
@@ -675,3 +682,126 @@ async def test_no_heartbeat_when_disabled(make) -> None:
     sock, transport = make(heartbeat_s=0)
     assert sock._hb_timer is None
     assert transport.written == b""
+
+
+# -- abuse bounds: control-frame rate, write buffer, the listener's pending slot ------------
+
+class Clock:
+    """An injected clock for the control-frame window."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_ping_flood_closes_with_1008_after_the_per_second_limit(make) -> None:
+    from agentic_fast import metrics
+    clock = Clock()
+    sock, transport = make(max_control_frames_per_s=5, clock=clock)
+    before = metrics.get("ws.control_flood")
+    sock.data_received(b"".join(cframe(OP_PING, b"p") for _ in range(5)))
+    assert [f.opcode for f in transport.frames()] == [Opcode.PONG] * 5 and not sock.closed
+    clock.now += 1.0  # a new second: five more are fine
+    sock.data_received(b"".join(cframe(OP_PING, b"q") for _ in range(5)))
+    assert not sock.closed
+    # a flood in one read, still in that second: its first ping is the sixth and closes
+    # the socket; nothing after it is read or answered
+    sock.data_received(b"".join(cframe(OP_PING, b"r") for _ in range(10_000)))
+    pongs = [f for f in transport.frames() if f.opcode is Opcode.PONG]
+    assert len(pongs) == 10
+    await assert_failed(sock, transport, 1008)
+    assert close_of(transport.frames()[-1]).reason == "too many control frames"
+    assert metrics.get("ws.control_flood") == before + 1
+
+
+async def test_unsolicited_pongs_count_as_control_frames(make) -> None:
+    sock, transport = make(max_control_frames_per_s=3, clock=Clock())
+    sock.data_received(b"".join(cframe(OP_PONG) for _ in range(4)))
+    await assert_failed(sock, transport, 1008)
+
+
+async def test_control_frame_limit_zero_is_off(make) -> None:
+    sock, transport = make(max_control_frames_per_s=0)
+    sock.data_received(b"".join(cframe(OP_PING) for _ in range(1000)))
+    assert len(transport.frames()) == 1000 and not sock.closed
+
+
+async def test_media_frames_are_not_rate_limited(make) -> None:
+    sock, _ = make(max_control_frames_per_s=1, queue_limit=10_000)
+    sock.data_received(b"".join(cframe(OP_TEXT, "m") for _ in range(500)))
+    assert not sock.closed and (await receive(sock)) == (OP_TEXT, b"m")
+
+
+async def test_write_buffer_limits_are_set_and_high_water_pauses_reading(make) -> None:
+    sock, transport = make(max_write_buffer_bytes=64 * 1024, queue_limit=2)
+    assert transport.limits == (32 * 1024, 8 * 1024)
+    sock.pause_writing()  # the transport's buffer passed high water
+    assert not transport.reading
+    sock.data_received(cframe(OP_TEXT, "a") + cframe(OP_TEXT, "b"))  # the queue fills too
+    await receive(sock)
+    await receive(sock)  # the queue drained: still paused for the write buffer
+    assert not transport.reading
+    sock.resume_writing()
+    assert transport.reading and transport.pause_calls == 1 and transport.resume_calls == 1
+
+
+async def test_write_buffer_beyond_its_bound_drops_the_connection_1008(make) -> None:
+    from agentic_fast import metrics
+    sock, transport = make(max_write_buffer_bytes=16 * 1024)
+    before = metrics.get("ws.write_buffer_overflow")
+    transport.buffered = 10_000
+    sock.pause_writing()
+    assert sock.send_text("x" * 100)  # still under the bound
+    transport.buffered = 16 * 1024 + 1  # the peer reads nothing
+    assert not sock.send_text("x" * 100)
+    await asyncio.wait_for(transport.aborted, WAIT)
+    assert sock.close_code == 1008 and sock.close_reason == "write buffer full"
+    assert await asyncio.wait_for(sock.wait_closed(), WAIT) == 1008
+    assert metrics.get("ws.write_buffer_overflow") == before + 1
+    assert not sock.send_text("more") and transport.abort_calls == 1
+
+
+class Slot:
+    def __init__(self) -> None:
+        self.released = 0
+        self.evict: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        self.released += 1
+
+    def set_evict(self, evict: Callable[[], None]) -> None:
+        self.evict = evict
+
+
+async def test_pending_slot_is_released_when_the_stream_starts(make) -> None:
+    sock, _ = make()
+    slot = Slot()
+    sock.hold_pending(slot)
+    assert slot.released == 0
+    sock.set_handler(lambda payload: None, lambda op, payload: None)
+    assert slot.released == 1
+    sock.connection_lost(None)
+    assert slot.released == 1
+
+
+async def test_pending_slot_is_released_when_the_connection_ends(make) -> None:
+    sock, transport = make()
+    slot = Slot()
+    sock.hold_pending(slot)
+    transport.close()
+    await asyncio.wait_for(transport.lost, WAIT)
+    assert slot.released == 1
+
+
+async def test_evicted_pending_socket_closes_with_1013(make) -> None:
+    sock, transport = make()
+    slot = Slot()
+    sock.hold_pending(slot)
+    assert slot.evict is not None
+    slot.evict()
+    await asyncio.wait_for(transport.lost, WAIT)
+    assert close_of(transport.frames()[-1]).code == 1013
+    assert sock.close_code == 1013 and await receive(sock) == CLOSED
+    assert slot.released == 1

@@ -70,3 +70,46 @@ async def test_serve_warns_when_no_inbound_caller_would_be_answered(
     found = [x for x in lines if x.startswith("config.warning key=calls.inbound_numbers ")]
     assert len(found) == 1, lines
     assert "no inbound caller will be answered" in found[0]
+
+
+def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    import resource
+
+    from agentic_fast.serve import raise_nofile_limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        assert raise_nofile_limit() == (hard if hard != resource.RLIM_INFINITY
+                                        else max(low, 1 << 20), hard)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > low
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_capacity_warns_naming_the_key_when_descriptors_cannot_hold_the_cap() -> None:
+    from agentic_fast.serve import capacity_warnings
+    config = Config.from_text("server: {max_connections_total: 1000, max_pending_total: 256}\n",
+                              env={})
+    calls, warnings = capacity_warnings(config, 1024)
+    assert calls == (1024 - 64 - 256) // 2
+    assert len(warnings) == 1 and warnings[0].startswith("server.max_connections_total (1000)")
+    assert capacity_warnings(config, 20_000) == ((20_000 - 64 - 256) // 2, [])
+
+
+async def test_serve_logs_its_capacity(caplog: pytest.LogCaptureFixture, keep_gc: None) -> None:
+    config = Config.from_text(
+        "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n",
+        env={})
+    caplog.set_level(logging.INFO, logger="agentic_fast")
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), 10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    [line] = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("server.capacity ")]
+    assert "nofile_soft=" in line and "calls=" in line and "max_pending_total=256" in line
