@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load_report as rep
+from bench.load_api import ApiPoller, summary_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_URL = "https://loadgen.example.test"
@@ -179,7 +180,7 @@ class Child:
 
 
 def server_config(port: int, fake_port: int, mode: str, n: int, args: argparse.Namespace,
-                  auth_token: str, account_sid: str) -> str:
+                  auth_token: str, account_sid: str, api_token: str = "") -> str:
     """The config of the server under test (loopback fakes around it)."""
     limit = n + 64
     return f"""\
@@ -188,6 +189,7 @@ server:
   host: 127.0.0.1
   port: {port}
   public_url: {PUBLIC_URL}
+  api_token: '{api_token}'
   drain_timeout_s: 2
   max_connections_total: {limit}
   max_connections_per_ip: {limit}
@@ -299,6 +301,7 @@ class Run:
         gen_pin = pin_prefix(args.gen_cores, pin)
         py = sys.executable
         auth_token = secrets.token_hex(16)
+        api_token = secrets.token_hex(16)
         account_sid = "AC" + secrets.token_hex(16)
         fake_port, port = free_port(), free_port()
         protocol = "gemini" if self.mode == "gemini" else "openai"
@@ -326,7 +329,7 @@ class Run:
         if self.target == "server":
             cfg = self.dir / "config.yaml"
             cfg.write_text(server_config(port, fake_port, self.mode, n, args, auth_token,
-                                         account_sid))
+                                         account_sid, api_token))
             cmd = [*srv_pin, py, "-m", "agentic_fast", "serve", "--config", str(cfg)]
         else:
             cmd = [*srv_pin, py, "-m", "bench.load_fakes", "relay", "--port", str(port),
@@ -377,6 +380,11 @@ class Run:
                             "t_end": t_end})
         for child in self.fakes + self.gens:
             await child.send(sched)
+        poller: asyncio.Task[dict[str, Any]] | None = None
+        if args.poll_calls_hz and self.target == "server":  # inside the window only
+            poller = asyncio.create_task(ApiPoller(
+                f"http://127.0.0.1:{port}", args.poll_calls_hz, t_start=t_steady, t_end=t_end,
+                token=api_token, limit=args.poll_calls_limit).run(), name="api-poller")
 
         # 5. watch; CPU at both ends of the window
         cpu0 = cpu1 = None
@@ -406,6 +414,14 @@ class Run:
             next_stop = t_steady if cpu0 is None and t_steady > now else t_end
             await asyncio.sleep(max(0.0, min(1.0, next_stop - now)))
 
+        api_poll = None
+        if poller is not None:
+            try:
+                async with asyncio.timeout(15.0):
+                    api_poll = await poller
+            except TimeoutError:
+                print("  the /calls poller did not finish in time", file=sys.stderr)
+
         # 6. wind down: callers hang up and report, then the fakes, then the server
         for child in self.gens:
             try:
@@ -425,7 +441,8 @@ class Run:
         server = {"cpu_window_s": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
                   "rss_idle_kb": rss_idle, "rss_end_kb": rss_end, "rss_max_kb": rss_max,
                   "exit_code": code if code not in (-signal.SIGTERM, 0) else 0,
-                  "log_errors": dict(errors), "log_warnings": dict(warnings)}
+                  "log_errors": dict(errors), "log_warnings": dict(warnings),
+                  "api_poll": api_poll}
         meta = {"n": n, "mode": self.mode, "target": self.target,
                 "window": (t_steady, t_end),
                 "thresholds": {"gen_late_p99_ms": args.max_gen_late_ms,
@@ -490,6 +507,7 @@ def assemble(run_dir: Path, meta: dict[str, Any], server: dict[str, Any]) -> dic
     result["processes"] = {"callers": len(gens), "fakes": len(fakes)}
     result["raw_dir"] = str(run_dir)
     result["server_rss_max_mb"] = (server.get("rss_max_kb") or 0) / 1024.0
+    result["api_poll"] = server.get("api_poll")
     result["violation_examples"] = [e for f in fakes
                                     for e in f.get("violation_examples", [])][:10]
     return result
@@ -518,6 +536,8 @@ async def run_one(args: argparse.Namespace, n: int, mode: str, target: str,
         result = await Run(args, n, mode, target, duration, label, procs).execute()
         print(rep.table([result]))
         print(rep.details(result), flush=True)
+        if result.get("api_poll"):
+            print(summary_line(result["api_poll"]), flush=True)
         lagged = [g for g in result["generator"]["processes"]
                   if g["name"] in result["lagging_processes"]]
         late = _worst_lateness(result)
@@ -725,6 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="JSON path (default <out>/loadgen.json)")
     p.add_argument("--png", default=None, help="PNG path (default <out>/loadgen.png)")
     p.add_argument("--quiet", action="store_true", help="no per-second progress lines")
+    p.add_argument("--poll-calls-hz", type=float, default=0.0,
+                   help="poll GET /calls (all pages, then one call in full) this often during "
+                        "the window, and probe /healthz between polls (loop lag as the client "
+                        "sees it); 0 = off")
+    p.add_argument("--poll-calls-limit", type=int, default=50,
+                   help="page size (limit) of the /calls polls")
     return p
 
 
@@ -749,6 +775,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[int
         p.error(f"--capacity-runs 1..{MAX_RUNS}, --capacity-max <= {MAX_CALLS}")
     if not 1 <= args.slots <= 20:
         p.error("--slots 1..20")
+    if not 0 <= args.poll_calls_hz <= 100 or not 1 <= args.poll_calls_limit <= 200:
+        p.error("--poll-calls-hz 0..100, --poll-calls-limit 1..200")
     if not 1.0 <= args.duration <= 3600 or not 0 <= args.warmup <= 600:
         p.error("--duration 1..3600 s, --warmup 0..600 s")
     if args.response_ms % 20 or args.response_ms + 500 >= args.turn_every_ms:

@@ -176,6 +176,13 @@ COMMANDS_LIMIT: Final = 200
 STREAM_ERRORS_LIMIT: Final = 20
 #: Characters of Twilio's ``StreamError`` text kept per error.
 STREAM_ERROR_CHARS: Final = 500
+#: DTMF digits kept per call (the latest; older ones are dropped and counted).
+DTMF_LIMIT: Final = 256
+#: Characters kept of one transcript entry (a longer utterance is cut, counted).
+TRANSCRIPT_TEXT_CHARS: Final = 4000
+#: Transcript entries ``GET /calls/{id}`` shows by default (the latest), and at most.
+TRANSCRIPT_PAGE_DEFAULT: Final = 100
+TRANSCRIPT_PAGE_MAX: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +230,7 @@ class CallSession:
     transcript: deque[TranscriptEntry] = field(
         default_factory=lambda: deque(maxlen=TRANSCRIPT_LIMIT), repr=False)
     dtmf: str = ""
+    dtmf_dropped: int = 0
     commands: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=COMMANDS_LIMIT), repr=False)
     # Twilio's stream-error reports (<Stream statusCallback>), oldest first, bounded.
@@ -230,6 +238,8 @@ class CallSession:
         default_factory=lambda: deque(maxlen=STREAM_ERRORS_LIMIT), repr=False)
     bridge: Any = field(default=None, repr=False)
     log: BoundLogger = field(default=_log, repr=False)
+    #: Registration order in the manager (the ``GET /calls`` paging cursor).
+    serial: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         self.created_at = self.clock.time()
@@ -252,10 +262,20 @@ class CallSession:
         """Append an utterance (bounded: the oldest entries go first, counted)."""
         if len(self.transcript) == TRANSCRIPT_LIMIT:
             metrics.incr("calls.transcript.dropped")
+        if len(text) > TRANSCRIPT_TEXT_CHARS:
+            metrics.incr("calls.transcript.truncated")
+            text = text[:TRANSCRIPT_TEXT_CHARS]
         self.transcript.append(TranscriptEntry(role, text, self.clock.time()))
 
     def add_dtmf(self, digits: str) -> None:
-        self.dtmf += digits
+        """Record pressed keys: the latest ``DTMF_LIMIT`` are kept, older ones counted."""
+        dtmf = self.dtmf + digits
+        if len(dtmf) > DTMF_LIMIT:
+            over = len(dtmf) - DTMF_LIMIT
+            self.dtmf_dropped += over
+            metrics.incr("calls.dtmf.dropped", over)
+            dtmf = dtmf[over:]
+        self.dtmf = dtmf
 
     def add_command(self, command: dict[str, Any]) -> None:
         """Record a command the caller asked for (bounded like the transcript)."""
@@ -272,8 +292,9 @@ class CallSession:
                                    "error": error[:STREAM_ERROR_CHARS],
                                    "stream_sid": stream_sid})
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON view of ``GET /calls/{id}`` (no prompt text beyond what was given)."""
+    def summary(self) -> dict[str, Any]:
+        """The small view of ``GET /calls``: no transcript, prompt or metadata (those are
+        in ``to_dict``), so one page costs the same whatever the calls have said."""
         return {
             "call_id": self.call_id,
             "call_sid": self.call_sid,
@@ -282,16 +303,35 @@ class CallSession:
             "to": self.to_number,
             "status": self.status.value,
             "reason": self.reason,
-            "prompt": self.prompt,
-            "metadata": self.metadata,
             "created_at": _iso(self.created_at),
             "answered_at": _iso(self.answered_at),
             "ended_at": _iso(self.ended_at),
             "duration_s": round(self.duration, 3),
+            "stream_started": self.stream_started,
+            "transcript_turns": len(self.transcript),
+        }
+
+    def to_dict(self, transcript_limit: int | None = None) -> dict[str, Any]:
+        """The JSON view of ``GET /calls/{id}`` (no prompt text beyond what was given).
+
+        ``transcript_limit`` keeps only the latest entries; ``transcript_total`` and
+        ``transcript_truncated`` say how many there are and whether some were left out.
+        """
+        entries = list(self.transcript)
+        total = len(entries)
+        if transcript_limit is not None and total > transcript_limit:
+            entries = entries[total - transcript_limit:] if transcript_limit > 0 else []
+        return {
+            **self.summary(),
+            "prompt": self.prompt,
+            "metadata": self.metadata,
             "transcript": [
-                {"role": e.role, "text": e.text, "ts": _iso(e.ts)} for e in self.transcript
+                {"role": e.role, "text": e.text, "ts": _iso(e.ts)} for e in entries
             ],
+            "transcript_total": total,
+            "transcript_truncated": len(entries) < total,
             "dtmf": self.dtmf,
+            "dtmf_dropped": self.dtmf_dropped,
             "commands": list(self.commands),
             "stream_errors": list(self.stream_errors),
         }
@@ -338,6 +378,7 @@ class CallManager:
         self._by_sid: dict[str, CallSession] = {}
         self._by_token: dict[str, CallSession] = {}
         self._draining = False
+        self._serial = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -385,6 +426,22 @@ class CallManager:
     def active_sessions(self) -> list[CallSession]:
         return list(self._active.values())
 
+    def active_page(self, after: int, limit: int) -> tuple[list[CallSession], int | None]:
+        """Up to ``limit`` active calls registered after the one with serial ``after``
+        (oldest first), and the cursor of the next page (``None`` on the last one).
+
+        Calls keep their place while others start and end: a page never repeats a call
+        and a call active all along is on exactly one page.
+        """
+        page: list[CallSession] = []
+        for session in self._active.values():  # registration (serial) order
+            if session.serial <= after:
+                continue
+            if len(page) == limit:
+                return page, page[-1].serial
+            page.append(session)
+        return page, None
+
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no call is active; ``False`` if ``timeout`` passed first."""
         if self._idle.is_set():
@@ -408,6 +465,8 @@ class CallManager:
             raise CallLimitError(self.max_concurrent_calls)
 
     def _register(self, session: CallSession) -> None:
+        self._serial += 1
+        session.serial = self._serial
         self._active[session.call_id] = session
         if session.call_sid:
             self._by_sid[session.call_sid] = session

@@ -21,7 +21,14 @@ from aiohttp import web
 
 from agentic_fast import metrics
 from agentic_fast.admission import Admission, Refusal, caller_tag, mask_number
-from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
+from agentic_fast.calls import (
+    TRANSCRIPT_PAGE_DEFAULT,
+    TRANSCRIPT_PAGE_MAX,
+    CallLimitError,
+    CallManager,
+    CallRefusedError,
+    CallSession,
+)
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
 from agentic_fast.listener import CallServerSite, ListenerLimits
@@ -32,6 +39,12 @@ from agentic_fast.media_stream import (
     BridgeFactory,
     ConnectionLimiter,
     MediaStreamHandler,
+)
+from agentic_fast.telephony.form import (
+    JSON_TYPE,
+    WebhookBodyError,
+    check_content_type,
+    parse_webhook_body,
 )
 from agentic_fast.telephony.rest import TwilioApiError, TwilioRestClient
 from agentic_fast.telephony.signature import (
@@ -60,8 +73,9 @@ STATUS_PATH = "/twilio/status"
 STREAM_STATUS_PATH = "/twilio/stream-status"
 _STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
 #: A Twilio error code (Media Streams: 319xx) at the start of, or inside, ``StreamError``.
-_ERROR_CODE = re.compile(r"\b(3\d{4})\b")
-_E164 = re.compile(r"\+[1-9]\d{6,14}")
+_ERROR_CODE = re.compile(r"\b(3[0-9]{4})\b", re.ASCII)
+#: E.164 in ASCII digits only (``\d`` would take any Unicode digit, e.g. Arabic-Indic).
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _TOKEN_DOMAIN = b"agentic-fast/stream-token/v1"
 #: Seconds an outbound call may ring: its stream token must outlive the ringing.
 _RING_MARGIN_S = 15
@@ -113,33 +127,29 @@ def _twiml(xml: str) -> web.Response:
 # -- Twilio webhooks ------------------------------------------------------------------------
 
 async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[str]] | None:
-    """The webhook's form fields if its X-Twilio-Signature is valid, else None (logged)."""
+    """The webhook's form fields if its X-Twilio-Signature is valid, else None (logged).
+
+    The body is read once and parsed here (never again by aiohttp); a body type Twilio
+    does not send is a 415, a body or field over its bounds a 400 (raised as aiohttp's
+    ``HTTPException``, logged and counted), before anything else looks at it.
+    """
     if svc.validator is None:
         metrics.incr("twilio.webhook.refused.not_configured")
         log.error("webhook.refused", reason="not_configured", detail=svc.validator_problem,
                   path=request.path)
         return None
-    body = await request.read()
+    content_type = request.content_type
+    try:
+        check_content_type(content_type, request.charset)
+        body = await request.read()
+        fields = parse_webhook_body(body, content_type)
+    except WebhookBodyError as exc:
+        raise _body_refused(request, exc) from None
     signature = request.headers.get(SIGNATURE_HEADER)
     settings = request.headers.get(SETTINGS_HEADER)
-    content_type = request.content_type
-    if content_type == "application/json":
+    if content_type == JSON_TYPE:
         ok = svc.validator.validate_json(request.raw_path, body, signature, settings)
-        fields: dict[str, list[str]] = {}
-        if ok:
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                doc = None
-            if not isinstance(doc, dict):
-                metrics.incr("twilio.webhook.rejected.bad_body")
-                return None
-            fields = {k: [str(v)] for k, v in doc.items()}
     else:
-        post = await request.post()
-        fields = {}
-        for key, value in post.items():
-            fields.setdefault(key, []).append(value if isinstance(value, str) else "")
         ok = svc.validator.validate_form(request.raw_path, fields, signature, settings)
     if not ok:
         metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
@@ -148,6 +158,15 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
                     algorithm=ok.algorithm if settings else None)
         return None
     return fields
+
+
+def _body_refused(request: web.Request, exc: WebhookBodyError) -> web.HTTPException:
+    """The 4xx for a webhook body we do not take (counted and logged, never a 500)."""
+    metrics.incr(f"twilio.webhook.rejected.{exc.reason}")
+    log.warning("webhook.rejected", reason=exc.reason, path=request.path,
+                remote=request.remote, field=exc.field, detail=str(exc)[:200])
+    cls = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPBadRequest
+    return cls(text=orjson.dumps({"error": str(exc)}).decode(), content_type="application/json")
 
 
 def _first(fields: dict[str, list[str]], key: str) -> str:
@@ -365,12 +384,11 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
     to, prompt, metadata = body.get("to"), body.get("prompt"), body.get("metadata") or {}
-    if not isinstance(to, str) or not _E164.fullmatch(to):
-        return _error(400, "'to' must be an E.164 number like +15551230000")
-    if prompt is not None and not isinstance(prompt, str):
-        return _error(400, "'prompt' must be a string")
-    if not isinstance(metadata, dict):
-        return _error(400, "'metadata' must be an object")
+    problem = _call_request_problem(to, prompt, metadata)
+    if problem is not None:
+        metrics.incr("api.rejected.bad_request")
+        log.warning("api.rejected", path=request.path, reason="bad_request", detail=problem)
+        return _error(400, problem)
     rest = _rest_or_error(svc)
     if isinstance(rest, web.Response):
         return rest
@@ -398,21 +416,95 @@ async def create_call(request: web.Request) -> web.StreamResponse:
                   "status": session.status.value}, status=201)
 
 
+#: Bounds of a ``POST /calls`` body (the body itself is at most 64 KiB).
+MAX_PROMPT_CHARS = 16_000
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_BYTES = 8 * 1024
+
+
+def _call_request_problem(to: Any, prompt: Any, metadata: Any) -> str | None:
+    """What is wrong with a ``POST /calls`` request (a 400 message), or None."""
+    if not isinstance(to, str) or not _E164.fullmatch(to):
+        return "'to' must be an E.164 number in ASCII digits like +15551230000"
+    if prompt is not None and not isinstance(prompt, str):
+        return "'prompt' must be a string"
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        return f"'prompt' is {len(prompt)} characters long (at most {MAX_PROMPT_CHARS})"
+    if not isinstance(metadata, dict):
+        return "'metadata' must be an object"
+    if _nesting_exceeds(metadata, MAX_METADATA_DEPTH):
+        return f"'metadata' is nested deeper than {MAX_METADATA_DEPTH} levels"
+    size = len(orjson.dumps(metadata))  # depth bounded: orjson writes it
+    if size > MAX_METADATA_BYTES:
+        return f"'metadata' is {size} bytes as JSON (at most {MAX_METADATA_BYTES})"
+    return None
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects/arrays in ``value`` nest more than ``limit`` deep (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else None)
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _find(request: web.Request) -> CallSession | None:
     return request.app[SERVICES].manager.get(request.match_info["call_id"])
 
 
+#: ``GET /calls`` page size: default and most (one page costs O(limit), never O(calls)).
+CALLS_PAGE_DEFAULT = 50
+CALLS_PAGE_MAX = 200
+
+
+def _int_param(request: web.Request, name: str, default: int, hi: int, lo: int = 0
+               ) -> int | str:
+    """Query parameter ``name`` as an int in ``[lo, hi]``, or the 400 message."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        return f"'{name}' must be a non-negative integer"
+    value = int(raw)
+    if not lo <= value <= hi:
+        return f"'{name}' must be between {lo} and {hi}"
+    return value
+
+
 async def list_calls(request: web.Request) -> web.StreamResponse:
+    """Active calls, a page at a time (``limit``, ``cursor``), as summaries: the
+    transcripts are in ``GET /calls/{id}``."""
     manager = request.app[SERVICES].manager
-    return _json({"active": [s.to_dict() for s in manager.active_sessions()],
-                  "active_count": manager.active_count})
+    limit = _int_param(request, "limit", CALLS_PAGE_DEFAULT, CALLS_PAGE_MAX, lo=1)
+    cursor = _int_param(request, "cursor", 0, 10**18)
+    for problem in (limit, cursor):
+        if isinstance(problem, str):
+            metrics.incr("api.rejected.bad_request")
+            return _error(400, problem)
+    assert isinstance(limit, int) and isinstance(cursor, int)
+    page, next_cursor = manager.active_page(cursor, limit)
+    return _json({"active": [s.summary() for s in page],
+                  "active_count": manager.active_count,
+                  "next_cursor": None if next_cursor is None else str(next_cursor)})
 
 
 async def get_call(request: web.Request) -> web.StreamResponse:
+    """One call with its latest ``transcript_limit`` transcript entries (default 100)."""
     session = _find(request)
     if session is None:
         return _error(404, "unknown call")
-    return _json(session.to_dict())
+    limit = _int_param(request, "transcript_limit", TRANSCRIPT_PAGE_DEFAULT, TRANSCRIPT_PAGE_MAX)
+    if isinstance(limit, str):
+        metrics.incr("api.rejected.bad_request")
+        return _error(400, limit)
+    return _json(session.to_dict(transcript_limit=limit))
 
 
 async def hangup_call(request: web.Request) -> web.StreamResponse:

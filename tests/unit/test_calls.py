@@ -8,9 +8,11 @@ import pytest
 
 from agentic_fast import metrics
 from agentic_fast.calls import (
+    DTMF_LIMIT,
     STREAM_ERROR_CHARS,
     STREAM_ERRORS_LIMIT,
     TERMINAL_STATES,
+    TRANSCRIPT_TEXT_CHARS,
     TRANSITIONS,
     CallDirection,
     CallLimitError,
@@ -363,3 +365,62 @@ def test_session_has_slots() -> None:
     s = CallSession(CallDirection.INBOUND, "+1", "+2")
     assert not hasattr(s, "__dict__")
     assert s.duration == 0.0 and len(s.call_id) == 36
+
+
+# -- bounded records and paging (issue 12) ------------------------------------------------
+
+
+def test_dtmf_is_bounded_and_the_overflow_counted(manager: CallManager) -> None:
+    s = manager.create_inbound("CA1", "+1", "+2")
+    for _ in range(300_000 // 100):
+        s.add_dtmf("1" * 99 + "#")
+    assert len(s.dtmf) == DTMF_LIMIT and s.dtmf.endswith("1#")
+    assert s.dtmf_dropped == 300_000 - DTMF_LIMIT
+    assert metrics.get("calls.dtmf.dropped") == 300_000 - DTMF_LIMIT
+    assert s.to_dict()["dtmf_dropped"] == 300_000 - DTMF_LIMIT
+
+
+def test_long_utterance_is_cut_and_counted(manager: CallManager) -> None:
+    s = manager.create_inbound("CA1", "+1", "+2")
+    s.add_transcript("agent", "a" * (TRANSCRIPT_TEXT_CHARS + 10))
+    assert len(s.transcript[0].text) == TRANSCRIPT_TEXT_CHARS
+    assert metrics.get("calls.transcript.truncated") == 1
+
+
+def test_to_dict_keeps_the_latest_transcript_entries_and_says_so(
+        manager: CallManager) -> None:
+    s = manager.create_inbound("CA1", "+1", "+2")
+    for i in range(10):
+        s.add_transcript("caller", f"t{i}")
+    d = s.to_dict(transcript_limit=3)
+    assert [e["text"] for e in d["transcript"]] == ["t7", "t8", "t9"]
+    assert d["transcript_total"] == 10 and d["transcript_truncated"] is True
+    assert s.to_dict(transcript_limit=0)["transcript"] == []
+    full = s.to_dict()
+    assert len(full["transcript"]) == 10 and full["transcript_truncated"] is False
+
+
+def test_summary_has_no_transcript_prompt_or_metadata(manager: CallManager) -> None:
+    s = manager.create_inbound("CA1", "+1", "+2", prompt="secret plan", metadata={"a": 1})
+    s.add_transcript("caller", "hello")
+    summary = s.summary()
+    assert summary["transcript_turns"] == 1 and summary["call_id"] == s.call_id
+    assert not {"transcript", "prompt", "metadata", "commands"} & summary.keys()
+
+
+def test_active_page_walks_every_call_once_while_calls_come_and_go(
+        clock: ManualClock) -> None:
+    manager = CallManager(max_concurrent_calls=20, clock=clock)
+    calls = [manager.create_inbound(f"CA{i}", "+1", "+2") for i in range(7)]
+    page, cursor = manager.active_page(0, 3)
+    assert page == calls[:3] and cursor == calls[2].serial
+    manager.fail(calls[1], "gone")  # already listed
+    manager.fail(calls[4], "gone")  # not yet listed: not shown
+    late = manager.create_inbound("CA-late", "+1", "+2")
+    assert cursor is not None
+    page, cursor = manager.active_page(cursor, 3)
+    assert page == [calls[3], calls[5], calls[6]] and cursor is not None
+    page, cursor = manager.active_page(cursor, 3)
+    assert page == [late] and cursor is None
+    assert manager.active_page(0, 100) == (
+        [calls[0], calls[2], calls[3], calls[5], calls[6], late], None)

@@ -664,3 +664,44 @@ def test_capacity_search_counts_a_pass_despite_a_lagging_generator(
     assert runs[1]["pass_despite_generator_lag"] is True
     assert 300 <= cap["capacity_calls"] <= 310 < cap["generator_limit_calls"] <= 400
     assert "lagging generator" in cap["verdict"]
+
+
+# --------------------------------------------------------------------------- /calls poller
+
+
+async def test_api_poller_walks_every_page_reads_one_call_and_probes_healthz() -> None:
+    from bench.load_api import ApiPoller, summary_line
+
+    from tests.integration.harness import start_harness
+
+    h = await start_harness(None, api_token="poll-token-123")
+    try:
+        manager = h.services.manager
+        for i in range(5):
+            manager.create_outbound(f"+1555000000{i}").add_transcript("caller", "hi")
+        now = time.monotonic()
+        poller = ApiPoller(h.base_url, 100.0, t_start=now, t_end=now + 30, limit=2,
+                           token="poll-token-123", max_polls=3)
+        result = await poller.run()
+    finally:
+        await h.__aexit__(None, None, None)
+    assert result["polls"] == 3 and result["errors"] == {}
+    assert result["statuses"] == {"200": 3 * 3 + 3 + 3}  # 3 pages + 1 call + 1 healthz
+    assert result["list_ms"]["n"] == 9 and result["detail_ms"]["n"] == 3
+    assert result["healthz_ms"]["n"] == 3 and result["max_calls_listed"] == 5
+    assert "/healthz (loop-lag probe)" in summary_line(result)
+
+
+async def test_api_poller_counts_refusals() -> None:
+    from bench.load_api import ApiPoller
+
+    from tests.integration.harness import start_harness
+
+    h = await start_harness(None, api_token="poll-token-123")
+    try:
+        now = time.monotonic()
+        result = await ApiPoller(h.base_url, 100.0, t_start=now, t_end=now + 30,
+                                 token="wrong", max_polls=2).run()
+    finally:
+        await h.__aexit__(None, None, None)
+    assert result["statuses"] == {"200": 2, "401": 2} and result["detail_ms"]["n"] == 0

@@ -378,3 +378,41 @@ def test_bad_mark_name_is_a_local_error(name: Any) -> None:
 def test_one_off_media_builder_checks_the_payload(payload: Any) -> None:
     with pytest.raises(LocalProtocolError):
         media_message(MZ, payload)
+
+
+# -- numbers bounded (issue 12: a 5,000-digit number escaped as a ValueError) ---------------
+
+
+def _streaming() -> TwilioStreamState:
+    state = TwilioStreamState()
+    state.receive(CONNECTED)
+    state.receive(START)
+    return state
+
+
+@pytest.mark.parametrize("where", ["sequenceNumber", "media.chunk", "media.timestamp"])
+@pytest.mark.parametrize("digits", [19, 5000])
+def test_media_number_with_too_many_digits_is_a_protocol_error(where: str,
+                                                               digits: int) -> None:
+    msg = orjson.loads(MEDIA)
+    outer, _, inner = where.rpartition(".")
+    (msg[outer] if outer else msg)[inner] = "9" * digits
+    with pytest.raises(TwilioProtocolError) as err:
+        _streaming().receive(orjson.dumps(msg))
+    assert err.value.reason == "bad_value" and err.value.field == where
+
+
+def test_media_numbers_of_a_long_call_stay_on_the_fast_path() -> None:
+    msg = orjson.loads(MEDIA)
+    msg["media"]["timestamp"] = "9" * 18
+    event = _streaming().receive(orjson.dumps(msg))
+    assert isinstance(event, Media) and event.timestamp_ms == int("9" * 18)
+
+
+@pytest.mark.parametrize("text", [START, DTMF, MARK])
+def test_huge_sequence_number_of_other_events_is_a_protocol_error(text: str) -> None:
+    msg = orjson.loads(text)
+    msg["sequenceNumber"] = "1" * 5000
+    with pytest.raises(TwilioProtocolError) as err:
+        parse_twilio_message(orjson.dumps(msg))
+    assert err.value.reason == "bad_value" and err.value.field == "sequenceNumber"

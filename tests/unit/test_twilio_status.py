@@ -128,3 +128,51 @@ def test_stream_status_callback() -> None:
     assert parsed.stream_sid == "MZ" + "0" * 32 and parsed.timestamp
     with pytest.raises(TwilioProtocolError):
         parse_stream_status_callback({"CallSid": CA})
+
+
+# -- every field bounded (issue 12: 5,000-digit numbers were a ValueError -> 500) ------------
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("SequenceNumber", "9" * 5000, "too_long"),
+    ("SequenceNumber", "9" * 30, "out_of_range"),
+    ("CallDuration", "9" * 5000, "too_long"),
+    ("CallDuration", "1" + "0" * 10, "out_of_range"),
+    ("SipResponseCode", "99", "out_of_range"),
+    ("SipResponseCode", "700", "out_of_range"),
+    ("SequenceNumber", "\u0661\u0662", "bad_type"),  # Arabic-Indic digits
+    ("Timestamp", "Mon, 01 Jan " + "9" * 5000 + " 00:00:00 +0000", "too_long"),
+    ("Timestamp", "Mon, 01 Jan 99999 00:00:00 +0000", "bad_type"),
+    ("CallSid", "CA" + "a" * 298, "too_long"),
+    ("CallSid", "CA" + "g" * 32, "bad_value"),
+    ("AccountSid", "XY" + "0" * 32, "bad_value"),
+    ("From", "+1" * 200, "too_long"),
+])
+def test_out_of_bounds_field_is_a_protocol_error(key: str, value: str, reason: str) -> None:
+    form = status_callback_form(call_sid=CA, call_status="ringing", sequence_number=1)
+    form[key] = value
+    with pytest.raises(TwilioProtocolError) as err:
+        parse_status_callback(form)
+    assert (err.value.reason, err.value.field) == (reason, key)
+
+
+def test_bounds_keep_every_real_value() -> None:
+    form = status_callback_form(call_sid=CA, call_status="completed", sequence_number=4,
+                                call_duration=86_400, SipResponseCode="200")
+    cb = parse_status_callback(form)
+    assert (cb.sequence_number, cb.call_duration_s, cb.sip_response_code) == (4, 86_400, 200)
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("CallSid", "CA" + "0" * 300, "too_long"),
+    ("StreamSid", "MZ123", "bad_value"),
+    ("StreamError", "x" * 3000, "too_long"),
+    ("Timestamp", "2" * 100, "too_long"),
+])
+def test_stream_status_fields_are_bounded(key: str, value: str, reason: str) -> None:
+    form = stream_status_form(call_sid=CA, stream_sid="MZ" + "0" * 32,
+                              stream_event="stream-error", stream_error="31920 handshake")
+    form[key] = value
+    with pytest.raises(TwilioProtocolError) as err:
+        parse_stream_status_callback(form)
+    assert (err.value.reason, err.value.field) == (reason, key)

@@ -62,6 +62,10 @@ _SID_RE = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}") for prefix in ("AC", 
 _B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 #: Mark names are ours; keep them short and printable (they are echoed back verbatim).
 MAX_MARK_NAME = 256
+#: Most digits a numeric string field may have (``sequenceNumber``, ``chunk``,
+#: ``timestamp``): 18 digits stay below 2**63, far above any real stream (a day of audio is
+#: 4.3 million chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
+MAX_NUM_DIGITS = 18
 
 
 class TwilioProtocolError(RemoteProtocolError):
@@ -70,7 +74,8 @@ class TwilioProtocolError(RemoteProtocolError):
     ``reason`` is a short machine token for counters: ``malformed_json``, ``binary_frame``,
     ``not_object``, ``unknown_event``, ``missing_field``, ``bad_type``, ``bad_value``,
     ``out_of_order``, ``wrong_stream_sid``, ``unsupported_media_format`` (and, from the status
-    module, ``unknown_call_status``). ``field`` names the offending field when there is one.
+    module, ``unknown_call_status``, ``too_long``, ``out_of_range``). ``field`` names the
+    offending field when there is one.
     """
 
     def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
@@ -184,6 +189,9 @@ def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
     if type(value) is not str or not value.isdigit() or not value.isascii():
         _fail("bad_type", f"{where}{key!r} must be a string of digits, got {value!r:.40}",
               where + key)
+    if len(value) > MAX_NUM_DIGITS:
+        _fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
+              f"{MAX_NUM_DIGITS})", where + key)
     return int(value)
 
 
@@ -247,6 +255,8 @@ def _media(msg: dict[str, Any]) -> Media:
         if (type(payload) is str and type(track) is str and type(sid) is str
                 and type(seq) is str and type(chunk) is str and type(ts) is str
                 and seq.isdigit() and chunk.isdigit() and ts.isdigit()
+                and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
+                and len(ts) <= MAX_NUM_DIGITS
                 and (seq + chunk + ts).isascii()):
             event = _new(Media)
             _set_seq(event, int(seq))

@@ -16,6 +16,7 @@ callback still moves a call forward (never past a terminal state, never backward
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,13 +109,34 @@ class CallStatusCallback:
             self.answered_by.startswith("machine") or self.answered_by == "fax")
 
 
-def _first(form: Mapping[str, str], key: str) -> str | None:
+#: Characters a free-text field may have (``From``, ``AnsweredBy``, ``StreamName``...);
+#: ``StreamError`` gets :data:`MAX_ERROR_CHARS`. Twilio's values are far shorter.
+MAX_TEXT_CHARS = 256
+MAX_ERROR_CHARS = 2048
+#: Characters of a ``Timestamp`` (RFC 2822 or ISO 8601: about 30).
+MAX_TIMESTAMP_CHARS = 64
+#: ``[lo, hi]`` of each integer field; anything outside is ``out_of_range``.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "SequenceNumber": (0, 10**9),
+    "CallDuration": (0, 10**9),
+    "SipResponseCode": (100, 699),
+}
+#: Twilio SIDs: two letters, then 32 hex digits (ASCII only).
+SID_PATTERNS = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}", re.ASCII)
+                for prefix in ("CA", "AC", "MZ")}
+
+
+def _first(form: Mapping[str, str], key: str, max_chars: int = MAX_TEXT_CHARS) -> str | None:
     value = form.get(key)
     if isinstance(value, list | tuple):  # parse_qs style
         value = value[0] if value else None
     if value is None or value == "":
         return None
-    return str(value)
+    value = str(value)
+    if len(value) > max_chars:
+        raise TwilioProtocolError(f"{key} is {len(value)} characters long (at most "
+                                  f"{max_chars})", reason="too_long", field=key)
+    return value
 
 
 def _required(form: Mapping[str, str], key: str) -> str:
@@ -125,6 +147,19 @@ def _required(form: Mapping[str, str], key: str) -> str:
     return value
 
 
+def _sid(form: Mapping[str, str], key: str, prefix: str) -> str | None:
+    value = _first(form, key)
+    if value is not None and SID_PATTERNS[prefix].fullmatch(value) is None:
+        raise TwilioProtocolError(f"{key} is not a {prefix} SID: {value!r:.40}",
+                                  reason="bad_value", field=key)
+    return value
+
+
+def _required_sid(form: Mapping[str, str], key: str, prefix: str) -> str:
+    _required(form, key)
+    return _sid(form, key, prefix) or ""
+
+
 def _int(form: Mapping[str, str], key: str) -> int | None:
     value = _first(form, key)
     if value is None:
@@ -132,16 +167,22 @@ def _int(form: Mapping[str, str], key: str) -> int | None:
     if not (value.isascii() and value.isdigit()):
         raise TwilioProtocolError(f"{key} must be a non-negative integer, got {value!r:.40}",
                                   reason="bad_type", field=key)
-    return int(value)
+    lo, hi = INT_RANGES[key]
+    # the length check first: int() of a huge digit string is slow, or a ValueError
+    number = int(value) if len(value) <= len(str(hi)) else hi + 1
+    if not lo <= number <= hi:
+        raise TwilioProtocolError(f"{key} must be in [{lo}, {hi}], got {value!r:.40}",
+                                  reason="out_of_range", field=key)
+    return number
 
 
 def _rfc2822(form: Mapping[str, str], key: str) -> datetime | None:
-    value = _first(form, key)
+    value = _first(form, key, MAX_TIMESTAMP_CHARS)
     if value is None:
         return None
     try:
         return parsedate_to_datetime(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TwilioProtocolError(f"{key} is not an RFC 2822 date: {value!r:.60}",
                                   reason="bad_type", field=key) from exc
 
@@ -151,8 +192,8 @@ def parse_status_callback(form: Mapping[str, str]) -> CallStatusCallback:
     call_status = _required(form, "CallStatus")
     mapping = map_call_status(call_status)
     return CallStatusCallback(
-        call_sid=_required(form, "CallSid"),
-        account_sid=_first(form, "AccountSid"),
+        call_sid=_required_sid(form, "CallSid", "CA"),
+        account_sid=_sid(form, "AccountSid", "AC"),
         call_status=call_status,
         status=mapping.status,
         reason=mapping.reason,
@@ -202,11 +243,11 @@ class StreamStatusCallback:
 def parse_stream_status_callback(form: Mapping[str, str]) -> StreamStatusCallback:
     """Parse a stream status callback form."""
     return StreamStatusCallback(
-        call_sid=_required(form, "CallSid"),
-        stream_sid=_first(form, "StreamSid"),
+        call_sid=_required_sid(form, "CallSid", "CA"),
+        stream_sid=_sid(form, "StreamSid", "MZ"),
         stream_event=_required(form, "StreamEvent"),
         stream_name=_first(form, "StreamName"),
-        stream_error=_first(form, "StreamError"),
-        account_sid=_first(form, "AccountSid"),
-        timestamp=_first(form, "Timestamp"),
+        stream_error=_first(form, "StreamError", MAX_ERROR_CHARS),
+        account_sid=_sid(form, "AccountSid", "AC"),
+        timestamp=_first(form, "Timestamp", MAX_TIMESTAMP_CHARS),
     )
