@@ -591,3 +591,20 @@ def test_bridge_section_booleans() -> None:
     assert cfg.bridge.prewarm is False and cfg.bridge.lead_ms == 150
     with pytest.raises(ConfigError, match=r"bridge\.prewarm.*true or false"):
         Config.from_text("bridge:\n  prewarm: 3\n", env={})
+
+
+def test_provider_stall_timeout_reaches_both_providers():
+    from agentic_fast.calls import CallDirection, CallSession
+    from agentic_fast.providers.factory import provider_factory
+
+    session = CallSession(CallDirection.INBOUND, "+15550001111", "+15550002222")
+    for provider, key in (("openai", "openai_realtime"), ("gemini", "gemini")):
+        for value, want in (("2.5", 2.5), ("0", None)):
+            cfg = Config.from_text(
+                f"audio:\n  provider: {provider}\n{key}:\n  api_key: k\n"
+                f"bridge:\n  provider_stall_timeout_s: {value}\n", env={})
+            made = provider_factory(cfg)(session)
+            assert made._stall_timeout_s == want  # type: ignore[attr-defined]
+    assert Config().bridge.provider_stall_timeout_s == 5.0
+    with pytest.raises(ConfigError, match=r"bridge\.provider_stall_timeout_s"):
+        Config.from_text("bridge:\n  provider_stall_timeout_s: -1\n", env={})
