@@ -70,6 +70,9 @@ async def test_a_spoken_command_reaches_the_agent_and_its_answer_is_spoken(stack
     client = harness.media_client(call_sid, params)
     await client.connect()
     await s.wait_received("session.update")
+    # the caller's audio reaches the model only through the bridge: it is attached (the
+    # provider's events before that go nowhere, as for a pre-warmed session)
+    await s.wait_until(lambda: s.audio_bytes.get("audio/pcm", 0) > 0)
     gateway.queue_chat(ChatScript(reply="**Done.** I texted Sam: running late.", noise=False))
 
     await s.user_turn("hi there")  # small talk: never reaches the agent

@@ -281,6 +281,7 @@ class GeminiLiveProvider(RealtimeProvider):
         if self._closed:
             return
         self._closed = True
+        links: list[GeminiLink] = []
         try:
             me = asyncio.current_task()
             tasks = [t for t in (self._connect_task, self._switch_task, *self._tasks)
@@ -295,12 +296,31 @@ class GeminiLiveProvider(RealtimeProvider):
             readers = [k.reader for k in links if k.reader is not None and k.reader is not me]
             await asyncio.gather(*(k.close(self._close_timeout_s + 0.5) for k in links),
                                  *tasks, *readers, return_exceptions=True)
-            self._backlog.drain()
-            self._items.clear()
             self.log.info("gemini.closed", **self.stats, turns=self._turns.turns,
                           interrupted_turns=self._turns.interrupted_turns)
         except Exception:
             self.log.exception("gemini.close_error")
+        finally:
+            self._release(links)
+
+    def _release(self, links: Sequence[GeminiLink]) -> None:
+        """Break the reference cycles of a closed provider so it is freed at once, not by a
+        collector that may not run for thousands of calls: the handler table (bound methods
+        of self and of the turn tracker), the listener (the bridge, which holds us), the done
+        tasks (their exception's traceback holds the reader's frame, which holds the link,
+        which holds the task) and each socket's message handler (a closure over the link)."""
+        self._handlers.clear()
+        self._listener = self._turns.listener = _NullListener()  # type: ignore[assignment]
+        self._connect_task = self._switch_task = None
+        self._tasks.clear()
+        self._backlog.drain()
+        if self._replay is not None:
+            self._replay.drain()
+        self._items.clear()
+        for link in links:
+            link.reader = None
+            link.early = []
+            link.ws.set_handlers(None)
 
     # -- connections -------------------------------------------------------------------------
 

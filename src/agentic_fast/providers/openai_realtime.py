@@ -356,6 +356,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if self._closed:
             return
         self._closed = True
+        conns: list[_Connection] = []
         try:
             me = asyncio.current_task()
             tasks = [t for t in (self._connect_task, self._replace_task, *self._tasks)
@@ -373,6 +374,24 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             self.log.info("openai.closed", **self.stats)
         except Exception:
             self.log.exception("openai.close_error")
+        finally:
+            self._release(conns)
+
+    def _release(self, conns: Sequence[_Connection]) -> None:
+        """Break the reference cycles of a closed provider so it is freed at once, not by a
+        collector that may not run for thousands of calls: the handler table (bound methods
+        of self), the listener (the bridge, which holds us), the done tasks (their
+        exception's traceback holds the reader's frame, which holds the connection, which
+        holds the task) and each socket's message handler (a closure over the connection)."""
+        self._handlers.clear()
+        self._listener = _NullListener()  # type: ignore[assignment]
+        self._connect_task = self._replace_task = None
+        self._tasks.clear()
+        self._backlog.drain()
+        self._items_buf.clear()
+        for conn in conns:
+            conn.reader = None
+            conn.ws.set_handlers(None)
 
     # -- sessions ----------------------------------------------------------------------------
 
