@@ -28,6 +28,7 @@ import pytest
 from agentic_fast.bridge import AudioBridge
 from agentic_fast.bridge_factory import make_bridge_factory
 from agentic_fast.calls import CallManager
+from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
@@ -37,9 +38,9 @@ from tests.integration.test_voice_openai_e2e import _openai_config
 ROUNDS = 3
 CALLS = 30
 HISTORY = 10  # < CALLS: the history is full after the first round
-MACHINERY = ("AudioBridge", "OpenAIRealtimeProvider", "_Connection", "FastClientConnection",
-             "StallWatch", "MediaSocket", "TwilioStreamSender", "AudioConverter",
-             "_StreamReader")
+MACHINERY = ("AudioBridge", "OpenAIRealtimeProvider", "_Connection", "GeminiLiveProvider",
+             "GeminiLink", "TurnTracker", "FastClientConnection", "StallWatch", "MediaSocket",
+             "TwilioStreamSender", "AudioConverter", "_StreamReader")
 
 
 def _ours() -> collections.Counter[str]:
@@ -62,44 +63,64 @@ async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
         yield fake
 
 
-async def _short_call(harness: Harness, openai: FakeOpenAIRealtime,
+async def _short_call(harness: Harness, model: FakeOpenAIRealtime | FakeGeminiLive,
                       bridges: list[weakref.ref[AudioBridge]]) -> None:
+    before = model.connection_count
     call_sid, params, _ = await harness.incoming_call()
     client = harness.media_client(call_sid, params)
     await client.connect()
-    session = openai.sessions[-1]
-    await session.wait_until(lambda: session.audio_bytes.get("audio/pcm", 0) > 0, timeout=10)
+    if isinstance(model, FakeGeminiLive):  # the caller's audio reached the model
+        await model.wait_for(lambda: model.connection_count > before)
+        conn = model.connections[before]
+        await model.wait_for(lambda: len(conn.audio) > 0, timeout=10)
+    else:
+        session = model.sessions[-1]
+        await session.wait_until(lambda: session.audio_bytes.get("audio/pcm", 0) > 0,
+                                 timeout=10)
     call = harness.services.manager.get(params["callId"])
     assert call is not None and isinstance(call.bridge, AudioBridge)
     bridges.append(weakref.ref(call.bridge))
     await client.hangup()
     harness.clients.remove(client)
     await client.wait_closed()
-    await session.wait_closed(timeout=10)  # the provider closed its socket: bridge closed
     async with asyncio.timeout(10):  # the stream handler's last step (after bridge.close)
         while not call.ended:
             await asyncio.sleep(0.005)
 
 
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
 async def test_ended_calls_are_freed_without_the_collector(
         rest: FakeTwilioRest, openai: FakeOpenAIRealtime, gateway: FakeOpenClawGateway,
-        tmp_path: Path) -> None:
-    config = make_config(rest, extra=_openai_config(openai.url.split("?")[0], openai.api_key,
-                                                     gateway, tmp_path / "device_key", {}, {}))
+        tmp_path: Path, provider: str) -> None:
+    async with FakeGeminiLive(respond_on_stream_end=False) as gemini:
+        await _churn(rest, openai if provider == "openai" else gemini, gateway, tmp_path)
+
+
+async def _churn(rest: FakeTwilioRest, model: FakeOpenAIRealtime | FakeGeminiLive,
+                 gateway: FakeOpenClawGateway, tmp_path: Path) -> None:
+    if isinstance(model, FakeGeminiLive):
+        extra = (f"gemini:\n  url: {model.url}\n  api_key: {model.api_key}\n"
+                 "audio:\n  provider: gemini\n"
+                 f"gateway:\n  url: {gateway.url}\n  token: {gateway.token}\n"
+                 f"  device_key_path: {tmp_path / 'device_key'}\n")
+    else:
+        extra = _openai_config(model.url.split("?")[0], model.api_key, gateway,
+                               tmp_path / "device_key", {}, {})
+    config = make_config(rest, extra=extra)
     manager = CallManager(max_concurrent_calls=50, history_size=HISTORY)
     harness = Harness(config, rest, manager=manager, bridge_factory=make_bridge_factory(config))
     await harness.__aenter__()
     bridges: list[weakref.ref[AudioBridge]] = []
     rounds: list[collections.Counter[str]] = []
     try:
-        await _short_call(harness, openai, bridges)  # warm: imports, pools, the brain
+        await _short_call(harness, model, bridges)  # warm: imports, pools, the brain
         gc.collect()
         gc.freeze()
         gc.disable()
         try:
             for _ in range(ROUNDS):
                 for _ in range(CALLS):
-                    await _short_call(harness, openai, bridges)
+                    await _short_call(harness, model, bridges)
                 rounds.append(_ours())
         finally:
             gc.enable()
