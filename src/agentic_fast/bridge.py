@@ -192,6 +192,7 @@ class AudioBridge(ProviderListener):
         self.pacer.unregister(self)
         if self.timers is not None:
             self.timers.cancel()
+            self.timers = None  # it refers back to this bridge: no cycle left for the GC
         if self.conversation is not None:
             try:
                 self.conversation.on_call_end(self.session)

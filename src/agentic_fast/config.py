@@ -423,6 +423,9 @@ class BridgeConfig(_Section):
     barge_in_min_speech_ms: int = field(default=0, metadata=_m(lo=0, hi=2000))
     prewarm: bool = True
     provider_connect_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    # a provider socket whose server stopped reading (unanswered probe ping, or a write buffer
+    # that stayed full) for this long is dropped and the session renewed; 0: keepalive only
+    provider_stall_timeout_s: float = field(default=5.0, metadata=_m(lo=0, hi=120))
     unavailable_message: str = "Sorry, the assistant is not available right now. Goodbye."
 
 

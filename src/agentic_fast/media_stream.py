@@ -280,6 +280,8 @@ class MediaStreamHandler:
         finally:
             with contextlib.suppress(Exception):
                 await bridge.close(reason)
+            if session.bridge is bridge:  # the ended call's record stays in the history;
+                session.bridge = None     # its machinery (provider, sockets) goes now
             if not session.ended:
                 self.manager.complete(session, reason=reason)
             clog.info("media.ended", reason=reason, media=state.media_count,

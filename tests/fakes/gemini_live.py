@@ -210,6 +210,7 @@ class LiveConnection:
     close_code: int | None = None  # set when the server closed (None: client or abort)
     close_reason: str | None = None
     closed: bool = False
+    reading_stopped: bool = False  # stop_reading(): it cannot see the client go away
     # -- private state
     ws: ServerConnection | None = field(default=None, repr=False)
     session: _Session | None = field(default=None, repr=False)
@@ -339,6 +340,8 @@ class FakeGeminiLive:
             for task in [*conn.tasks, conn.turn_task]:
                 if task is not None:
                     task.cancel()
+            if conn.reading_stopped and conn.ws is not None:
+                conn.ws.transport.abort()  # else the server's close waits for it
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -389,6 +392,14 @@ class FakeGeminiLive:
     async def close_connection(self, code: int = 1000, reason: str = "",
                                conn: LiveConnection | None = None) -> None:
         await self._close(conn or self.current, code, reason)
+
+    def stop_reading(self, conn: LiveConnection | None = None) -> None:
+        """The server stops reading the connection (a hung or overloaded frontend): the TCP
+        receive window fills, pings go unanswered, nothing is closed."""
+        conn = conn or self.current
+        if conn.ws is not None:
+            conn.reading_stopped = True
+            conn.ws.transport.pause_reading()
 
     def drop_connection(self, conn: LiveConnection | None = None) -> None:
         """Abrupt close: the TCP connection is aborted, no close frame (client sees 1006)."""

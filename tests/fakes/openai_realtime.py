@@ -345,6 +345,7 @@ class FakeRealtimeSession:
         self.active: _Response | None = None
         self.closed = asyncio.Event()
         self.close_code: int | None = None
+        self.reading_stopped = False  # stop_reading(): it cannot see the client go away
         self._release = asyncio.Event()
         self._buffer = bytearray()
         self._audio_ms = 0.0  # total input audio received, ms
@@ -439,6 +440,13 @@ class FakeRealtimeSession:
         self._stop_response()
         assert self.ws.transport is not None
         self.ws.transport.abort()
+
+    def stop_reading(self) -> None:
+        """The server stops reading this socket (a hung or overloaded frontend): the TCP
+        receive window fills, pings go unanswered, nothing is closed."""
+        assert self.ws.transport is not None
+        self.reading_stopped = True
+        self.ws.transport.pause_reading()
 
     async def close(self, code: int = 1011, reason: str = "internal error") -> None:
         self._stop_response()
@@ -869,6 +877,8 @@ class FakeOpenAIRealtime:
             task.cancel()
         for session in self.sessions:
             session._stop_response()
+            if session.reading_stopped and session.ws.transport is not None:
+                session.ws.transport.abort()  # else the server's close waits for it
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

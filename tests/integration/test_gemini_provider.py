@@ -378,6 +378,31 @@ async def test_abrupt_drop_reconnects_with_resumption(fake: FakeGeminiLive,
     await provider.close()
 
 
+async def test_a_server_that_stops_reading_is_noticed_and_resumed(
+        fake: FakeGeminiLive, recorder: Recorder) -> None:
+    """TCP backpressure mid-call (the socket stays open, nothing is read): noticed within
+    ``stall_timeout_s`` without any keepalive, the write buffer bounded meanwhile, the
+    session resumed on a new connection with the audio since the last handle replayed."""
+    provider = await connected(fake, recorder, stall_timeout_s=0.3,
+                               max_write_buffer=64 * 1024)
+    handle = provider.resumption_handle
+    fake.stop_reading()
+    stalled_ws = provider._link.ws  # type: ignore[union-attr]
+    for i in range(30_000):  # caller audio into a socket nobody reads, until it pushes back
+        provider.send_audio(chunk(i))
+        if provider.stats["audio_backpressure_dropped"] > 100:
+            break
+    assert stalled_ws.transport.get_write_buffer_size() <= 64 * 1024 + 4096  # bounded
+    assert provider.stats["audio_backpressure_dropped"] > 0
+    await until(lambda: provider.stats["reconnects"] == 1)
+    assert provider.stats["stalls"] == 1 and fake.handles_used == [handle]
+    provider.send_audio(chunk(1))
+    await fake.wait_for(lambda: fake.connections[1].audio.endswith(pcm([1])))
+    assert not recorder.of("failed")
+    assert stalled_ws.transport.is_closing()
+    await provider.close()
+
+
 async def test_rejected_handle_falls_back_to_a_seeded_fresh_session(
         fake: FakeGeminiLive, recorder: Recorder) -> None:
     provider = await connected(fake, recorder)

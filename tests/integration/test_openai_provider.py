@@ -125,6 +125,14 @@ def pcm16_chunk(value: int, ms: int = 40) -> tuple[str, bytes]:
     return base64.b64encode(raw).decode(), raw
 
 
+async def _round_trip(provider: OpenAIRealtimeProvider) -> None:
+    """Every server event sent before now has been handled: a ping's pong comes after them
+    (and events are handled as their frames are read)."""
+    conn = provider._conn
+    assert conn is not None
+    await asyncio.wait_for(await conn.ws.ping(), TIMEOUT)
+
+
 def texts(s: FakeRealtimeSession, role: str = "system") -> list[str]:
     return [e["item"]["content"][0]["text"] for e in s.received
             if e["type"] == "conversation.item.create" and e["item"].get("role") == role]
@@ -588,6 +596,7 @@ async def test_no_apology_when_the_message_is_empty(fake: FakeOpenAIRealtime,
         await s.wait_until(lambda n=n: len(s.statuses) == n + 1, what="failed response")
     assert s.received_types().count("response.create") == 0
     assert texts(s) == [] and rec.of("failed") == [] and provider.connected
+    await _round_trip(provider)  # the fake recorded the last status before sending it
     assert provider.stats["responses_failed"] == 4
 
 
@@ -711,6 +720,49 @@ async def test_reconnect_refused_for_good_fails_at_once(fake: FakeOpenAIRealtime
     _, reason = await rec.wait_for("failed")
     assert "HTTP 401" in reason
     assert [h["status"] for h in fake.handshakes[1:]] == [401]
+
+
+# --------------------------------------------------------------------------- stalled server
+
+
+async def test_a_server_that_stops_reading_is_noticed_and_replaced(
+        fake: FakeOpenAIRealtime, make: Any) -> None:
+    """TCP backpressure mid-call: the socket is not closed, the server just stops reading.
+    The stall watch notices within ``stall_timeout_s`` (no keepalive here: ``ping_interval_s``
+    is None), the write buffer stays bounded meanwhile, and audio reaches a new session."""
+    provider, rec = make(fake, stall_timeout_s=0.3, max_write_buffer=64 * 1024)
+    await provider.connect()
+    s0 = fake.sessions[0]
+    s0.stop_reading()
+    stalled_ws = provider._conn.ws  # type: ignore[union-attr]
+    for i in range(10_000):  # caller audio into a socket nobody reads, until it pushes back
+        provider.send_audio(pcm16_chunk(i % 100)[0])
+        if provider.stats["audio_backpressure_dropped"] > 100:
+            break
+    assert stalled_ws.transport.get_write_buffer_size() <= 64 * 1024 + 4096  # bounded
+    assert provider.stats["audio_backpressure_dropped"] > 0
+    s1 = await fake.wait_session(1, timeout=TIMEOUT)
+    await s1.wait_received("session.update")
+    b64, raw = pcm16_chunk(5)
+    provider.send_audio(b64)  # written, or buffered and flushed once the session is in
+    await s1.wait_until(lambda: bytes(s1.audio_in.get("audio/pcm", b"")).endswith(raw),
+                        what="audio on the new session")
+    assert provider.stats["stalls"] == 1 and provider.stats["reconnects"] == 1
+    assert rec.of("failed") == [] and s1.rejected == []
+    assert stalled_ws.transport.is_closing()  # the stalled socket is gone, not left open
+
+
+async def test_a_stalled_server_that_cannot_be_replaced_ends_the_call_once(
+        fake: FakeOpenAIRealtime, make: Any) -> None:
+    provider, rec = make(fake, stall_timeout_s=0.2,
+                         backoff=Backoff(base_s=0.001, max_delay_s=0.002, max_attempts=2,
+                                         max_total_s=5.0))
+    await provider.connect()
+    fake.reject_next(503, times=10)
+    fake.sessions[0].stop_reading()
+    _, reason = await rec.wait_for("failed")
+    assert "503" in reason
+    assert provider.stats["stalls"] == 1 and len(rec.of("failed")) == 1
 
 
 # --------------------------------------------------------------------------- carry-over

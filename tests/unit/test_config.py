@@ -636,3 +636,20 @@ def test_an_empty_allow_list_warns_that_no_caller_will_be_answered():
 ])
 def test_bad_inbound_settings_name_their_key(text, key):
     assert load_error(text).key == key
+
+
+def test_provider_stall_timeout_reaches_both_providers():
+    from agentic_fast.calls import CallDirection, CallSession
+    from agentic_fast.providers.factory import provider_factory
+
+    session = CallSession(CallDirection.INBOUND, "+15550001111", "+15550002222")
+    for provider, key in (("openai", "openai_realtime"), ("gemini", "gemini")):
+        for value, want in (("2.5", 2.5), ("0", None)):
+            cfg = Config.from_text(
+                f"audio:\n  provider: {provider}\n{key}:\n  api_key: k\n"
+                f"bridge:\n  provider_stall_timeout_s: {value}\n", env={})
+            made = provider_factory(cfg)(session)
+            assert made._stall_timeout_s == want  # type: ignore[attr-defined]
+    assert Config().bridge.provider_stall_timeout_s == 5.0
+    with pytest.raises(ConfigError, match=r"bridge\.provider_stall_timeout_s"):
+        Config.from_text("bridge:\n  provider_stall_timeout_s: -1\n", env={})

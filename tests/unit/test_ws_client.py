@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from agentic_fast import metrics
-from agentic_fast.providers.ws_client import FastClientConnection
+from agentic_fast.providers.ws_client import FastClientConnection, StallWatch
 
 TIMEOUT = 5.0
 
@@ -246,3 +246,131 @@ async def test_write_text_now_sends_whole_frames_after_websockets_pending_ones(
     assert await asyncio.wait_for(lb.server.recv(), TIMEOUT) == (
         '{"type":"input_audio_buffer.append","audio":"AAAA"}')
     assert await asyncio.wait_for(lb.server.recv(), TIMEOUT) == "é" * 200  # parsed whole
+
+
+# --------------------------------------------------------------------------- StallWatch
+
+
+class _StubTransport:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.size
+
+
+class _StubProtocol:
+    def __init__(self) -> None:
+        from websockets.protocol import State
+        self.state = State.OPEN
+
+
+class _StubWs:
+    """The parts of FastClientConnection the watch uses; pongs are answered by hand."""
+
+    def __init__(self) -> None:
+        self.transport = _StubTransport()
+        self.protocol = _StubProtocol()
+        self.loop = asyncio.get_running_loop()
+        self.probe_pending = False
+        self.probes = 0
+
+    def send_probe(self) -> None:
+        self.probes += 1
+        self.probe_pending = True
+
+
+def _watch(ws: _StubWs, now: list[float], stalls: list[str], **kw: object) -> StallWatch:
+    kw.setdefault("timeout_s", 5.0)
+    kw.setdefault("max_buffer", 1000)
+    return StallWatch(ws, stalls.append, interval_s=3600.0,  # type: ignore[arg-type]
+                      clock=lambda: now[0], **kw)  # type: ignore[arg-type]
+
+
+async def test_stall_watch_fires_once_when_a_probe_stays_unanswered() -> None:
+    ws, now, stalls = _StubWs(), [0.0], []
+    watch = _watch(ws, now, stalls)
+    watch.start()  # the first probe goes at once
+    assert ws.probes == 1
+    for t in (1.0, 2.0, 4.9):
+        now[0] = t
+        assert watch.tick() is None
+    assert ws.probes == 1  # one probe at a time
+    now[0] = 5.0
+    reason = watch.tick()
+    assert reason is not None and "no pong for 5.0 s" in reason and stalls == [reason]
+    assert not watch.running and watch.tick() is None and stalls == [reason]  # once
+
+
+async def test_stall_watch_answered_probes_keep_it_quiet() -> None:
+    ws, now, stalls = _StubWs(), [0.0], []
+    watch = _watch(ws, now, stalls)
+    watch.start()
+    for step in range(1, 100):
+        ws.probe_pending = False  # the pong came
+        now[0] = step * 1.0
+        assert watch.tick() is None
+    assert stalls == [] and ws.probes == 100
+    watch.stop()
+
+
+async def test_stall_watch_fires_when_the_write_buffer_stays_full() -> None:
+    ws, now, stalls = _StubWs(), [0.0], []
+    watch = _watch(ws, now, stalls)
+    watch.start()
+    ws.transport.size = 5000
+    for t in (1.0, 3.0, 5.9):  # full since 1.0 (a drained buffer in between resets it)
+        ws.probe_pending = False
+        now[0] = t
+        assert watch.tick() is None
+    ws.transport.size = 10
+    now[0] = 6.0
+    ws.probe_pending = False
+    assert watch.tick() is None
+    ws.transport.size = 5000
+    for t in (7.0, 11.9):
+        ws.probe_pending = False
+        now[0] = t
+        assert watch.tick() is None
+    now[0] = 12.0
+    ws.probe_pending = False
+    reason = watch.tick()
+    assert reason is not None and "write buffer above 1000 B for 5.0 s" in reason
+    assert stalls == [reason]
+
+
+async def test_stall_watch_stops_quietly_on_a_closing_socket() -> None:
+    from websockets.protocol import State
+    ws, now, stalls = _StubWs(), [0.0], []
+    watch = _watch(ws, now, stalls)
+    watch.start()
+    ws.protocol.state = State.CLOSING
+    now[0] = 100.0
+    assert watch.tick() is None and not watch.running and stalls == []
+
+
+async def test_probe_is_answered_by_a_reading_peer_and_not_by_a_stopped_one(
+        loop_ws: Loopback) -> None:
+    client = loop_ws.client
+    client.send_probe()
+    assert client.probe_pending
+    await asyncio.wait_for(await client.ping(), TIMEOUT)  # pongs come in order
+    assert not client.probe_pending
+    assert loop_ws.server.transport is not None
+    loop_ws.server.transport.pause_reading()  # the peer stops reading
+    client.send_probe()
+    later = await client.ping()
+    done, _ = await asyncio.wait([later], timeout=0.2)  # bounded: no pong can come
+    assert not done and client.probe_pending
+    loop_ws.server.transport.resume_reading()
+    await asyncio.wait_for(later, TIMEOUT)
+    assert not client.probe_pending
+
+
+async def test_a_pong_for_a_later_ping_answers_the_probe(loop_ws: Loopback) -> None:
+    """RFC 6455 5.5.3: a peer may answer only the most recent ping."""
+    client = loop_ws.client
+    client.send_probe()
+    client._probe = (b"never-answered", client._probe[1])  # type: ignore[index]
+    await asyncio.wait_for(await client.ping(), TIMEOUT)
+    assert not client.probe_pending

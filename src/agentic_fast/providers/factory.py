@@ -23,6 +23,7 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
     hold bare declarations (1007)."""
     name = config.audio.provider
     timeout = config.bridge.provider_connect_timeout_s
+    stall = config.bridge.provider_stall_timeout_s or None
     if name in ("openai", "openai-pcmu"):
         from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
 
@@ -36,7 +37,8 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
         def make_openai(session: CallSession) -> RealtimeProvider:
             return OpenAIRealtimeProvider(settings, call_id=session.call_id,
                                           connect_timeout_s=timeout, tools=tools or None,
-                                          interrupt_response=server_cancels)
+                                          interrupt_response=server_cancels,
+                                          stall_timeout_s=stall)
 
         return make_openai
     if name == "gemini":
@@ -53,7 +55,7 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
         def make_gemini(session: CallSession) -> RealtimeProvider:
             return GeminiLiveProvider(gemini, call_id=session.call_id,
                                       connect_timeout_s=timeout,
-                                      tools=gemini_tools)
+                                      tools=gemini_tools, stall_timeout_s=stall)
 
         return make_gemini
     raise ConfigError(f"unknown audio.provider {name!r}", key="audio.provider")

@@ -13,10 +13,13 @@ whole masked text frame and one ``transport.write``
 :mod:`openai_realtime`). websockets keeps the handshake, reading, control frames and
 closing; whatever its protocol has pending (an automatic pong) is written before our frame.
 When the transport's write buffer is above ``max_write_buffer`` caller audio is dropped and
-counted (``gemini.audio.backpressure_dropped``). While no connection carries the call
-(connecting, switching, reconnecting) caller audio goes to a bounded backlog (the newest
-``max_buffered_audio_ms``; older chunks dropped, ``gemini.audio.buffered_dropped``) and text
-/ tool results to a bounded list; both are flushed once a connection is installed.
+counted (``gemini.audio.backpressure_dropped``); a server that stops reading altogether is
+noticed by the carrying link's :class:`ws_client.StallWatch` within ``stall_timeout_s``
+(counted ``gemini.stalled``) and handled as a lost connection (Reconnect, below). While no
+connection carries the call (connecting, switching, reconnecting) caller audio goes to a
+bounded backlog (the newest ``max_buffered_audio_ms``; older chunks dropped,
+``gemini.audio.buffered_dropped``) and text / tool results to a bounded list; both are
+flushed once a connection is installed.
 
 Turns. :class:`gemini_session.TurnTracker` gives each model turn an id (``turn-<n>``),
 sends ``on_audio_done`` once per turn, maps ``interrupted`` (Gemini's barge-in) to
@@ -72,6 +75,7 @@ from agentic_fast.providers.gemini_session import (
     open_link,
 )
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.providers.ws_client import StallWatch
 
 __all__ = ["GeminiLiveProvider"]
 
@@ -102,7 +106,8 @@ class GeminiLiveProvider(RealtimeProvider):
                  max_replay_ms: int = 5000, max_pending_items: int = 32,
                  max_write_buffer: int = 256 * 1024, recent_lines: int = 12,
                  ping_interval_s: float | None = 20.0, close_timeout_s: float = 2.0,
-                 max_message_bytes: int = 4 * 2**20) -> None:
+                 max_message_bytes: int = 4 * 2**20,
+                 stall_timeout_s: float | None = 5.0) -> None:
         """``tools`` are wire Tool objects (see :func:`gemini_events.function_tool`);
         ``setup`` overrides the whole setup built from ``config``. The sliding-window
         context compression is on by default: without it an audio session ends after
@@ -123,6 +128,7 @@ class GeminiLiveProvider(RealtimeProvider):
         self._go_away_margin_s = go_away_margin_s
         self._max_write_buffer = max_write_buffer
         self._close_timeout_s = close_timeout_s
+        self._stall_timeout_s = stall_timeout_s or None  # None/0: no StallWatch
         self._listener: ProviderListener = _NullListener()  # type: ignore[assignment]
         self._link: GeminiLink | None = None
         self._links: set[GeminiLink] = set()
@@ -149,7 +155,7 @@ class GeminiLiveProvider(RealtimeProvider):
             "connections": 0, "resumed": 0, "fresh_sessions": 0, "reconnects": 0,
             "rotations": 0, "go_aways": 0, "resume_rejected": 0,
             "audio_buffered_dropped": 0, "audio_backpressure_dropped": 0,
-            "audio_replayed": 0, "tokens": 0}
+            "audio_replayed": 0, "tokens": 0, "stalls": 0}
         turns = self._turns
         self._handlers: dict[type, Callable[[GeminiLink, Any], None]] = {
             ge.AudioChunk: turns.on_audio,
@@ -275,6 +281,7 @@ class GeminiLiveProvider(RealtimeProvider):
         if self._closed:
             return
         self._closed = True
+        links: list[GeminiLink] = []
         try:
             me = asyncio.current_task()
             tasks = [t for t in (self._connect_task, self._switch_task, *self._tasks)
@@ -289,12 +296,31 @@ class GeminiLiveProvider(RealtimeProvider):
             readers = [k.reader for k in links if k.reader is not None and k.reader is not me]
             await asyncio.gather(*(k.close(self._close_timeout_s + 0.5) for k in links),
                                  *tasks, *readers, return_exceptions=True)
-            self._backlog.drain()
-            self._items.clear()
             self.log.info("gemini.closed", **self.stats, turns=self._turns.turns,
                           interrupted_turns=self._turns.interrupted_turns)
         except Exception:
             self.log.exception("gemini.close_error")
+        finally:
+            self._release(links)
+
+    def _release(self, links: Sequence[GeminiLink]) -> None:
+        """Break the reference cycles of a closed provider so it is freed at once, not by a
+        collector that may not run for thousands of calls: the handler table (bound methods
+        of self and of the turn tracker), the listener (the bridge, which holds us), the done
+        tasks (their exception's traceback holds the reader's frame, which holds the link,
+        which holds the task) and each socket's message handler (a closure over the link)."""
+        self._handlers.clear()
+        self._listener = self._turns.listener = _NullListener()  # type: ignore[assignment]
+        self._connect_task = self._switch_task = None
+        self._tasks.clear()
+        self._backlog.drain()
+        if self._replay is not None:
+            self._replay.drain()
+        self._items.clear()
+        for link in links:
+            link.reader = None
+            link.early = []
+            link.ws.set_handlers(None)
 
     # -- connections -------------------------------------------------------------------------
 
@@ -346,6 +372,11 @@ class GeminiLiveProvider(RealtimeProvider):
         link.reader = loop.create_task(self._read(link))
         if self._max_connection_s is not None:
             link.timer = loop.call_later(self._max_connection_s, self._age_cap, link)
+        if self._stall_timeout_s is not None:
+            link.watch = StallWatch(link.ws, lambda why: self._stalled(link, why),
+                                    timeout_s=self._stall_timeout_s,
+                                    max_buffer=self._max_write_buffer)
+            link.watch.start()
         self._flush(link)
 
     def _flush(self, link: GeminiLink) -> None:
@@ -532,6 +563,16 @@ class GeminiLiveProvider(RealtimeProvider):
         self.log.warning("gemini.write_failed", connection=link.seq, error=repr(exc)[:200])
         link.ws.transport.abort()
         self._lost(link, "write_failed")
+
+    def _stalled(self, link: GeminiLink, reason: str) -> None:
+        """The StallWatch saw the server stop reading: drop the socket, reconnect (resumed
+        where a handle allows; the audio since that handle is replayed)."""
+        self.stats["stalls"] += 1
+        metrics.incr("gemini.stalled")
+        self.log.warning("gemini.stalled", connection=link.seq, reason=reason)
+        self._lost(link, f"stalled: {reason}")
+        self._stop(link)
+        link.ws.transport.abort()
 
     def _buffer_audio(self, chunk_b64: str) -> None:
         if self._closed or self._failed:

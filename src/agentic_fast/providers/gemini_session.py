@@ -51,7 +51,7 @@ from agentic_fast.providers.gemini_events import (
     TurnComplete,
     parse_server_message,
 )
-from agentic_fast.providers.ws_client import FastClientConnection
+from agentic_fast.providers.ws_client import FastClientConnection, StallWatch
 
 __all__ = ["PEER", "GeminiLink", "LinkOptions", "Resumption", "SetupRejected", "TurnTracker",
            "close_info", "open_link"]
@@ -103,7 +103,7 @@ class GeminiLink:
     """
 
     __slots__ = ("detached", "early", "opened_at", "reader", "resumed", "retired", "seq",
-                 "session_id", "timer", "ws")
+                 "session_id", "timer", "watch", "ws")
 
     def __init__(self, ws: FastClientConnection, seq: int, resumed: bool,
                  session_id: str | None, early: list[GeminiEvent]) -> None:
@@ -114,6 +114,7 @@ class GeminiLink:
         self.early = early  # events that came in the setupComplete frame, after it
         self.reader: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.watch: StallWatch | None = None  # while it carries the call
         self.detached = False
         self.retired = False
         self.opened_at = time.monotonic()
@@ -123,9 +124,13 @@ class GeminiLink:
         return self.ws.protocol.state is State.OPEN
 
     def stop_timer(self) -> None:
+        """Cancel the age timer and the stall watch."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
 
     async def close(self, timeout_s: float) -> None:
         """Close politely within ``timeout_s``, else abort; never raises."""

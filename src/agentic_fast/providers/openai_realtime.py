@@ -43,6 +43,12 @@ events always go. Measured on loopback (client CPU per 40 ms PCM16 append, net o
 iteration), with websockets' framing: ~6 us with this synchronous path, ~10.5 us with a
 deque drained by a writer task calling ``ws.send``.
 
+Stalled peer. A server that stops reading (TCP backpressure) while the call goes on is
+noticed by the session's :class:`ws_client.StallWatch` within ``stall_timeout_s`` (a probe
+ping unanswered, or the write buffer above ``max_write_buffer``, for that long), counted
+(``openai.stalled``) and handled as a lost socket: aborted, audio buffered, a new session
+opened (below). Without it only the keepalive noticed, after ~40 s.
+
 Reconnect. When the socket drops mid-call (abrupt close, 1011, any error close) the call
 stays up: caller audio goes to a bounded deque (the last ``max_buffered_audio_ms``; older
 chunks dropped and counted ``openai.audio.buffered_dropped``), ``say``/``begin``/tool
@@ -96,7 +102,7 @@ from agentic_fast.providers import openai_commands as oc
 from agentic_fast.providers import openai_events as oe
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
-from agentic_fast.providers.ws_client import FastClientConnection
+from agentic_fast.providers.ws_client import FastClientConnection, StallWatch
 
 __all__ = ["OpenAIRealtimeProvider"]
 
@@ -122,7 +128,7 @@ class _Connection:
     """One socket and what is known about its session."""
 
     __slots__ = ("calls", "opened_at", "pending", "reader", "requested", "retired",
-                 "seq", "session_id", "state", "timer", "ws")
+                 "seq", "session_id", "state", "timer", "watch", "ws")
 
     def __init__(self, ws: FastClientConnection, state: oe.RealtimeState, seq: int) -> None:
         self.ws = ws
@@ -131,6 +137,7 @@ class _Connection:
         self.session_id: str | None = None
         self.reader: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.watch: StallWatch | None = None
         self.requested = False  # response.create sent, response.created not seen yet
         self.pending = False    # a response is wanted once the active one is done
         self.calls: dict[str, str] = {}  # tool call ids of this session -> name
@@ -162,7 +169,8 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                  interrupt_response: bool = True, max_buffered_audio_ms: int = 3000,
                  max_pending_items: int = 32, max_write_buffer: int = 256 * 1024,
                  recent_lines: int = 12, ping_interval_s: float | None = 20.0,
-                 close_timeout_s: float = 2.0, max_message_bytes: int = 4 * 2**20) -> None:
+                 close_timeout_s: float = 2.0, max_message_bytes: int = 4 * 2**20,
+                 stall_timeout_s: float | None = 5.0) -> None:
         fmt: oe.AudioFormat = "pcmu" if config.audio_format == "pcmu" else "pcm16"
         self.config = config
         self.call_id = call_id
@@ -180,6 +188,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._ping_interval_s = ping_interval_s
         self._close_timeout_s = close_timeout_s
         self._max_message_bytes = max_message_bytes
+        self._stall_timeout_s = stall_timeout_s or None  # None/0: no StallWatch
         self._url = f"{config.url}?model={quote(config.model, safe='')}"
         self._headers = {"Authorization": f"Bearer {config.api_key}"}
         vad = config.vad
@@ -225,7 +234,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self.stats: dict[str, int] = {"reconnects": 0, "carry_overs": 0, "sessions": 0,
                                       "audio_buffered_dropped": 0,
                                       "audio_backpressure_dropped": 0, "errors": 0,
-                                      "responses_failed": 0}
+                                      "responses_failed": 0, "stalls": 0}
         self._handlers: dict[type, Callable[[_Connection, Any], None]] = {
             oe.OutputAudioDelta: self._on_audio_delta,
             oe.OutputAudioDone: self._on_audio_done,
@@ -347,6 +356,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if self._closed:
             return
         self._closed = True
+        conns: list[_Connection] = []
         try:
             me = asyncio.current_task()
             tasks = [t for t in (self._connect_task, self._replace_task, *self._tasks)
@@ -364,6 +374,24 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             self.log.info("openai.closed", **self.stats)
         except Exception:
             self.log.exception("openai.close_error")
+        finally:
+            self._release(conns)
+
+    def _release(self, conns: Sequence[_Connection]) -> None:
+        """Break the reference cycles of a closed provider so it is freed at once, not by a
+        collector that may not run for thousands of calls: the handler table (bound methods
+        of self), the listener (the bridge, which holds us), the done tasks (their
+        exception's traceback holds the reader's frame, which holds the connection, which
+        holds the task) and each socket's message handler (a closure over the connection)."""
+        self._handlers.clear()
+        self._listener = _NullListener()  # type: ignore[assignment]
+        self._connect_task = self._replace_task = None
+        self._tasks.clear()
+        self._backlog.drain()
+        self._items_buf.clear()
+        for conn in conns:
+            conn.reader = None
+            conn.ws.set_handlers(None)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -440,6 +468,11 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if self._max_session_s is not None:
             conn.timer = asyncio.get_running_loop().call_later(
                 self._max_session_s, self._session_cap, conn)
+        if self._stall_timeout_s is not None:
+            conn.watch = StallWatch(conn.ws, lambda why: self._stalled(conn, why),
+                                    timeout_s=self._stall_timeout_s,
+                                    max_buffer=self._max_write_buffer)
+            conn.watch.start()
         self._update_idle()
         self._flush(conn)
 
@@ -570,6 +603,19 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
+        if conn.watch is not None:
+            conn.watch.stop()
+            conn.watch = None
+
+    def _stalled(self, conn: _Connection, reason: str) -> None:
+        """The StallWatch saw the server stop reading: drop the socket, reconnect."""
+        self.stats["stalls"] += 1
+        metrics.incr("openai.stalled")
+        self.log.warning("openai.stalled", session=conn.seq, reason=reason)
+        self._lost(conn, f"stalled: {reason}")
+        self._stop(conn)
+        self._conns.discard(conn)
+        conn.ws.transport.abort()
 
     async def _close_ws(self, ws: FastClientConnection) -> None:
         try:

@@ -35,6 +35,17 @@ our parsers count such a frame as malformed JSON instead. An exception from a ha
 reaches websockets: it is caught, counted (``ws.fast_path.handler_errors``) and logged, and
 the connection goes on. Handlers that need a failure to end the connection do it themselves.
 
+Stalled peers. A peer that stops reading (TCP backpressure) while the call goes on would be
+noticed only by websockets' keepalive, and late: a ping every ``ping_interval``, then
+``ping_timeout`` to answer (about 40 s with 20 + 20), and not at all once the transport's
+buffer is above its high-water mark, since ``ping()`` first awaits ``drain()``. Meanwhile the
+caller's audio goes into kernel buffers that nobody reads. :class:`StallWatch` notices it
+within ``timeout_s``: one timer per socket (nothing on the per-frame path) writes a small
+probe ping synchronously (past ``drain()``) and calls ``on_stall`` when the probe has not
+been answered for ``timeout_s`` (a pong comes only once the peer has read everything we
+wrote before the ping), or when the transport's write buffer has stayed above
+``max_buffer`` for ``timeout_s``. The owner then replaces the socket.
+
 Version note: the queue check reads ``recv_messages.frames.queue`` (websockets 14-17
 ``Assembler`` -> ``SimpleQueue`` -> ``deque``). If that shape is missing the fast path stays
 off (everything goes through ``recv()``), counted once as ``ws.fast_path.unavailable``.
@@ -43,19 +54,20 @@ off (everything goes through ``recv()``), counted once as ``ws.fast_path.unavail
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
 from agentic_fast import metrics
 from agentic_fast.log import get_logger
 from agentic_fast.wsframe import ClientFramer
 
-__all__ = ["FastClientConnection", "MessageHandler"]
+__all__ = ["FastClientConnection", "MessageHandler", "StallWatch"]
 
 #: ``handler(payload)``: one whole message's payload, called inside ``data_received``.
 MessageHandler = Callable[[bytes], None]
@@ -84,6 +96,36 @@ class FastClientConnection(ClientConnection):
         # the assembler's frame deque (set in connection_made); None: fast path unavailable
         self._queued: deque[Frame] | None = None
         self._framer = ClientFramer()  # masked data frames written past websockets
+        # the StallWatch's probe: its payload and (loop) send time; None when answered
+        self._probe: tuple[bytes, float] | None = None
+        self._probes = 0
+
+    def send_probe(self) -> None:
+        """Write one ping now (no await, no ``drain()``), answered by :attr:`probe_pending`
+        turning False. Its payload is ours, so websockets' keepalive pings are not touched."""
+        self._probes += 1
+        data = b"af-probe-%d" % self._probes
+        self._probe = (data, self.loop.time())
+        self.protocol.send_ping(data)
+        self.send_data()
+
+    @property
+    def probe_pending(self) -> bool:
+        """A probe was sent and no pong for it (or for a later ping) has come."""
+        return self._probe is not None
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        """A pong arrived: it answers our probe if it carries the probe's payload, or that
+        of a ping sent after it (a peer may answer only the latest ping, RFC 6455 5.5.3)."""
+        probe = self._probe
+        if probe is not None:
+            if data == probe[0]:
+                self._probe = None
+            else:
+                entry = self.pending_pings.get(data)
+                if entry is not None and entry[1] >= probe[1]:
+                    self._probe = None
+        super().acknowledge_pings(data)
 
     def write_text_now(self, text: str) -> None:
         """One whole masked text frame on the transport now (no await, no flow control:
@@ -139,3 +181,88 @@ class FastClientConnection(ClientConnection):
                                        opcode=opcode.name)
                     return
         super().process_event(event)
+
+
+class StallWatch:
+    """Notices a peer that stopped reading our socket (module docstring, "Stalled peers").
+
+    ``tick()`` runs every ``interval_s`` on the loop (``start``/``stop``); it can also be
+    called directly with an injected ``clock`` (tests). ``on_stall(reason)`` runs at most
+    once; the watch stops itself first. ``timeout_s``: how long an unanswered probe, or a
+    write buffer above ``max_buffer``, is tolerated.
+    """
+
+    __slots__ = ("_clock", "_full_since", "_handle", "_probe_at", "interval_s", "max_buffer",
+                 "on_stall", "timeout_s", "ws")
+
+    def __init__(self, ws: FastClientConnection, on_stall: Callable[[str], None], *,
+                 timeout_s: float, max_buffer: int, interval_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.ws: FastClientConnection | None = ws
+        self.on_stall: Callable[[str], None] | None = on_stall
+        self.timeout_s = timeout_s
+        self.max_buffer = max_buffer
+        self.interval_s = interval_s if interval_s is not None else min(1.0, timeout_s / 4)
+        self._clock = clock
+        self._full_since: float | None = None
+        self._probe_at: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Tick every ``interval_s`` from now on (the first probe goes at once)."""
+        self.tick()
+
+    def stop(self) -> None:
+        """No more ticks; drops its references (the socket, the callback)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.ws = None
+        self.on_stall = None
+
+    @property
+    def running(self) -> bool:
+        return self.ws is not None
+
+    def tick(self) -> str | None:
+        """One check (and the next tick scheduled); the stall reason if it fired."""
+        ws = self.ws
+        if ws is None:
+            return None
+        self._handle = None
+        if ws.protocol.state is not State.OPEN:
+            self.stop()  # closing or closed: the reader reports it
+            return None
+        reason = self._check(ws, self._clock())
+        if reason is not None:
+            on_stall = self.on_stall
+            self.stop()
+            if on_stall is not None:
+                on_stall(reason)
+            return reason
+        self._handle = ws.loop.call_later(self.interval_s, self.tick)
+        return None
+
+    def _check(self, ws: FastClientConnection, now: float) -> str | None:
+        size = ws.transport.get_write_buffer_size()
+        if size > self.max_buffer:
+            if self._full_since is None:
+                self._full_since = now
+            elif now - self._full_since >= self.timeout_s:
+                return (f"write buffer above {self.max_buffer} B for "
+                        f"{now - self._full_since:.1f} s ({size} B queued)")
+        else:
+            self._full_since = None
+        if self._probe_at is not None and ws.probe_pending:
+            if now - self._probe_at >= self.timeout_s:
+                return f"no pong for {now - self._probe_at:.1f} s ({size} B queued)"
+            return None
+        try:
+            ws.send_probe()
+        except Exception as exc:  # the transport is gone: the reader reports it
+            _log.debug("ws.probe_failed", error=repr(exc)[:200])
+            return None
+        self._probe_at = now
+        return None
