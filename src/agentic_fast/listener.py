@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agentic_fast import metrics
+from agentic_fast.client_address import TrustedProxies, client_address
 from agentic_fast.http_upgrade import (
     BadRequestHead,
     UpgradeRequest,
@@ -46,8 +47,10 @@ class UpgradeHandler(Protocol):
 class FrontProtocol(asyncio.Protocol):
     """First protocol of every connection: routes it to a WebSocket route or to aiohttp."""
 
-    def __init__(self, http_factory: Any, routes: dict[str, UpgradeHandler]) -> None:
+    def __init__(self, http_factory: Any, routes: dict[str, UpgradeHandler],
+                 trusted: TrustedProxies | None = None) -> None:
         self._http_factory = http_factory
+        self._trusted = trusted
         self._routes = routes
         self._prefixes = [(b"GET " + p.encode(), p) for p in routes]
         self._buf = bytearray()
@@ -107,7 +110,8 @@ class FrontProtocol(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         peer = transport.get_extra_info("peername")
-        remote = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        remote = client_address(str(peer[0]) if isinstance(peer, tuple) and peer else None,
+                                request.headers, self._trusted)  # behind a trusted proxy
         self._route.upgrade(transport, request, leftover, remote)
 
     def _match(self, buf: bytearray) -> UpgradeHandler | bool | None:
@@ -147,8 +151,10 @@ class CallServerSite(web.BaseSite):
     """A TCP site whose connections start with :class:`FrontProtocol`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 routes: dict[str, UpgradeHandler], backlog: int = 1024) -> None:
+                 routes: dict[str, UpgradeHandler], backlog: int = 1024,
+                 trusted: TrustedProxies | None = None) -> None:
         super().__init__(runner, backlog=backlog)
+        self._trusted = trusted
         self._host = host
         self._port = port
         self._routes = routes
@@ -166,10 +172,10 @@ class CallServerSite(web.BaseSite):
         await super().start()
         http = self._runner.server
         assert http is not None, "runner.setup() first"
-        routes = self._routes
+        routes, trusted = self._routes, self._trusted
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(http, routes), self._host, self._port,
+            lambda: FrontProtocol(http, routes, trusted), self._host, self._port,
             backlog=self._backlog, reuse_address=True)
         sockets = self._server.sockets
         if sockets:

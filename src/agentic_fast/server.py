@@ -2,8 +2,9 @@
 
 Routes only wire requests to the objects that own the logic (``CallManager``, the media
 stream handler, the Twilio REST client); see design.md. Twilio routes refuse to work
-without an auth token (never fail open); the ``/calls`` API needs ``server.api_token`` or,
-when none is configured, answers loopback clients only.
+without an auth token (never fail open); the ``/calls`` API needs ``server.api_token``
+unless the listener is loopback and no proxy is trusted, and then answers only loopback
+clients whose request did not come through a proxy.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from aiohttp import web
 
 from agentic_fast import metrics
 from agentic_fast.calls import CallLimitError, CallManager, CallRefusedError, CallSession
+from agentic_fast.client_address import (
+    TRUSTED_PROXIES,
+    TrustedProxies,
+    came_through_proxy,
+    client_address,
+)
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
 from agentic_fast.listener import CallServerSite
@@ -32,6 +39,7 @@ from agentic_fast.media_stream import (
     ConnectionLimiter,
     MediaStreamHandler,
 )
+from agentic_fast.replay_guard import ReplayGuard
 from agentic_fast.telephony.rest import TwilioApiError, TwilioRestClient
 from agentic_fast.telephony.signature import (
     SETTINGS_HEADER,
@@ -62,6 +70,7 @@ _RING_MARGIN_S = 15
 
 BUSY_TEXT = "Sorry, all our assistants are busy right now. Please call again later."
 DRAINING_TEXT = "Sorry, this line is restarting. Please call again in a minute."
+REPLAYED_TEXT = "This call is already connected."
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
@@ -86,6 +95,7 @@ class Services:
     validator_problem: str | None
     tokens: StreamTokenSigner
     bridge_factory: BridgeFactory
+    replays: ReplayGuard
     owns_rest: bool = False
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -137,7 +147,7 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
     if not ok:
         metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
         log.warning("webhook.rejected", reason=ok.reason, path=request.path,
-                    remote=request.remote, key_id=ok.key_id,
+                    remote=client_address(request), key_id=ok.key_id,
                     algorithm=ok.algorithm if settings else None)
         return None
     return fields
@@ -179,6 +189,13 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
     if not call_sid:
         metrics.incr("twilio.webhook.rejected.no_call_sid")
         return _error(400, "CallSid missing")
+    known = svc.manager.get_by_sid(call_sid) is not None
+    if not known and svc.replays.seen(call_sid, "voice"):
+        # answered before, and the call has left memory (history, restart): no new call
+        metrics.incr("twilio.webhook.replayed")
+        log.warning("webhook.replayed", call_sid=call_sid, remote=client_address(request),
+                    source="replay_guard")
+        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
     if svc.draining:
         metrics.incr("calls.refused.draining")
         log.info("call.refused", reason="draining", call_sid=call_sid)
@@ -192,11 +209,13 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
     except CallRefusedError as exc:
         log.info("call.refused", reason=exc.reason, call_sid=call_sid)
         return _twiml(say_hangup_twiml(DRAINING_TEXT))
+    if not known:
+        svc.replays.remember(call_sid, "voice")
     if session.ended or session.stream_started:
         # a replay of a webhook we already answered: create nothing, connect nothing
         metrics.incr("twilio.webhook.replayed")
         log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
-        return _twiml(say_hangup_twiml("This call is already connected."))
+        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
     try:
         twiml = _stream_twiml(svc, session, call_sid)
     except Exception:
@@ -302,9 +321,11 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 def _api_allowed(request: web.Request, svc: Services) -> bool:
-    token = svc.config.server.api_token
-    if not token:
-        return _is_loopback(request.remote)
+    server = svc.config.server
+    token = server.api_token
+    if not token:  # only a local client, straight to a loopback listener, no proxy between
+        return (not server.api_exposed() and _is_loopback(request.remote)
+                and not came_through_proxy(request.headers))
     given = request.headers.get("Authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
@@ -315,7 +336,8 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
         svc = request.app[SERVICES]
         if not _api_allowed(request, svc):
             metrics.incr("api.rejected.auth")
-            log.warning("api.rejected", path=request.path, remote=request.remote)
+            log.warning("api.rejected", path=request.path, remote=client_address(request),
+                        peer=request.remote)
             return _error(401, "unauthorized")
     return await handler(request)
 
@@ -428,8 +450,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
                rest_client: TwilioRestClient | None = None,
-               manager: CallManager | None = None) -> web.Application:
-    """Build the aiohttp application; nothing touches the network until it starts."""
+               manager: CallManager | None = None,
+               replays: ReplayGuard | None = None) -> web.Application:
+    """Build the aiohttp application; nothing touches the network until it starts.
+
+    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
     server = config.server
     try:
         validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
@@ -470,10 +495,14 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
         bind(manager, rest_client)
+    if replays is None:
+        replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
+                              max_entries=server.replay_max_entries)
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, owns_rest)
+                   bridge_factory, replays, owns_rest)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
+    app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
@@ -514,13 +543,15 @@ async def _on_cleanup(app: web.Application) -> None:
         await close_factory()
     if svc.owns_rest and svc.rest is not None:
         await svc.rest.close()
+    svc.replays.close()
 
 
 async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerSite:
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     media = runner.app[SERVICES].media
-    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: media})
+    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: media},
+                          trusted=runner.app[TRUSTED_PROXIES])
     await site.start()
     return site
 
@@ -543,8 +574,10 @@ async def drain(app: web.Application, timeout_s: float) -> bool:
     return idle
 
 
-def require_public_config(config: Config) -> None:
-    """Errors a production ``serve`` should stop on (the tests may build partial apps)."""
+def require_public_config(config: Config, host: str | None = None) -> None:
+    """Errors a production ``serve`` should stop on (the tests may build partial apps);
+    ``host``: the address actually bound when it overrides ``server.host``."""
+    config.server.require_api_token(host)
     if not config.server.public_url:
         raise ConfigError("server.public_url is not set: Twilio cannot reach the server",
                           key="server.public_url")
