@@ -76,8 +76,8 @@ class ReplayGuard:
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
                 self._db = db
-                self._prune()
                 self._rows = db.execute("SELECT count(*) FROM seen").fetchone()[0]
+                self._prune()
             except BaseException:
                 self._db = None
                 db.close()
@@ -136,19 +136,19 @@ class ReplayGuard:
             self._failed("write", exc)
 
     def _prune(self) -> None:
-        """Drop expired pairs, then the oldest beyond ``max_entries`` (plus some slack, so
-        this runs about once per 1/16 of the bound)."""
+        """Drop expired pairs, then the oldest beyond ``max_entries`` in small batches (a
+        1/256 of the bound at a time), so no single webhook pays for a large delete."""
         assert self._db is not None
         db = self._db
-        db.execute("DELETE FROM seen WHERE seen_at < ?", (self.clock() - self.window_s,))
-        rows = db.execute("SELECT count(*) FROM seen").fetchone()[0]
-        excess = rows - (self.max_entries - self.max_entries // 16)
-        if rows > self.max_entries and excess > 0:
-            db.execute("DELETE FROM seen WHERE rowid IN "
-                       "(SELECT rowid FROM seen ORDER BY seen_at LIMIT ?)", (excess,))
-            metrics.incr("replay_guard.evicted", excess)
-            rows -= excess
-        self._rows = rows
+        cur = db.execute("DELETE FROM seen WHERE seen_at < ?", (self.clock() - self.window_s,))
+        self._rows = max(0, self._rows - cur.rowcount)
+        excess = self._rows - self.max_entries
+        if excess > 0:
+            batch = excess + self.max_entries // 256
+            cur = db.execute("DELETE FROM seen WHERE rowid IN "
+                             "(SELECT rowid FROM seen ORDER BY seen_at LIMIT ?)", (batch,))
+            metrics.incr("replay_guard.evicted", cur.rowcount)
+            self._rows -= cur.rowcount
 
     def __len__(self) -> int:
         return self._rows if self._db is not None else len(self._mirror)

@@ -12,6 +12,7 @@ import pytest
 
 from agentic_fast import metrics
 from agentic_fast.config import Config
+from agentic_fast.errors import ConfigError
 from agentic_fast.serve import serve
 
 
@@ -50,3 +51,16 @@ async def test_serve_logs_a_deprecated_model_naming_the_key(
     assert len(found) == 1, lines
     assert "gpt-realtime is deprecated and shuts down on 2027-01-20" in found[0]
     assert metrics.get("config.warnings") >= before + 1
+
+
+@pytest.mark.parametrize(("server", "host"), [
+    ("host: 0.0.0.0", None),
+    ("host: 127.0.0.1, trusted_proxies: [127.0.0.1]", None),
+    ("host: 127.0.0.1", "0.0.0.0"),  # serve --host overrides a loopback config
+])
+async def test_serve_refuses_an_exposed_api_without_token(server: str, host: str | None) -> None:
+    config = Config.from_text(
+        f"server: {{public_url: 'https://agent.example.test', port: 0, {server}}}\n", env={})
+    with pytest.raises(ConfigError) as info:  # before it listens (else it would serve on)
+        await asyncio.wait_for(serve(config, host=host, bridge_factory=_no_bridge), 10)
+    assert info.value.key == "server.api_token"
