@@ -69,6 +69,7 @@ def _add_check_config(sub: Any) -> None:
 def _run_check_config(args: argparse.Namespace, env: Env) -> int:
     path = _config_path(args, env)
     config = Config.load(path, env=env)
+    config.server.require_api_token()  # an exposed /calls API without a token: refused
     print(f"# effective config from {path} (secrets masked)")
     print(yaml.dump(config.masked(), Dumper=_ConfigDumper, sort_keys=False,
                     allow_unicode=True, width=100), end="")

@@ -22,6 +22,7 @@ Rules, in the order the loader applies them:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -175,6 +176,14 @@ def _shared_keys(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _ip_network(value: str) -> str:
+    """An IP address or CIDR network (``10.0.0.0/8``, ``127.0.0.1``, ``::1``)."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"must be an IP address or CIDR network, got {value!r}") from None
+
+
 def _check_value(value: Any, meta: Mapping[str, Any]) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"must be a finite number, got {value}")
@@ -252,6 +261,35 @@ class ServerConfig(_Section):
     ws_max_control_frames_per_s: int = field(default=20, metadata=_m(lo=0, hi=100_000))
     ws_max_write_buffer_bytes: int = field(default=256 * 1024,
                                            metadata=_m(lo=16 * 1024, hi=64 * 2**20))
+    # reverse proxies whose forwarding header is believed (see agentic_fast.client_address)
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=_m(each=_ip_network))
+    proxy_header: str = field(default="x-forwarded-for",
+                              metadata=_m(choices=("x-forwarded-for", "forwarded")))
+    # where state that must outlive a restart is kept (the webhook replay guard); "": memory
+    state_dir: str = ""
+    replay_window_s: float = field(default=86400.0, metadata=_m(lo=60, hi=30 * 86400))
+    replay_max_entries: int = field(default=100_000, metadata=_m(lo=100, hi=10_000_000))
+
+    def api_exposed(self, host: str | None = None) -> bool:
+        """The ``/calls`` API can be reached from off this host: the listener (``host``
+        when it overrides ``server.host``) is not loopback, or a proxy is trusted."""
+        return (host or self.host) not in _LOOPBACK_HOSTS or bool(self.trusted_proxies)
+
+    def require_api_token(self, host: str | None = None) -> None:
+        """Refuse (``ConfigError``) an exposed ``/calls`` API without ``api_token``."""
+        if self.api_token or not self.api_exposed(host):
+            return
+        host = host or self.host
+        why = ("server.trusted_proxies is set" if host in _LOOPBACK_HOSTS
+               else f"the listener {host!r} is not loopback")
+        raise ConfigError(f"server.api_token is not set while the /calls API is exposed ({why}):"
+                          " anyone could place and hang up calls; set server.api_token "
+                          "(e.g. from AGENTIC_FAST_API_TOKEN)", key="server.api_token")
+
+    @property
+    def replay_db_file(self) -> Path | None:
+        """``<state_dir>/replay.sqlite3`` (``~`` expanded), None when ``state_dir`` is empty."""
+        return Path(self.state_dir).expanduser() / "replay.sqlite3" if self.state_dir else None
 
     def _require_public_url(self) -> str:
         if not self.public_url:
@@ -561,9 +599,9 @@ class Config:
         provider = "gemini" if self.audio.provider == "gemini" else "openai_realtime"
         if not getattr(self, provider).api_key:
             out.append(f"{provider}.api_key is not set (audio.provider is {self.audio.provider})")
-        if not self.server.api_token and self.server.host not in _LOOPBACK_HOSTS:
-            out.append("server.api_token is not set while server.host is not loopback: "
-                       "the /calls API is open")
+        if not self.server.state_dir:
+            out.append("server.state_dir is not set: answered voice webhooks are remembered "
+                       "in memory only, so a replay after a restart places a new call")
         return out + self.inbound_warnings() + self.model_warnings(today)
 
     def inbound_warnings(self) -> list[str]:

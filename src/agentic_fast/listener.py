@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agentic_fast import metrics
+from agentic_fast.client_address import TrustedProxies, client_address
 from agentic_fast.http_upgrade import (
     BadRequestHead,
     UpgradeRequest,
@@ -141,8 +142,10 @@ class FrontProtocol(asyncio.Protocol):
 
     def __init__(self, http_factory: Any, routes: dict[str, UpgradeHandler],
                  limits: ListenerLimits | None = None,
-                 pending: PendingConnections | None = None) -> None:
+                 pending: PendingConnections | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         self._http_factory = http_factory
+        self._trusted = trusted
         self._routes = routes
         self._limits = limits = limits or ListenerLimits()
         self._pending = pending or PendingConnections(limits.max_pending_total,
@@ -235,7 +238,9 @@ class FrontProtocol(asyncio.Protocol):
         self._finish()
         transport = self._transport
         assert transport is not None
-        route.upgrade(transport, request, leftover, self._remote)
+        remote = client_address(None if self._remote == "?" else self._remote,
+                                request.headers, self._trusted)  # behind a trusted proxy
+        route.upgrade(transport, request, leftover, remote)
         if slot is not None:  # a started socket holds it until its stream starts
             sock = transport.get_protocol()
             if isinstance(sock, MediaSocket) and not transport.is_closing():
@@ -294,8 +299,10 @@ class CallServerSite(web.BaseSite):
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  routes: dict[str, UpgradeHandler], backlog: int = 1024,
-                 limits: ListenerLimits | None = None) -> None:
+                 limits: ListenerLimits | None = None,
+                 trusted: TrustedProxies | None = None) -> None:
         super().__init__(runner, backlog=backlog)
+        self._trusted = trusted
         self._host = host
         self._port = port
         self._routes = routes
@@ -316,10 +323,10 @@ class CallServerSite(web.BaseSite):
         await super().start()
         http = self._runner.server
         assert http is not None, "runner.setup() first"
-        routes, limits, pending = self._routes, self.limits, self.pending
+        routes, limits, pending, trusted = self._routes, self.limits, self.pending, self._trusted
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(http, routes, limits, pending), self._host, self._port,
+            lambda: FrontProtocol(http, routes, limits, pending, trusted), self._host, self._port,
             backlog=self._backlog, reuse_address=True)
         sockets = self._server.sockets
         if sockets:

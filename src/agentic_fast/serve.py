@@ -49,7 +49,7 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
                 bridge_factory: BridgeFactory | None = None,
                 ready: asyncio.Future[int] | None = None) -> None:
     """Serve until a signal; ``ready`` (if given) receives the bound port."""
-    require_public_config(config)
+    require_public_config(config, host)
     log_config_warnings(config)
     log_capacity(config, raise_nofile_limit())
     app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))

@@ -2,8 +2,9 @@
 
 Routes only wire requests to the objects that own the logic (``CallManager``, the media
 stream handler, the Twilio REST client); see design.md. Twilio routes refuse to work
-without an auth token (never fail open); the ``/calls`` API needs ``server.api_token`` or,
-when none is configured, answers loopback clients only.
+without an auth token (never fail open); the ``/calls`` API needs ``server.api_token``
+unless the listener is loopback and no proxy is trusted, and then answers only loopback
+clients whose request did not come through a proxy.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from agentic_fast.calls import (
     CallRefusedError,
     CallSession,
 )
+from agentic_fast.client_address import (
+    TRUSTED_PROXIES,
+    TrustedProxies,
+    came_through_proxy,
+    client_address,
+)
 from agentic_fast.config import MEDIA_STREAM_PATH, Config
 from agentic_fast.errors import ConfigError, ProtocolError
 from agentic_fast.listener import CallServerSite, ListenerLimits
@@ -40,6 +47,7 @@ from agentic_fast.media_stream import (
     ConnectionLimiter,
     MediaStreamHandler,
 )
+from agentic_fast.replay_guard import ReplayGuard
 from agentic_fast.telephony.form import (
     JSON_TYPE,
     WebhookBodyError,
@@ -82,6 +90,7 @@ _RING_MARGIN_S = 15
 
 BUSY_TEXT = "Sorry, all our assistants are busy right now. Please call again later."
 DRAINING_TEXT = "Sorry, this line is restarting. Please call again in a minute."
+REPLAYED_TEXT = "This call is already connected."
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
@@ -107,6 +116,7 @@ class Services:
     tokens: StreamTokenSigner
     bridge_factory: BridgeFactory
     admission: Admission
+    replays: ReplayGuard
     owns_rest: bool = False
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -154,7 +164,7 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
     if not ok:
         metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
         log.warning("webhook.rejected", reason=ok.reason, path=request.path,
-                    remote=request.remote, key_id=ok.key_id,
+                    remote=client_address(request), key_id=ok.key_id,
                     algorithm=ok.algorithm if settings else None)
         return None
     return fields
@@ -205,6 +215,13 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
     if not call_sid:
         metrics.incr("twilio.webhook.rejected.no_call_sid")
         return _error(400, "CallSid missing")
+    known = svc.manager.get_by_sid(call_sid) is not None
+    if not known and svc.replays.seen(call_sid, "voice"):
+        # answered before, and the call has left memory (history, restart): no new call
+        metrics.incr("twilio.webhook.replayed")
+        log.warning("webhook.replayed", call_sid=call_sid, remote=client_address(request),
+                    source="replay_guard")
+        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
     if svc.draining:
         metrics.incr("calls.refused.draining")
         log.info("call.refused", reason="draining", call_sid=call_sid)
@@ -221,11 +238,13 @@ async def _answer_voice(request: web.Request) -> web.StreamResponse:
     except CallRefusedError as exc:
         log.info("call.refused", reason=exc.reason, call_sid=call_sid)
         return _twiml(say_hangup_twiml(DRAINING_TEXT))
+    if not known:
+        svc.replays.remember(call_sid, "voice")
     if session.ended or session.stream_started:
         # a replay of a webhook we already answered: create nothing, connect nothing
         metrics.incr("twilio.webhook.replayed")
         log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
-        return _twiml(say_hangup_twiml("This call is already connected."))
+        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
     try:
         twiml = _stream_twiml(svc, session, call_sid)
     except Exception:
@@ -350,9 +369,11 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 def _api_allowed(request: web.Request, svc: Services) -> bool:
-    token = svc.config.server.api_token
-    if not token:
-        return _is_loopback(request.remote)
+    server = svc.config.server
+    token = server.api_token
+    if not token:  # only a local client, straight to a loopback listener, no proxy between
+        return (not server.api_exposed() and _is_loopback(request.remote)
+                and not came_through_proxy(request.headers))
     given = request.headers.get("Authorization", "")
     return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
@@ -363,7 +384,8 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
         svc = request.app[SERVICES]
         if not _api_allowed(request, svc):
             metrics.incr("api.rejected.auth")
-            log.warning("api.rejected", path=request.path, remote=request.remote)
+            log.warning("api.rejected", path=request.path, remote=client_address(request),
+                        peer=request.remote)
             return _error(401, "unauthorized")
     return await handler(request)
 
@@ -549,8 +571,11 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
                rest_client: TwilioRestClient | None = None,
-               manager: CallManager | None = None) -> web.Application:
-    """Build the aiohttp application; nothing touches the network until it starts."""
+               manager: CallManager | None = None,
+               replays: ReplayGuard | None = None) -> web.Application:
+    """Build the aiohttp application; nothing touches the network until it starts.
+
+    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
     server = config.server
     try:
         validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
@@ -595,10 +620,14 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         bind(manager, rest_client)
     admission = Admission(config.calls, clock=manager.clock.monotonic,
                           tag_key=hashlib.sha256(b"agentic-fast/caller-tag/v1" + secret).digest())
+    if replays is None:
+        replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
+                              max_entries=server.replay_max_entries)
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, admission, owns_rest)
+                   bridge_factory, admission, replays, owns_rest)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
+    app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
@@ -639,6 +668,7 @@ async def _on_cleanup(app: web.Application) -> None:
         await close_factory()
     if svc.owns_rest and svc.rest is not None:
         await svc.rest.close()
+    svc.replays.close()
 
 
 async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerSite:
@@ -646,7 +676,8 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerS
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     svc = runner.app[SERVICES]
     site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: svc.media},
-                          limits=listener_limits(svc.config))
+                          limits=listener_limits(svc.config),
+                          trusted=runner.app[TRUSTED_PROXIES])
     await site.start()
     return site
 
@@ -678,8 +709,10 @@ async def drain(app: web.Application, timeout_s: float) -> bool:
     return idle
 
 
-def require_public_config(config: Config) -> None:
-    """Errors a production ``serve`` should stop on (the tests may build partial apps)."""
+def require_public_config(config: Config, host: str | None = None) -> None:
+    """Errors a production ``serve`` should stop on (the tests may build partial apps);
+    ``host``: the address actually bound when it overrides ``server.host``."""
+    config.server.require_api_token(host)
     if not config.server.public_url:
         raise ConfigError("server.public_url is not set: Twilio cannot reach the server",
                           key="server.public_url")

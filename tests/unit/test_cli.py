@@ -182,3 +182,14 @@ def test_http_public_url_fails_check_config_and_serve_with_one_line(tmp_path, ca
     assert len(lines) == 1
     assert lines[0].startswith(f"error: {path}:2: server.public_url: must be an https:// URL")
     assert "wss://" in lines[0]
+
+
+@pytest.mark.parametrize("server", ["host: 0.0.0.0", "trusted_proxies: [127.0.0.1]"])
+def test_check_config_refuses_an_exposed_api_without_token(tmp_path, capsys, server):
+    path = tmp_path / "exposed.yaml"
+    path.write_text(f"server:\n  {server}\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: server.api_token is not set") and err.count("\n") == 1
+    path.write_text(f"server:\n  {server}\n  api_token: t0ken-for-the-api\n")
+    assert main(["check-config", "--config", str(path)], env={}) == 0

@@ -524,13 +524,14 @@ def test_models_of_unused_parts_are_not_warned():
 def test_warnings_list_missing_production_settings():
     assert any("public_url" in w for w in load("").warnings())
     full = load(f"""
-        server: {{public_url: "https://a.example.com", host: 0.0.0.0, api_token: t}}
+        server: {{public_url: "https://a.example.com", host: 0.0.0.0, api_token: t,
+                  state_dir: /var/lib/agentic-fast}}
         twilio: {{account_sid: {SID}, auth_token: t}}
         openai_realtime: {{api_key: k}}
         brain: {{allowed_callers: ['+15551230000']}}
     """)
     assert full.warnings() == []
-    assert any("api_token" in w for w in load("server: {host: 0.0.0.0}").warnings())
+    assert any(w.startswith("server.state_dir") for w in load("").warnings())
 
 
 # -- URL helpers ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from agentic_fast import metrics
 from agentic_fast.config import Config
+from agentic_fast.errors import ConfigError
 from agentic_fast.serve import serve
 
 
@@ -113,3 +114,16 @@ async def test_serve_logs_its_capacity(caplog: pytest.LogCaptureFixture, keep_gc
     [line] = [r.getMessage() for r in caplog.records
               if r.getMessage().startswith("server.capacity ")]
     assert "nofile_soft=" in line and "calls=" in line and "max_pending_total=256" in line
+
+
+@pytest.mark.parametrize(("server", "host"), [
+    ("host: 0.0.0.0", None),
+    ("host: 127.0.0.1, trusted_proxies: [127.0.0.1]", None),
+    ("host: 127.0.0.1", "0.0.0.0"),  # serve --host overrides a loopback config
+])
+async def test_serve_refuses_an_exposed_api_without_token(server: str, host: str | None) -> None:
+    config = Config.from_text(
+        f"server: {{public_url: 'https://agent.example.test', port: 0, {server}}}\n", env={})
+    with pytest.raises(ConfigError) as info:  # before it listens (else it would serve on)
+        await asyncio.wait_for(serve(config, host=host, bridge_factory=_no_bridge), 10)
+    assert info.value.key == "server.api_token"
