@@ -174,7 +174,7 @@ def _body_refused(request: web.Request, exc: WebhookBodyError) -> web.HTTPExcept
     """The 4xx for a webhook body we do not take (counted and logged, never a 500)."""
     metrics.incr(f"twilio.webhook.rejected.{exc.reason}")
     log.warning("webhook.rejected", reason=exc.reason, path=request.path,
-                remote=request.remote, field=exc.field, detail=str(exc)[:200])
+                remote=client_address(request), field=exc.field, detail=str(exc)[:200])
     cls = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPBadRequest
     return cls(text=orjson.dumps({"error": str(exc)}).decode(), content_type="application/json")
 
