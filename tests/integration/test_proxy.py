@@ -121,7 +121,8 @@ async def test_logs_name_the_forwarded_client(rest: FakeTwilioRest,
     h = await start_harness(rest, trusted_proxies="[127.0.0.1]", api_token=TOKEN)
     try:
         with caplog.at_level(logging.WARNING, logger="agentic_fast"):
-            resp = await h.http.post(f"{h.base_url}/twilio/voice", data={"CallSid": "CA" + "1" * 32},
+            resp = await h.http.post(f"{h.base_url}/twilio/voice",
+                                     data={"CallSid": "CA" + "1" * 32},
                                      headers={"X-Forwarded-For": "203.0.113.7"})
         assert resp.status == 403
         lines = [r.getMessage() for r in caplog.records if "webhook.rejected" in r.getMessage()]
