@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import load_report as rep
+from bench.load_abuse import KINDS as ABUSE_KINDS
+from bench.load_abuse import run_abuse
 from bench.load_api import ApiPoller, summary_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,14 +219,24 @@ bridge:
   mark_every_frames: {args.mark_every}
 calls:
   max_concurrent_calls: {limit}
-  inbound: open                 # generated callers, ramped faster than the default rates
-  rate_limits:
-    per_caller_per_minute: 0
-    global_per_second: 0
-logging:
+{_admission_keys()}logging:
   level: INFO
   format: json
 """
+
+
+def _admission_keys() -> str:
+    """``calls.inbound: open`` and no rate limits (generated callers ramp faster than the
+    default rates), where the server under test has those keys: an A/B run against an older
+    commit (``PYTHONPATH=<old>/src``) gets a config that commit accepts."""
+    from dataclasses import fields
+
+    from agentic_fast.config import CallsConfig
+
+    if "inbound" not in {f.name for f in fields(CallsConfig)}:
+        return ""
+    return ("  inbound: open\n  rate_limits:\n    per_caller_per_minute: 0\n"
+            "    global_per_second: 0\n")
 
 
 async def wait_http(url: str, proc: asyncio.subprocess.Process, timeout: float) -> None:
@@ -385,6 +397,11 @@ class Run:
             poller = asyncio.create_task(ApiPoller(
                 f"http://127.0.0.1:{port}", args.poll_calls_hz, t_start=t_steady, t_end=t_end,
                 token=api_token, limit=args.poll_calls_limit).run(), name="api-poller")
+        abuse: asyncio.Task[dict[str, Any]] | None = None
+        if args.abuse and self.target == "server":  # inside the window, beside the calls
+            abuse = asyncio.create_task(run_abuse(
+                args.abuse, port, start_at=t_steady + min(args.abuse_at, self.duration / 2),
+                seconds=args.abuse_s, conns=args.abuse_conns), name="abuse")
 
         # 5. watch; CPU at both ends of the window
         cpu0 = cpu1 = None
@@ -414,7 +431,13 @@ class Run:
             next_stop = t_steady if cpu0 is None and t_steady > now else t_end
             await asyncio.sleep(max(0.0, min(1.0, next_stop - now)))
 
-        api_poll = None
+        api_poll = abuse_result = None
+        if abuse is not None:
+            try:
+                async with asyncio.timeout(args.abuse_s + 15.0):
+                    abuse_result = await abuse
+            except (TimeoutError, OSError) as exc:
+                print(f"  the abuse task failed: {exc!r}", file=sys.stderr)
         if poller is not None:
             try:
                 async with asyncio.timeout(15.0):
@@ -442,7 +465,7 @@ class Run:
                   "rss_idle_kb": rss_idle, "rss_end_kb": rss_end, "rss_max_kb": rss_max,
                   "exit_code": code if code not in (-signal.SIGTERM, 0) else 0,
                   "log_errors": dict(errors), "log_warnings": dict(warnings),
-                  "api_poll": api_poll}
+                  "api_poll": api_poll, "abuse": abuse_result}
         meta = {"n": n, "mode": self.mode, "target": self.target,
                 "window": (t_steady, t_end),
                 "thresholds": {"gen_late_p99_ms": args.max_gen_late_ms,
@@ -508,6 +531,7 @@ def assemble(run_dir: Path, meta: dict[str, Any], server: dict[str, Any]) -> dic
     result["raw_dir"] = str(run_dir)
     result["server_rss_max_mb"] = (server.get("rss_max_kb") or 0) / 1024.0
     result["api_poll"] = server.get("api_poll")
+    result["abuse"] = server.get("abuse")
     result["violation_examples"] = [e for f in fakes
                                     for e in f.get("violation_examples", [])][:10]
     return result
@@ -538,6 +562,8 @@ async def run_one(args: argparse.Namespace, n: int, mode: str, target: str,
         print(rep.details(result), flush=True)
         if result.get("api_poll"):
             print(summary_line(result["api_poll"]), flush=True)
+        if result.get("abuse"):
+            print(f"  abuse: {result['abuse']}", flush=True)
         lagged = [g for g in result["generator"]["processes"]
                   if g["name"] in result["lagging_processes"]]
         late = _worst_lateness(result)
@@ -751,6 +777,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees it); 0 = off")
     p.add_argument("--poll-calls-limit", type=int, default=50,
                    help="page size (limit) of the /calls polls")
+    p.add_argument("--abuse", choices=ABUSE_KINDS, default=None,
+                   help="abuse the server beside the calls during the window (bench/"
+                        "load_abuse.py): a ping flood that reads (or never reads) its pongs, "
+                        "or slowloris partial request heads; the calls' underruns are the "
+                        "figure")
+    p.add_argument("--abuse-at", type=float, default=10.0,
+                   help="seconds into the window the abuse starts")
+    p.add_argument("--abuse-s", type=float, default=5.0, help="how long it lasts (1..60 s)")
+    p.add_argument("--abuse-conns", type=int, default=1000,
+                   help="slowloris connections (1..5000)")
     return p
 
 
@@ -775,6 +811,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[int
         p.error(f"--capacity-runs 1..{MAX_RUNS}, --capacity-max <= {MAX_CALLS}")
     if not 1 <= args.slots <= 20:
         p.error("--slots 1..20")
+    if not 1 <= args.abuse_s <= 60 or not 1 <= args.abuse_conns <= 5000:
+        p.error("--abuse-s 1..60, --abuse-conns 1..5000")
     if not 0 <= args.poll_calls_hz <= 100 or not 1 <= args.poll_calls_limit <= 200:
         p.error("--poll-calls-hz 0..100, --poll-calls-limit 1..200")
     if not 1.0 <= args.duration <= 3600 or not 0 <= args.warmup <= 600:

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import contextlib
 import importlib.util
 import json
 import os
@@ -705,3 +706,33 @@ async def test_api_poller_counts_refusals() -> None:
     finally:
         await h.__aexit__(None, None, None)
     assert result["statuses"] == {"200": 2, "401": 2} and result["detail_ms"]["n"] == 0
+
+
+async def test_abuse_slowloris_counts_the_connections_the_server_closes() -> None:
+    """``--abuse slowloris``: a server that closes every second connection at once."""
+    from bench.load_abuse import run_abuse
+
+    seen = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        if seen % 2:
+            writer.close()
+            return
+        with contextlib.suppress(OSError):
+            await reader.read()  # hold until the client goes
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        out = await run_abuse("slowloris", port, start_at=0.0, seconds=1.0, conns=10)
+    finally:
+        server.close()
+    assert (out["opened"], out["refused"], out["closed_by_server"]) == (10, 0, 5)
+
+
+def test_server_config_turns_admission_off_where_the_server_has_it() -> None:
+    from bench.loadgen import _admission_keys
+
+    assert "inbound: open" in _admission_keys()  # this tree's server has calls.inbound
