@@ -196,7 +196,7 @@ server:
   max_connections_total: {limit}
   max_connections_per_ip: {limit}
   stream_token_ttl_s: 600
-twilio:
+{_gc_keys(args)}twilio:
   account_sid: {account_sid}
   auth_token: {auth_token}
   from_number: '+15550001111'
@@ -237,6 +237,14 @@ def _admission_keys() -> str:
         return ""
     return ("  inbound: open\n  rate_limits:\n    per_caller_per_minute: 0\n"
             "    global_per_second: 0\n")
+
+
+def _gc_keys(args: argparse.Namespace) -> str:
+    """``server.gc_young_threshold`` when ``--gc-young-threshold`` is given (the A/B of
+    the collector's tuning); else the server's default."""
+    if getattr(args, "gc_young_threshold", None) is None:
+        return ""
+    return f"  gc_young_threshold: {args.gc_young_threshold}\n"
 
 
 async def wait_http(url: str, proc: asyncio.subprocess.Process, timeout: float) -> None:
@@ -777,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees it); 0 = off")
     p.add_argument("--poll-calls-limit", type=int, default=50,
                    help="page size (limit) of the /calls polls")
+    p.add_argument("--gc-young-threshold", type=int, default=None,
+                   help="server.gc_young_threshold of the server (0: Python's default "
+                        "collector, nothing frozen); default: the server's own")
     p.add_argument("--abuse", choices=ABUSE_KINDS, default=None,
                    help="abuse the server beside the calls during the window (bench/"
                         "load_abuse.py): a ping flood that reads (or never reads) its pongs, "

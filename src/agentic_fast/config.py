@@ -261,6 +261,9 @@ class ServerConfig(_Section):
     ws_max_control_frames_per_s: int = field(default=20, metadata=_m(lo=0, hi=100_000))
     ws_max_write_buffer_bytes: int = field(default=256 * 1024,
                                            metadata=_m(lo=16 * 1024, hi=64 * 2**20))
+    # young-generation threshold of the cycle collector after startup (serve.tune_gc);
+    # 0 leaves Python's defaults (700, nothing frozen)
+    gc_young_threshold: int = field(default=10_000, metadata=_m(lo=0, hi=10_000_000))
     # reverse proxies whose forwarding header is believed (see agentic_fast.client_address)
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=_m(each=_ip_network))
     proxy_header: str = field(default="x-forwarded-for",

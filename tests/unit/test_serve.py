@@ -127,3 +127,14 @@ async def test_serve_refuses_an_exposed_api_without_token(server: str, host: str
     with pytest.raises(ConfigError) as info:  # before it listens (else it would serve on)
         await asyncio.wait_for(serve(config, host=host, bridge_factory=_no_bridge), 10)
     assert info.value.key == "server.api_token"
+
+
+def test_tune_gc_zero_keeps_pythons_collector(keep_gc: None) -> None:
+    from agentic_fast.serve import tune_gc
+
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    tune_gc(0)
+    assert gc.get_threshold()[0] == 700 and gc.get_freeze_count() == 0
+    tune_gc(5000)
+    assert gc.get_threshold()[0] == 5000 and gc.get_freeze_count() > 0
