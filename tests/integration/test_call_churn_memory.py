@@ -20,7 +20,6 @@ import asyncio
 import collections
 import gc
 import weakref
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from agentic_fast.bridge_factory import make_bridge_factory
 from agentic_fast.calls import CallManager
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
-from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
+from tests.fakes.openclaw_gateway import FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, make_config
 from tests.integration.test_voice_openai_e2e import _openai_config
@@ -48,19 +47,6 @@ def _ours() -> collections.Counter[str]:
     return collections.Counter(
         type(o).__qualname__ for o in gc.get_objects()
         if type(o).__module__.startswith("agentic_fast"))
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
-    async with FakeOpenAIRealtime() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
-    async with FakeOpenClawGateway(token="gw-token",
-                                   default_script=ChatScript(noise=False)) as fake:
-        yield fake
 
 
 async def _short_call(harness: Harness, model: FakeOpenAIRealtime | FakeGeminiLive,

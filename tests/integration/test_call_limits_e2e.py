@@ -10,32 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from agentic_fast.bridge_factory import make_bridge_factory
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
-from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
+from tests.fakes.openclaw_gateway import FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest, RecordedRequest
 from tests.integration.harness import Harness, make_config
 from tests.integration.test_voice_openai_e2e import _call, _openai_config
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
-    async with FakeOpenAIRealtime() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
-    async with FakeOpenClawGateway(token="gw-token",
-                                   default_script=ChatScript(noise=False)) as fake:
-        yield fake
 
 
 async def _harness(rest: FakeTwilioRest, openai: FakeOpenAIRealtime,

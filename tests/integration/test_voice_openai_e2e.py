@@ -39,19 +39,6 @@ def _openai_config(url: str, key: str, gateway: FakeOpenClawGateway, key_path: P
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAIRealtime]:
-    async with FakeOpenAIRealtime() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
-    async with FakeOpenClawGateway(token="gw-token",
-                                   default_script=ChatScript(noise=False)) as fake:
-        yield fake
-
-
 async def _harness(rest: FakeTwilioRest, url: str, key: str, gateway: FakeOpenClawGateway,
                    key_path: Path, openai: dict[str, object] | None = None,
                    **bridge: object) -> Harness:

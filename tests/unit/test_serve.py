@@ -31,13 +31,8 @@ def _no_bridge(session: object, sender: object) -> object:
     raise AssertionError("no call is made in this test")
 
 
-async def test_serve_logs_a_deprecated_model_naming_the_key(
-        caplog: pytest.LogCaptureFixture, keep_gc: None) -> None:
-    config = Config.from_text(
-        "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n"
-        "openai_realtime: {model: gpt-realtime}\n", env={})
-    caplog.set_level(logging.WARNING, logger="agentic_fast")
-    before = metrics.get("config.warnings")
+async def _serve_until_listening(config: Config) -> None:
+    """Run ``serve`` until it listens (its startup logged), then stop it."""
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
     try:
@@ -46,6 +41,16 @@ async def test_serve_logs_a_deprecated_model_naming_the_key(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_serve_logs_a_deprecated_model_naming_the_key(
+        caplog: pytest.LogCaptureFixture, keep_gc: None) -> None:
+    config = Config.from_text(
+        "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n"
+        "openai_realtime: {model: gpt-realtime}\n", env={})
+    caplog.set_level(logging.WARNING, logger="agentic_fast")
+    before = metrics.get("config.warnings")
+    await _serve_until_listening(config)
     lines = [r.getMessage() for r in caplog.records if r.name == "agentic_fast.serve"]
     found = [x for x in lines if x.startswith("config.warning key=openai_realtime.model ")]
     assert len(found) == 1, lines
@@ -59,14 +64,7 @@ async def test_serve_warns_when_no_inbound_caller_would_be_answered(
         "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n",
         env={})
     caplog.set_level(logging.WARNING, logger="agentic_fast")
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
-    try:
-        await asyncio.wait_for(asyncio.shield(ready), 10)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await _serve_until_listening(config)
     lines = [r.getMessage() for r in caplog.records if r.name == "agentic_fast.serve"]
     found = [x for x in lines if x.startswith("config.warning key=calls.inbound_numbers ")]
     assert len(found) == 1, lines
@@ -103,14 +101,7 @@ async def test_serve_logs_its_capacity(caplog: pytest.LogCaptureFixture, keep_gc
         "server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0}\n",
         env={})
     caplog.set_level(logging.INFO, logger="agentic_fast")
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
-    try:
-        await asyncio.wait_for(asyncio.shield(ready), 10)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await _serve_until_listening(config)
     [line] = [r.getMessage() for r in caplog.records
               if r.getMessage().startswith("server.capacity ")]
     assert "nofile_soft=" in line and "calls=" in line and "max_pending_total=256" in line
