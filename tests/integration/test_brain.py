@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -356,7 +357,9 @@ async def test_gateway_down_is_an_apology_and_the_call_goes_on(
 
 # -- who may command -------------------------------------------------------------------------
 
-async def test_a_caller_not_allowed_never_reaches_the_gateway(h: Harness) -> None:
+async def test_a_caller_not_allowed_never_reaches_the_gateway(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="agentic_fast")
     brain = await h.start(mode="both")
     refused = counter("brain.refused.caller")
     refused_tools = counter("brain.refused.tool")
@@ -372,6 +375,8 @@ async def test_a_caller_not_allowed_never_reaches_the_gateway(h: Harness) -> Non
     assert voice.tool_results == [("call_1", {"error": "Commands are not available to "
                                                        "this caller."})]
     assert voice.said == []
+    [line] = [r.getMessage() for r in caplog.records if "brain.refused" in r.getMessage()]
+    assert STRANGER not in line and f"caller={STRANGER[:3]}" in line  # masked in the log
 
 
 async def test_commands_run_only_after_the_right_pin(h: Harness) -> None:

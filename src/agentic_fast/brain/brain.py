@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from agentic_fast import metrics
+from agentic_fast.admission import mask_number
 from agentic_fast.calls import CallSession
 from agentic_fast.errors import AgenticFastError, GatewayTimeoutError, PeerUnavailableError
 from agentic_fast.gateway.protocol import ABORTED, FINAL, voice_session_key
@@ -463,7 +464,7 @@ class ConversationBrain:
         if call.gate.first_refusal():
             metrics.incr("brain.refused.caller")
             call.log.warning("brain.refused", reason="caller not allowed",
-                             caller=party_number(call.session))
+                             caller=mask_number(party_number(call.session)))
         return False
 
     def _hold(self, call: CallState, command: str, source: str, at: float, *,
