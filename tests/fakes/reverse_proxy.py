@@ -9,13 +9,13 @@ no free-port race and no polling. nginx is started and stopped by its PID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
+
+from tests.fakes.processes import stop_group
 
 _CONF = """
 {user}
@@ -98,15 +98,8 @@ class Nginx:
     async def stop(self, grace_s: float = 5.0) -> None:
         """SIGTERM the master (its PID) and wait; SIGKILL its process group after ``grace_s``."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        if proc is not None:
+            await stop_group(proc, grace_s, term_group=False)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -66,16 +66,22 @@ def _check_callback(url: str | None) -> str | None:
 REJECT_REASONS = frozenset({"rejected", "busy"})
 
 
-def read_reject(twiml: str) -> str:
-    """The ``reason`` of a ``<Response><Reject/></Response>`` answer, checked as Twilio's
-    "TwiML Voice: <Reject>" page describes it: ``reason`` is ``rejected`` (the default) or
-    ``busy``; ``<Reject>`` has no children and nothing may follow it in the document."""
+def _response(twiml: str) -> ET.Element:
+    """The document's ``<Response>`` root, or the error Twilio reports for it."""
     try:
         root = ET.fromstring(twiml)
     except ET.ParseError as exc:
         raise TwimlRejected(12100, f"document parse failure: {exc}") from None
     if root.tag != "Response":
         raise TwimlRejected(12200, f"root must be <Response>, got <{root.tag}>")
+    return root
+
+
+def read_reject(twiml: str) -> str:
+    """The ``reason`` of a ``<Response><Reject/></Response>`` answer, checked as Twilio's
+    "TwiML Voice: <Reject>" page describes it: ``reason`` is ``rejected`` (the default) or
+    ``busy``; ``<Reject>`` has no children and nothing may follow it in the document."""
+    root = _response(twiml)
     verbs = [child.tag for child in root]
     if verbs != ["Reject"]:
         raise TwimlRejected(12200, f"expected a lone <Reject>, got {verbs}")
@@ -90,12 +96,7 @@ def read_reject(twiml: str) -> str:
 
 def read_connect_stream(twiml: str) -> ConnectStream:
     """Parse and check a ``<Response><Connect><Stream>`` document as Twilio would."""
-    try:
-        root = ET.fromstring(twiml)
-    except ET.ParseError as exc:
-        raise TwimlRejected(12100, f"document parse failure: {exc}") from None
-    if root.tag != "Response":
-        raise TwimlRejected(12200, f"root must be <Response>, got <{root.tag}>")
+    root = _response(twiml)
     stream = root.find("./Connect/Stream")
     if stream is None:
         raise TwimlRejected(12200, "no <Connect><Stream>")

@@ -11,6 +11,7 @@ from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.openclaw_real import OpenClawInstall, OpenClawUnavailable, ensure_installed
 from tests.fakes.twilio_rest import FakeTwilioRest
+from tests.integration.harness import Harness, start_harness
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,17 @@ async def rest() -> AsyncIterator[FakeTwilioRest]:
     """A fake Twilio REST API on loopback."""
     async with FakeTwilioRest() as fake:
         yield fake
+
+
+@pytest.fixture
+async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
+    """The call server with the recording bridge factory (2 s to a stream's start); a
+    module may override it with settings of its own."""
+    h = await start_harness(rest, start_timeout_s=2)
+    try:
+        yield h
+    finally:
+        await h.__aexit__(None, None, None)
 
 
 @pytest.fixture

@@ -46,15 +46,6 @@ pytestmark = pytest.mark.asyncio
 FAST = 10.0  # the fake caller sends its audio 10x faster than real time
 
 
-@pytest.fixture
-async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
-    h = await start_harness(rest, start_timeout_s=2)
-    try:
-        yield h
-    finally:
-        await h.__aexit__(None, None, None)
-
-
 async def _connected_call(harness: Harness, **client_kwargs):
     call_sid, params, _ = await harness.incoming_call()
     client = harness.media_client(call_sid, params, time_scale=FAST, **client_kwargs)

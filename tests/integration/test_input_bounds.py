@@ -4,7 +4,7 @@ is bounded. The server on loopback, driven by the fake Twilio (webhooks, media, 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import aiohttp
@@ -22,19 +22,10 @@ from tests.fakes.twilio_webhooks import (
     stream_status_form,
     twilio_signature,
 )
-from tests.integration.harness import PUBLIC_URL, Harness, start_harness
+from tests.integration.harness import PUBLIC_URL, Harness
 
 pytestmark = pytest.mark.asyncio
 FORM = "application/x-www-form-urlencoded"
-
-
-@pytest.fixture
-async def harness(rest: FakeTwilioRest) -> AsyncIterator[Harness]:
-    h = await start_harness(rest, start_timeout_s=2)
-    try:
-        yield h
-    finally:
-        await h.__aexit__(None, None, None)
 
 
 @pytest.fixture
