@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soxr
 
-from agentic_fast._audiocore import pyaudio
+from agentic_fast._audiocore import numpy_twin as numpy_twin
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -30,7 +30,7 @@ try:
 except ImportError:  # pragma: no cover - measured only where the extension is built
     native = None
 
-IMPLS: dict[str, ModuleType | None] = {"native": native, "python": pyaudio}
+IMPLS: dict[str, ModuleType | None] = {"native": native, "python": numpy_twin}
 
 
 def _speech_like(rate: int, seconds: float = 2.0) -> np.ndarray:

@@ -19,9 +19,9 @@ import pytest
 import soxr
 
 from agentic_fast.audio import AudioConverter
-from agentic_fast.providers import openai_commands as oc
-from agentic_fast.providers import openai_events as oe
-from agentic_fast.telephony.media import TwilioOutbound, TwilioStreamState
+from agentic_fast.carriers.twilio.media import TwilioOutbound, TwilioStreamState
+from agentic_fast.providers.openai import commands as oc
+from agentic_fast.providers.openai import events as oe
 from bench.bench_hotpath import OPENAI_DELTAS, TWILIO_PAYLOADS
 
 with warnings.catch_warnings():
@@ -138,7 +138,7 @@ def bench_twilio_parse_baseline_json(benchmark) -> None:
 @pytest.mark.benchmark(group="twilio-parse")
 def bench_twilio_parse(benchmark) -> None:
     """parse_twilio_message: orjson + validation into a typed Media event."""
-    from agentic_fast.telephony.media import parse_twilio_message
+    from agentic_fast.carriers.twilio.media import parse_twilio_message
 
     frames = itertools.cycle(TWILIO_MEDIA)
     benchmark(lambda: parse_twilio_message(next(frames)).payload)

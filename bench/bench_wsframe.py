@@ -23,9 +23,9 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from agentic_fast import wsframe
-from agentic_fast.providers.openai_commands import input_audio_append
-from agentic_fast.wsframe import OP_TEXT, ClientFramer, client_frame_python
+from agentic_fast.providers.openai.commands import input_audio_append
+from agentic_fast.ws import frames as wsframe
+from agentic_fast.ws.frames import OP_TEXT, ClientFramer, client_frame_python
 
 MESSAGES = {
     "2.5KB": input_audio_append(base64.b64encode(os.urandom(1920)).decode()),

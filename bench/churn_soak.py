@@ -34,9 +34,9 @@ from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, make_config
 from tests.integration.test_voice_openai_e2e import _openai_config
 
-from agentic_fast.bridge_factory import make_bridge_factory
-from agentic_fast.calls import CallManager
-from agentic_fast.serve import tune_gc
+from agentic_fast.call.factory import make_bridge_factory
+from agentic_fast.call.manager import CallManager
+from agentic_fast.server.runner import tune_gc
 
 MACHINERY = ("AudioBridge", "OpenAIRealtimeProvider", "GeminiLiveProvider",
              "FastClientConnection", "MediaSocket")

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentic_fast.wsframe import OP_PING, ClientFramer
+from agentic_fast.ws.frames import OP_PING, ClientFramer
 
 CONFIG = ("server: {public_url: 'https://agent.example.test', host: 127.0.0.1}\n"
           "openai_realtime: {api_key: sk-bench-not-used, url: 'ws://127.0.0.1:9/v1'}\n")

@@ -20,7 +20,7 @@ import contextlib
 import time
 from typing import Any
 
-from agentic_fast.wsframe import OP_PING, ClientFramer
+from agentic_fast.ws.frames import OP_PING, ClientFramer
 
 KINDS = ("ping-flood", "ping-flood-noread", "slowloris")
 _KEY = b"dGhlIHNhbXBsZSBub25jZQ=="

@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from agentic_fast.wsframe import client_frame
+from agentic_fast.ws.frames import client_frame
 
 try:
     from websockets.speedups import apply_mask

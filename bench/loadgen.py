@@ -231,7 +231,7 @@ def _admission_keys() -> str:
     commit (``PYTHONPATH=<old>/src``) gets a config that commit accepts."""
     from dataclasses import fields
 
-    from agentic_fast.config import CallsConfig
+    from agentic_fast.core.config import CallsConfig
 
     if "inbound" not in {f.name for f in fields(CallsConfig)}:
         return ""
@@ -831,11 +831,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[int
     if args.response_ms % 20 or args.response_ms + 500 >= args.turn_every_ms:
         p.error("--response-ms must be a multiple of 20 and well below --turn-every-ms")
     if args.mode == "gemini" and importlib.util.find_spec(
-            "agentic_fast.providers.gemini_live") is None and not args.relay_only:
-        p.error("--mode gemini: agentic_fast.providers.gemini_live does not exist yet")
-    if importlib.util.find_spec("agentic_fast.providers.openai_realtime") is None \
+            "agentic_fast.providers.gemini.provider") is None and not args.relay_only:
+        p.error("--mode gemini: agentic_fast.providers.gemini.provider does not exist yet")
+    if importlib.util.find_spec("agentic_fast.providers.openai.provider") is None \
             and args.mode != "gemini" and not args.relay_only:
-        p.error("agentic_fast.providers.openai_realtime does not exist yet")
+        p.error("agentic_fast.providers.openai.provider does not exist yet")
     if args.out is None:
         args.out = args.reanalyse or str(ROOT / "bench" / "results" /
                                          f"loadgen-{datetime.now().strftime('%Y%m%d-%H%M%S')}")

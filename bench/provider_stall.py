@@ -23,8 +23,8 @@ from typing import Any
 
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 
-from agentic_fast.config import OpenAIRealtimeConfig
-from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
+from agentic_fast.core.config import OpenAIRealtimeConfig
+from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
 
 CHUNK = base64.b64encode(bytes(24 * 40 * 2)).decode()  # 40 ms of PCM16 24 kHz silence
 

@@ -2,9 +2,9 @@
 """Native hot path of agentic_fast: G.711 codecs, base64, ring buffer and streaming
 integer FIR resamplers, fused per 20 ms frame over reusable numpy buffers; and the
 WebSocket client-frame masking of the providers' send path (``ws_mask``, ``ws_client_frame``,
-pure twins in ``agentic_fast.wsframe``).
+pure twins in ``agentic_fast.ws.frames``).
 
-The numpy twin is ``agentic_fast._audiocore.pyaudio``; both take their tables from
+The numpy twin is ``agentic_fast._audiocore.numpy_twin``; both take their tables from
 ``agentic_fast._audiocore.tables`` and must give the same bytes (the tests check it). All FIR
 arithmetic is integer (Q14 taps, int32 accumulators proven not to overflow by the table
 builder), so the result does not depend on summation order or vectorisation.
@@ -28,7 +28,7 @@ from agentic_fast._audiocore.spec import (
     converter_spec,
     odd_pcm,
 )
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_COMPACT_ASCII(object o)

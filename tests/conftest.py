@@ -7,7 +7,7 @@ from types import ModuleType
 
 import pytest
 
-from agentic_fast._audiocore import pyaudio
+from agentic_fast._audiocore import numpy_twin as numpy_twin
 
 
 def _native() -> ModuleType | None:
@@ -22,7 +22,7 @@ def _native() -> ModuleType | None:
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     """The native extension or its numpy twin (the same API)."""
     if request.param == "python":
-        return pyaudio
+        return numpy_twin
     native = _native()
     if native is None:
         if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
@@ -39,4 +39,4 @@ def both_impls() -> tuple[ModuleType, ModuleType]:
         if os.environ.get("AGENTIC_FAST_REQUIRE_EXT") == "1":
             pytest.fail("AGENTIC_FAST_REQUIRE_EXT=1 but agentic_fast._audio is not importable")
         pytest.skip("native extension not built")
-    return native, pyaudio
+    return native, numpy_twin

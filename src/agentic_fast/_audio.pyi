@@ -1,6 +1,6 @@
 """Typed contract of the native hot path (ext/_audio.pyx); the numpy twin in
-agentic_fast._audiocore.pyaudio has the same API and gives the same bytes. ``ws_mask`` and
-``ws_client_frame`` have their pure twins in agentic_fast.wsframe (``mask_python``,
+agentic_fast._audiocore.numpy_twin has the same API and gives the same bytes. ``ws_mask`` and
+``ws_client_frame`` have their pure twins in agentic_fast.ws.frames (``mask_python``,
 ``client_frame_python``)."""
 
 from typing import Literal

@@ -1,6 +1,6 @@
 """Fake Twilio webhook sender: signs and POSTs forms like Twilio does (protocols.md 1.4-1.8).
 
-Independent of ``agentic_fast.telephony``: the signature is computed here from the algorithm
+Independent of ``agentic_fast.carriers.twilio``: the signature is computed here from the algorithm
 in protocols.md 1.4 (a unit test cross-checks it against twilio's ``RequestValidator``).
 By default Twilio signs with the Auth Token and HMAC-SHA1; when a Webhooks rule applies it
 signs with a SharedKey's secret and the Setting's algorithm and names both in the

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 
 from agentic_fast.audio import AudioConverter
-from agentic_fast.calls import CallManager, CallSession
-from agentic_fast.config import Config
-from agentic_fast.media_stream import TwilioStreamSender
-from agentic_fast.serve import make_runner
-from agentic_fast.server import SERVICES, create_app, start_site
+from agentic_fast.call.manager import CallManager, CallSession
+from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
+from agentic_fast.core.config import Config
+from agentic_fast.server.app import SERVICES, create_app, start_site
+from agentic_fast.server.runner import make_runner
 from tests.fakes.twilio_media import FakeTwilioMediaClient
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_twiml import read_connect_stream

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from agentic_fast import metrics
 from agentic_fast.brain import (
     ChatModelClassifier,
     ClassifierError,
@@ -29,8 +28,9 @@ from agentic_fast.brain import (
     Phrases,
 )
 from agentic_fast.brain.turns import MemoryTurn
-from agentic_fast.calls import CallManager, CallSession
-from agentic_fast.config import BrainConfig
+from agentic_fast.call.manager import CallManager, CallSession
+from agentic_fast.core import metrics
+from agentic_fast.core.config import BrainConfig
 from agentic_fast.gateway import Backoff, GatewayClient, load_or_create_identity
 from agentic_fast.gateway.protocol import voice_session_key
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider

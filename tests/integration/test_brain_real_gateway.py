@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from agentic_fast.brain import ChatModelClassifier, ConversationBrain
-from agentic_fast.calls import CallManager
-from agentic_fast.config import BrainConfig
-from agentic_fast.errors import PeerUnavailableError
+from agentic_fast.call.manager import CallManager
+from agentic_fast.core.config import BrainConfig
+from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.gateway import Backoff, GatewayClient, load_or_create_identity
 from tests.fakes.fake_chat_model import FakeChatModel
 from tests.fakes.openclaw_real import (

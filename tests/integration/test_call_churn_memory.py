@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from agentic_fast.bridge import AudioBridge
-from agentic_fast.bridge_factory import make_bridge_factory
-from agentic_fast.calls import CallManager
+from agentic_fast.call.bridge import AudioBridge
+from agentic_fast.call.factory import make_bridge_factory
+from agentic_fast.call.manager import CallManager
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import FakeOpenClawGateway

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic_fast.bridge_factory import make_bridge_factory
+from agentic_fast.call.factory import make_bridge_factory
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest, RecordedRequest
@@ -109,9 +109,9 @@ class _Bridge:
 
 
 async def _factory(rest: FakeTwilioRest):  # type: ignore[no-untyped-def]
-    from agentic_fast.bridge_factory import AudioBridgeFactory
-    from agentic_fast.calls import CallManager
-    from agentic_fast.telephony.rest import TwilioRestClient
+    from agentic_fast.call.factory import AudioBridgeFactory
+    from agentic_fast.call.manager import CallManager
+    from agentic_fast.carriers.twilio.rest import TwilioRestClient
 
     config = make_config(rest)
     manager = CallManager()

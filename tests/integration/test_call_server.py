@@ -13,11 +13,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agentic_fast import metrics
 from agentic_fast.audio import AudioConverter
-from agentic_fast.calls import CallManager, CallSession
-from agentic_fast.server import begin_drain, drain, stream_token_secret
-from agentic_fast.telephony.stream_token import StreamTokenSigner
+from agentic_fast.call.manager import CallManager, CallSession
+from agentic_fast.call.stream_token import StreamTokenSigner
+from agentic_fast.core import metrics
+from agentic_fast.server.app import begin_drain, drain, stream_token_secret
 from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_twiml import read_connect_stream
@@ -319,7 +319,7 @@ async def test_calls_api_needs_the_bearer_token_when_configured(rest: FakeTwilio
 
 async def test_cli_call_places_a_call_through_the_server(
         harness: Harness, rest: FakeTwilioRest, tmp_path) -> None:
-    from agentic_fast.cli import main
+    from agentic_fast.cli.commands import main
 
     cfg = tmp_path / "config.yaml"
     cfg.write_text("server:\n  host: 127.0.0.1\n")

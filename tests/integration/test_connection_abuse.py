@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 import pytest
 from websockets.asyncio.client import connect
 
-from agentic_fast import metrics
-from agentic_fast.wsframe import OP_PING, ClientFramer
+from agentic_fast.core import metrics
+from agentic_fast.ws.frames import OP_PING, ClientFramer
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import new_sid
 from tests.integration.harness import Harness, start_harness

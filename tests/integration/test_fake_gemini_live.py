@@ -1,6 +1,6 @@
 """The fake Gemini Live server, driven by a plain ``websockets`` client on loopback.
 
-Frames are built and parsed with ``agentic_fast.providers.gemini_events`` (the fake itself
+Frames are built and parsed with ``agentic_fast.providers.gemini.events`` (the fake itself
 imports none of our code), so these tests also check our messages against the fake's
 google-genai validation.
 """
@@ -20,10 +20,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentic_fast.brain.intent import run_command_declaration
-from agentic_fast.calls import CallDirection, CallSession
-from agentic_fast.config import Config
+from agentic_fast.call.manager import CallDirection, CallSession
+from agentic_fast.core.config import Config
 from agentic_fast.providers.factory import provider_factory
-from agentic_fast.providers.gemini_events import (
+from agentic_fast.providers.gemini.events import (
     AUTH_HEADER,
     AudioChunk,
     GeminiEvent,

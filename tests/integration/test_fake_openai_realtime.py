@@ -17,8 +17,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from agentic_fast.providers import openai_commands as oc
-from agentic_fast.providers import openai_events as oe
+from agentic_fast.providers.openai import commands as oc
+from agentic_fast.providers.openai import events as oe
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, ResponseScript, tone
 
 TIMEOUT = 5.0

@@ -18,9 +18,9 @@ import pytest
 from websockets.asyncio.client import connect as websockets_connect
 from websockets.exceptions import ConnectionClosed
 
-from agentic_fast import metrics
-from agentic_fast.config import GatewayConfig
-from agentic_fast.errors import (
+from agentic_fast.core import metrics
+from agentic_fast.core.config import GatewayConfig
+from agentic_fast.core.errors import (
     GatewayConnectionError,
     GatewayError,
     GatewayPayloadTooLargeError,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.config import GeminiConfig
-from agentic_fast.errors import PeerUnavailableError
-from agentic_fast.providers.gemini_live import GeminiLiveProvider
+from agentic_fast.core import metrics
+from agentic_fast.core.config import GeminiConfig
+from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.providers.gemini.provider import GeminiLiveProvider
 from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.bridge_factory import make_bridge_factory
-from agentic_fast.calls import CallManager, CallSession
+from agentic_fast.call.factory import make_bridge_factory
+from agentic_fast.call.manager import CallManager, CallSession
+from agentic_fast.core import metrics
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest

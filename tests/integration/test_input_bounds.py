@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from agentic_fast import metrics
+from agentic_fast.core import metrics
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import (
     SIGNATURE_HEADER,

@@ -22,10 +22,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Close, Frame, Opcode
 
-from agentic_fast.http_upgrade import UpgradeRequest, accept_key, switching_protocols
-from agentic_fast.listener import MAX_HEAD_BYTES, CallServerSite, FrontProtocol, ListenerLimits
-from agentic_fast.media_socket import MediaSocket
-from agentic_fast.wsframe import OP_BINARY, OP_CLOSE, OP_TEXT, ClientFramer, server_frame
+from agentic_fast.ws.frames import OP_BINARY, OP_CLOSE, OP_TEXT, ClientFramer, server_frame
+from agentic_fast.ws.listener import MAX_HEAD_BYTES, CallServerSite, FrontProtocol, ListenerLimits
+from agentic_fast.ws.server_socket import MediaSocket
+from agentic_fast.ws.upgrade import UpgradeRequest, accept_key, switching_protocols
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import new_sid
 from tests.integration.harness import Harness, RecordingBridge, start_harness

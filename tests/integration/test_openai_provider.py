@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.config import OpenAIRealtimeConfig, VadConfig
-from agentic_fast.errors import PeerUnavailableError
-from agentic_fast.providers.openai_commands import function_tool
-from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
+from agentic_fast.core import metrics
+from agentic_fast.core.config import OpenAIRealtimeConfig, VadConfig
+from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.providers.openai.commands import function_tool
+from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
 from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession, ResponseScript
 
@@ -460,7 +460,7 @@ def logs() -> Iterator[list[logging.LogRecord]]:
 
 
 def events(records: list[logging.LogRecord], name: str) -> list[dict[str, Any]]:
-    """The fields of each log line ``name`` (structured: ``agentic_fast.log``)."""
+    """The fields of each log line ``name`` (structured: ``agentic_fast.core.log``)."""
     return [r.msg.fields for r in records if getattr(r.msg, "event", None) == name]
 
 

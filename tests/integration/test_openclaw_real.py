@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic_fast.errors import PeerUnavailableError
+from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.gateway import (
     Backoff,
     GatewayClient,

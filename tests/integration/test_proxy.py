@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agentic_fast import metrics
+from agentic_fast.core import metrics
 from tests.fakes.reverse_proxy import Nginx, NginxUnavailable, find_nginx
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, start_harness

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.calls import CallManager
+from agentic_fast.call.manager import CallManager
+from agentic_fast.core import metrics
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.fakes.twilio_webhooks import incoming_call_form, new_sid, status_callback_form
 from tests.integration.harness import Harness, start_harness

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agentic_fast.bridge_factory import make_bridge_factory
+from agentic_fast.call.factory import make_bridge_factory
 from tests.fakes.fake_chat_model import FakeChatModel
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway

@@ -17,7 +17,7 @@ import pytest
 
 from agentic_fast.audio import AudioConverter
 from agentic_fast.brain.intent import RUN_COMMAND, run_command_declaration
-from agentic_fast.bridge_factory import make_bridge_factory
+from agentic_fast.call.factory import make_bridge_factory
 from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway

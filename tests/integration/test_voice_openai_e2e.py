@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from agentic_fast.audio import AudioConverter
-from agentic_fast.bridge_factory import make_bridge_factory
+from agentic_fast.call.factory import make_bridge_factory
 from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, ResponseScript, tone
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway

@@ -1,4 +1,4 @@
-"""The inbound policy and the call rates (``agentic_fast.admission``), on an injected clock."""
+"""The inbound policy and the call rates (``agentic_fast.call.admission``), on an injected clock."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from textwrap import dedent
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.admission import Admission, caller_tag, mask_number
-from agentic_fast.config import Config
+from agentic_fast.call.admission import Admission, caller_tag, mask_number
+from agentic_fast.core import metrics
+from agentic_fast.core.config import Config
 
 OWNER = "+15551230000"
 FRIEND = "+15551239999"

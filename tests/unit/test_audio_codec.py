@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -121,11 +121,11 @@ def test_decode_rejects_int16_arrays(impl: ModuleType) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600))
 def test_codecs_agree_with_audioop_on_any_bytes(data: bytes) -> None:
-    from agentic_fast._audiocore import pyaudio
+    from agentic_fast._audiocore import numpy_twin as numpy_twin
     from tests.conftest import _native
 
     pcm = data[: len(data) & ~1]
-    for mod in filter(None, (_native(), pyaudio)):
+    for mod in filter(None, (_native(), numpy_twin)):
         assert mod.ulaw_encode(pcm) == audioop.lin2ulaw(pcm, 2)
         assert mod.ulaw_decode(data) == audioop.ulaw2lin(data, 2)
         assert mod.alaw_decode(data) == audioop.alaw2lin(data, 2)
@@ -134,12 +134,12 @@ def test_codecs_agree_with_audioop_on_any_bytes(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="ABCXYZabcxyz0189+/=-_ \n\u00e9", max_size=24))
 def test_strict_base64_is_the_same_in_both_implementations(text: str) -> None:
-    from agentic_fast._audiocore import pyaudio
+    from agentic_fast._audiocore import numpy_twin as numpy_twin
     from tests.conftest import _native
 
     native = _native()
     results = []
-    for mod in filter(None, (native, pyaudio)):
+    for mod in filter(None, (native, numpy_twin)):
         try:
             results.append(("ok", mod.b64decode_strict(text)))
         except AudioFormatError:
@@ -153,11 +153,11 @@ def test_strict_base64_is_the_same_in_both_implementations(text: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_base64_round_trip(data: bytes) -> None:
-    from agentic_fast._audiocore import pyaudio
+    from agentic_fast._audiocore import numpy_twin as numpy_twin
     from tests.conftest import _native
 
     text = base64.b64encode(data).decode()
-    for mod in filter(None, (_native(), pyaudio)):
+    for mod in filter(None, (_native(), numpy_twin)):
         if data:
             assert mod.b64decode_strict(text) == data
         assert mod.b64encode(data) == text

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentic_fast.audio import FIR_DESIGNS
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 RNG = np.random.default_rng(11)
 
@@ -109,12 +109,12 @@ def test_outbound_is_downsample_then_encode_in_whole_frames(impl, provider) -> N
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_split_of_provider_audio_gives_the_same_frames(data) -> None:
-    from agentic_fast._audiocore import pyaudio
+    from agentic_fast._audiocore import numpy_twin as numpy_twin
     from tests.conftest import _native
 
     audio = data.draw(st.binary(min_size=0, max_size=5000))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(audio)), max_size=8)))
-    for mod in filter(None, (_native(), pyaudio)):
+    for mod in filter(None, (_native(), numpy_twin)):
         whole = mod.AudioConverter("openai")
         expected = whole.feed_provider(audio) + whole.flush_provider()
         split = mod.AudioConverter("openai")
@@ -128,11 +128,11 @@ def test_any_split_of_provider_audio_gives_the_same_frames(data) -> None:
 @given(sizes=st.lists(st.integers(1, 400), min_size=1, max_size=12),
        provider=st.sampled_from(["openai", "gemini", "openai-pcmu"]))
 def test_any_split_of_twilio_audio_gives_the_same_chunks(sizes, provider) -> None:
-    from agentic_fast._audiocore import pyaudio
+    from agentic_fast._audiocore import numpy_twin as numpy_twin
     from tests.conftest import _native
 
     ulaw = RNG.integers(0, 256, sum(sizes), dtype=np.uint8).tobytes()
-    for mod in filter(None, (_native(), pyaudio)):
+    for mod in filter(None, (_native(), numpy_twin)):
         whole = mod.AudioConverter(provider, max_payload_bytes=8000)
         expected = b"".join(whole.feed_twilio(_b64(ulaw)))
         split = mod.AudioConverter(provider, max_payload_bytes=8000)

@@ -16,8 +16,8 @@ from agentic_fast.brain.intent import (
 )
 from agentic_fast.brain.policy import CallerPolicy, CallGate, command_key, related
 from agentic_fast.brain.turns import CallState, Command
-from agentic_fast.calls import CallDirection, CallSession
-from agentic_fast.config import BrainConfig
+from agentic_fast.call.manager import CallDirection, CallSession
+from agentic_fast.core.config import BrainConfig
 
 
 @pytest.mark.parametrize(("a", "b"), [

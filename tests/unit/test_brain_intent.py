@@ -20,7 +20,7 @@ from agentic_fast.brain.intent import (
     rule_intent,
 )
 from agentic_fast.brain.turns import ASSISTANT, CALLER, MemoryTurn
-from agentic_fast.config import ClassifierConfig
+from agentic_fast.core.config import ClassifierConfig
 
 
 @pytest.mark.parametrize("turn", [

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agentic_fast.bridge import AudioBridge, BridgeSettings
-from agentic_fast.calls import CallManager
+from agentic_fast.call.bridge import AudioBridge, BridgeSettings
+from agentic_fast.call.manager import CallManager
 from agentic_fast.providers.base import RealtimeProvider
 
 pytestmark = pytest.mark.asyncio

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agentic_fast.bridge import AudioBridge, BridgeSettings
-from agentic_fast.call_timers import CallLimits
-from agentic_fast.calls import CallManager, CallSession
+from agentic_fast.call.bridge import AudioBridge, BridgeSettings
+from agentic_fast.call.manager import CallManager, CallSession
+from agentic_fast.call.timers import CallLimits
 from tests.unit.test_bridge import ManualPacer, RecordingProvider, RecordingSender
 from tests.unit.test_call_timers import ManualScheduler
 

@@ -8,8 +8,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from agentic_fast.call_timers import GOODBYE_POLL_S, CallLimits, CallTimers
-from agentic_fast.log import get_logger
+from agentic_fast.call.timers import GOODBYE_POLL_S, CallLimits, CallTimers
+from agentic_fast.core.log import get_logger
 
 
 class ManualHandle:
@@ -211,8 +211,8 @@ def test_cancel_stops_everything_and_zero_turns_the_limits_off() -> None:
 def test_config_names_the_key_of_a_bad_limit() -> None:
     import pytest
 
-    from agentic_fast.config import Config
-    from agentic_fast.errors import ConfigError
+    from agentic_fast.core.config import Config
+    from agentic_fast.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"calls\.duration_warning_s: must be below"):
         Config.from_text("calls:\n  max_duration_s: 20\n", source="t", env={})

@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.calls import (
+from agentic_fast.call.manager import (
     DTMF_LIMIT,
     STREAM_ERROR_CHARS,
     STREAM_ERRORS_LIMIT,
@@ -24,6 +23,7 @@ from agentic_fast.calls import (
     Transition,
     check_transition,
 )
+from agentic_fast.core import metrics
 
 S = CallStatus
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from agentic_fast import __version__
-from agentic_fast.cli import main
-from agentic_fast.config import Config
+from agentic_fast.cli.commands import main
+from agentic_fast.core.config import Config
 
 SECRET = "twilio-auth-token-9876"
 
@@ -193,3 +193,9 @@ def test_check_config_refuses_an_exposed_api_without_token(tmp_path, capsys, ser
     assert err.startswith("error: server.api_token is not set") and err.count("\n") == 1
     path.write_text(f"server:\n  {server}\n  api_token: t0ken-for-the-api\n")
     assert main(["check-config", "--config", str(path)], env={}) == 0
+
+
+def test_bench_finds_the_load_generator_in_the_checkout(capsys):
+    """`agentic-fast bench --help` runs bench.loadgen from the source checkout."""
+    assert main(["bench", "--help"], env={}) == 0
+    assert "--baseline-relay" in capsys.readouterr().out

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from agentic_fast import metrics
-from agentic_fast.client_address import TrustedProxies, came_through_proxy, client_address
-from agentic_fast.config import Config
-from agentic_fast.errors import ConfigError
+from agentic_fast.core import metrics
+from agentic_fast.core.config import Config
+from agentic_fast.core.errors import ConfigError
+from agentic_fast.server.client_address import TrustedProxies, came_through_proxy, client_address
 
 PROXY = TrustedProxies(["127.0.0.1", "10.0.0.0/8"])
 

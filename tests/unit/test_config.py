@@ -9,14 +9,14 @@ from textwrap import dedent
 
 import pytest
 
-from agentic_fast.config import (
+from agentic_fast.core.config import (
     MEDIA_STREAM_PATH,
     Config,
     ServerConfig,
     VadConfig,
     mask_secret,
 )
-from agentic_fast.errors import ConfigError
+from agentic_fast.core.errors import ConfigError
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 SID = "AC" + "0123456789abcdef" * 2
@@ -640,7 +640,7 @@ def test_bad_inbound_settings_name_their_key(text, key):
 
 
 def test_provider_stall_timeout_reaches_both_providers():
-    from agentic_fast.calls import CallDirection, CallSession
+    from agentic_fast.call.manager import CallDirection, CallSession
     from agentic_fast.providers.factory import provider_factory
 
     session = CallSession(CallDirection.INBOUND, "+15550001111", "+15550002222")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from agentic_fast.telephony.media import TwilioStreamState
+from agentic_fast.carriers.twilio.media import TwilioStreamState
 from tests.fakes.audio import SPEECH_ULAW_PATH, load_speech_ulaw, ulaw_frames, ulaw_silence
 from tests.fakes.twilio_media import FakeTwilioMediaClient, MarkEcho, TwilioPlayback
 from tests.fakes.twilio_webhooks import twilio_signature

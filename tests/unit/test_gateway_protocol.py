@@ -10,8 +10,8 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agentic_fast import metrics
-from agentic_fast.errors import (
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import (
     ConfigError,
     GatewayError,
     LocalProtocolError,

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from google.genai import types
 
-from agentic_fast import metrics
 from agentic_fast.brain.intent import run_command_declaration
-from agentic_fast.errors import LocalProtocolError, RemoteProtocolError
-from agentic_fast.providers import gemini_events as g
-from agentic_fast.providers.gemini_events import (
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.providers.gemini import events as g
+from agentic_fast.providers.gemini.events import (
     AudioChunk,
     ContextCompression,
     FunctionCall,

@@ -13,7 +13,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from agentic_fast.http_upgrade import (
+from agentic_fast.ws.upgrade import (
     BadRequestHead,
     UpgradeRequest,
     accept_key,

@@ -582,7 +582,7 @@ SMOKE = os.environ.get("AGENTIC_FAST_LOADGEN_SMOKE", "1") != "0"
 
 @pytest.mark.skipif(not SMOKE, reason="AGENTIC_FAST_LOADGEN_SMOKE=0 (the smoke run takes "
                     "~9 s: it spawns a real server and the load processes)")
-@pytest.mark.skipif(importlib.util.find_spec("agentic_fast.providers.openai_realtime") is None,
+@pytest.mark.skipif(importlib.util.find_spec("agentic_fast.providers.openai.provider") is None,
                     reason="the OpenAI provider is not there yet")
 def test_smoke_two_calls_against_a_real_server(tmp_path: Path) -> None:
     out = tmp_path / "lg"

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import pytest
 from websockets.frames import Close, Frame, Opcode
 
-from agentic_fast.media_socket import CLOSED, MediaSocket, text_frame
-from agentic_fast.wsframe import (
+from agentic_fast.ws.frames import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -26,6 +25,7 @@ from agentic_fast.wsframe import (
     frame_header,
     mask,
 )
+from agentic_fast.ws.server_socket import CLOSED, MediaSocket, text_frame
 from tests.ws_frames import parse_frames
 
 pytestmark = pytest.mark.asyncio
@@ -697,7 +697,7 @@ class Clock:
 
 
 async def test_ping_flood_closes_with_1008_after_the_per_second_limit(make) -> None:
-    from agentic_fast import metrics
+    from agentic_fast.core import metrics
     clock = Clock()
     sock, transport = make(max_control_frames_per_s=5, clock=clock)
     before = metrics.get("ws.control_flood")
@@ -748,7 +748,7 @@ async def test_write_buffer_limits_are_set_and_high_water_pauses_reading(make) -
 
 
 async def test_write_buffer_beyond_its_bound_drops_the_connection_1008(make) -> None:
-    from agentic_fast import metrics
+    from agentic_fast.core import metrics
     sock, transport = make(max_write_buffer_bytes=16 * 1024)
     before = metrics.get("ws.write_buffer_overflow")
     transport.buffered = 10_000

@@ -20,8 +20,8 @@ import pytest
 from openai.types.realtime import AudioTranscription, RealtimeSessionCreateRequest
 from openai.types.shared import ChatModel
 
-from agentic_fast.config import Config
-from agentic_fast.model_status import (
+from agentic_fast.core.config import Config
+from agentic_fast.core.model_status import (
     GEMINI,
     OPENAI_CHAT,
     OPENAI_REALTIME,

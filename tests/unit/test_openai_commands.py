@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from agentic_fast.errors import LocalProtocolError
-from agentic_fast.providers import openai_commands as oc
+from agentic_fast.core.errors import LocalProtocolError
+from agentic_fast.providers.openai import commands as oc
 from tests.fakes.openai_realtime import InvalidEvent, validate_client_event
 
 # --------------------------------------------------------------------------- builders

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.errors import RemoteProtocolError
-from agentic_fast.providers import openai_events as oe
-from agentic_fast.providers.openai_commands import truncate_at
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import RemoteProtocolError
+from agentic_fast.providers.openai import events as oe
+from agentic_fast.providers.openai.commands import truncate_at
 from tests.fakes.openai_realtime import SERVER_MODELS
 
 # --------------------------------------------------------------------------- parser

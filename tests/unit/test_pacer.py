@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from agentic_fast import metrics
-from agentic_fast.pacer import SharedPacer
+from agentic_fast.call.pacer import SharedPacer
+from agentic_fast.core import metrics
 
 
 class Member:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentic_fast import metrics
+from agentic_fast.core import metrics
 from agentic_fast.providers.base import dispatch_event
 
 

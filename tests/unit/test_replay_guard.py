@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.replay_guard import ReplayGuard
+from agentic_fast.core import metrics
+from agentic_fast.server.replay_guard import ReplayGuard
 
 
 class Clock:

@@ -10,7 +10,7 @@ import pytest
 import soxr
 
 from agentic_fast.audio import FIR_DESIGNS, Resampler
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 PAIRS = sorted(FIR_DESIGNS)
 TONES_HZ = [300, 700, 1000, 2000, 3000, 3400]

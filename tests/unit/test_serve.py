@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentic_fast import metrics
-from agentic_fast.config import Config
-from agentic_fast.errors import ConfigError
-from agentic_fast.serve import serve
+from agentic_fast.core import metrics
+from agentic_fast.core.config import Config
+from agentic_fast.core.errors import ConfigError
+from agentic_fast.server.runner import serve
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ async def test_serve_warns_when_no_inbound_caller_would_be_answered(
 def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
     import resource
 
-    from agentic_fast.serve import raise_nofile_limit
+    from agentic_fast.server.runner import raise_nofile_limit
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = min(soft, 256)
     resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
@@ -87,7 +87,7 @@ def test_raise_nofile_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
 
 
 def test_capacity_warns_naming_the_key_when_descriptors_cannot_hold_the_cap() -> None:
-    from agentic_fast.serve import capacity_warnings
+    from agentic_fast.server.runner import capacity_warnings
     config = Config.from_text("server: {max_connections_total: 1000, max_pending_total: 256}\n",
                               env={})
     calls, warnings = capacity_warnings(config, 1024)
@@ -121,7 +121,7 @@ async def test_serve_refuses_an_exposed_api_without_token(server: str, host: str
 
 
 def test_tune_gc_zero_keeps_pythons_collector(keep_gc: None) -> None:
-    from agentic_fast.serve import tune_gc
+    from agentic_fast.server.runner import tune_gc
 
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)

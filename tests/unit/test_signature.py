@@ -11,7 +11,7 @@ import pytest
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
-from agentic_fast.telephony.signature import (
+from agentic_fast.carriers.twilio.signature import (
     HMAC_SHA1,
     HMAC_SHA256,
     SignatureNotConfiguredError,

@@ -9,8 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agentic_fast.errors import LocalProtocolError, RemoteProtocolError
-from agentic_fast.telephony.media import (
+from agentic_fast.carriers.twilio.media import (
     Connected,
     Dtmf,
     Mark,
@@ -26,6 +25,7 @@ from agentic_fast.telephony.media import (
     media_message,
     parse_twilio_message,
 )
+from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
 
 AC = "AC00000000000000000000000000000001"
 MZ = "MZ00000000000000000000000000000001"

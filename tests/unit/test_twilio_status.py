@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentic_fast.telephony.media import TwilioProtocolError
-from agentic_fast.telephony.status import (
+from agentic_fast.carriers.twilio.media import TwilioProtocolError
+from agentic_fast.carriers.twilio.status import (
     LifecycleStatus,
     map_call_status,
     parse_status_callback,

@@ -7,13 +7,13 @@ import xml.etree.ElementTree as ET
 import pytest
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from agentic_fast.errors import LocalProtocolError
-from agentic_fast.telephony.twiml import (
+from agentic_fast.carriers.twilio.twiml import (
     busy_twiml,
     connect_stream_twiml,
     reject_twiml,
     say_hangup_twiml,
 )
+from agentic_fast.core.errors import LocalProtocolError
 from tests.fakes.twilio_twiml import TwimlRejected, read_connect_stream, read_reject
 
 URL = "wss://agent.example.com/twilio/media-stream"

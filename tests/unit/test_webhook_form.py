@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
-from agentic_fast.telephony.form import (
+from agentic_fast.carriers.twilio.form import (
     FORM_TYPE,
     JSON_TYPE,
     MAX_FIELDS,

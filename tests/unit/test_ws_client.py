@@ -19,8 +19,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from agentic_fast import metrics
-from agentic_fast.providers.ws_client import FastClientConnection, StallWatch
+from agentic_fast.core import metrics
+from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
 
 TIMEOUT = 5.0
 

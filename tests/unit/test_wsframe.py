@@ -15,8 +15,8 @@ from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 from websockets.utils import apply_mask
 
-from agentic_fast import wsframe
-from agentic_fast.wsframe import (
+from agentic_fast.ws import frames as wsframe
+from agentic_fast.ws.frames import (
     OP_BINARY,
     OP_PONG,
     OP_TEXT,
@@ -234,7 +234,7 @@ def test_websockets_pending_writes_contract() -> None:
 
 
 def test_pure_fallback_under_no_ext() -> None:
-    code = ("from agentic_fast import wsframe as w; import os;"
+    code = ("from agentic_fast.ws import frames as w; import os;"
             "assert w.IMPLEMENTATION == 'python', w.IMPLEMENTATION;"
             "assert w.mask in (w.mask_python, w._websockets_mask);"
             "k = os.urandom(4); d = os.urandom(1000);"
@@ -267,8 +267,8 @@ class _Spy:
 
 
 async def test_openai_send_path_writes_websockets_pending_frames_first() -> None:
-    from agentic_fast.config import OpenAIRealtimeConfig
-    from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
+    from agentic_fast.core.config import OpenAIRealtimeConfig
+    from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
     from tests.fakes.openai_realtime import FakeOpenAIRealtime
 
     async with FakeOpenAIRealtime() as fake:
@@ -298,8 +298,8 @@ async def test_openai_send_path_writes_websockets_pending_frames_first() -> None
 
 
 async def test_gemini_send_path_writes_websockets_pending_frames_first() -> None:
-    from agentic_fast.config import GeminiConfig
-    from agentic_fast.providers.gemini_live import GeminiLiveProvider
+    from agentic_fast.core.config import GeminiConfig
+    from agentic_fast.providers.gemini.provider import GeminiLiveProvider
     from tests.fakes.gemini_live import FakeGeminiLive
 
     async with FakeGeminiLive() as fake:

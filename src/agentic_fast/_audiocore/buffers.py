@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 if sys.byteorder != "little":  # pragma: no cover - every leg is little-endian PCM16
     raise ImportError("agentic_fast.audio supports little-endian machines only")

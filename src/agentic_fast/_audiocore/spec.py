@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentic_fast._audiocore.tables import FIR_DESIGNS, FirDesign
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 TWILIO_RATE = 8000
 #: One Twilio frame: 20 ms of 8 kHz mu-law.

@@ -29,7 +29,7 @@ from typing import Literal
 from agentic_fast._audiocore.native import load_native
 from agentic_fast._audiocore.spec import PROVIDER_FORMATS, TWILIO_FRAME_BYTES, TWILIO_RATE
 from agentic_fast._audiocore.tables import FIR_DESIGNS
-from agentic_fast.errors import AudioFormatError
+from agentic_fast.core.errors import AudioFormatError
 
 __all__ = [
     "FIR_DESIGNS",
@@ -52,9 +52,9 @@ def _select() -> ModuleType:
     native = load_native()
     if native is not None:
         return native
-    from agentic_fast._audiocore import pyaudio as _pyaudio
+    from agentic_fast._audiocore import numpy_twin as _numpy_twin
 
-    return _pyaudio
+    return _numpy_twin
 
 
 _impl = _select()

@@ -1,6 +1,6 @@
 """ConversationBrain: from a call's transcripts and tool calls to the agent, and back.
 
-The bridge calls the :class:`~agentic_fast.bridge.ConversationSink` methods on the event
+The bridge calls the :class:`~agentic_fast.call.bridge.ConversationSink` methods on the event
 loop; each returns at once. Turn pieces are assembled on the spot (cheap), then every
 event goes into its call's bounded queue (``put_nowait`` semantics: a full queue drops the
 event, counted and logged). A pool of ``workers`` tasks drains the queues: a call is
@@ -27,14 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from agentic_fast import metrics
-from agentic_fast.admission import mask_number
-from agentic_fast.calls import CallSession
-from agentic_fast.errors import AgenticFastError, GatewayTimeoutError, PeerUnavailableError
-from agentic_fast.gateway.protocol import ABORTED, FINAL, voice_session_key
-from agentic_fast.log import get_logger
-
-from .intent import (
+from agentic_fast.brain.intent import (
     ACTION,
     MAX_COMMAND_CHARS,
     RUN_COMMAND,
@@ -47,9 +40,16 @@ from .intent import (
     rule_intent,
     run_command_declaration,
 )
-from .policy import CallerPolicy, CallGate, PinResult, command_key, party_number, related
-from .speech import Phrases, say, send_tool_output, speakable
-from .turns import (
+from agentic_fast.brain.policy import (
+    CallerPolicy,
+    CallGate,
+    PinResult,
+    command_key,
+    party_number,
+    related,
+)
+from agentic_fast.brain.speech import Phrases, say, send_tool_output, speakable
+from agentic_fast.brain.turns import (
     CALLER,
     AssistantTurn,
     CallState,
@@ -61,9 +61,15 @@ from .turns import (
     UserTurn,
     normalise_role,
 )
+from agentic_fast.call.admission import mask_number
+from agentic_fast.call.manager import CallSession
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import AgenticFastError, GatewayTimeoutError, PeerUnavailableError
+from agentic_fast.core.log import get_logger
+from agentic_fast.gateway.protocol import ABORTED, FINAL, voice_session_key
 
 if TYPE_CHECKING:
-    from agentic_fast.config import BrainConfig, Config
+    from agentic_fast.core.config import BrainConfig, Config
     from agentic_fast.gateway.client import GatewayClient
 
 __all__ = ["ConversationBrain", "IntentClassifier"]

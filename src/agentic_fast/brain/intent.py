@@ -29,9 +29,8 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from agentic_fast.errors import PeerUnavailableError
-
-from .turns import ASSISTANT, MemoryTurn
+from agentic_fast.brain.turns import ASSISTANT, MemoryTurn
+from agentic_fast.core.errors import PeerUnavailableError
 
 __all__ = ["ACTION", "CHAT", "RUN_COMMAND", "ChatModelClassifier", "ClassifierError", "Intent",
            "IntentClassifier", "InvalidClassificationError", "build_messages",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from agentic_fast import metrics
-from agentic_fast.log import BoundLogger
+from agentic_fast.core import metrics
+from agentic_fast.core.log import BoundLogger
 
 __all__ = ["Phrases", "say", "send_tool_output", "speakable", "tool_output"]
 

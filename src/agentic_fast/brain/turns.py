@@ -17,12 +17,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from agentic_fast.log import BoundLogger
-
-from .policy import CallGate, related
+from agentic_fast.brain.policy import CallGate, related
+from agentic_fast.core.log import BoundLogger
 
 if TYPE_CHECKING:
-    from agentic_fast.calls import CallSession
+    from agentic_fast.call.manager import CallSession
 
 __all__ = [
     "ASSISTANT",

@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from agentic_fast import __version__, metrics
-from agentic_fast.errors import (
+from agentic_fast import __version__
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
     GatewayConnectionError,
@@ -44,6 +45,7 @@ from agentic_fast.errors import (
     GatewayTimeoutError,
     RemoteProtocolError,
 )
+from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.credentials import DeviceCredentials
 from agentic_fast.gateway.device import (
     DeviceIdentity,
@@ -66,10 +68,9 @@ from agentic_fast.gateway.protocol import (
     parse_pairing_required,
 )
 from agentic_fast.gateway.run import ChatRun, PendingRunBuffer, RunRoute, abort_quietly
-from agentic_fast.log import get_logger
 
 if TYPE_CHECKING:
-    from agentic_fast.config import GatewayConfig
+    from agentic_fast.core.config import GatewayConfig
 
 __all__ = ["ChatRun", "GatewayClient"]
 

@@ -17,11 +17,11 @@ import asyncio
 import ipaddress
 from urllib.parse import urlsplit
 
-from agentic_fast import metrics
-from agentic_fast.errors import GatewayError
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import GatewayError
+from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.device import DeviceTokenStore, StoredDeviceToken
 from agentic_fast.gateway.protocol import ROLE, HelloOk, PairingRequired
-from agentic_fast.log import get_logger
 
 __all__ = ["DeviceCredentials"]
 

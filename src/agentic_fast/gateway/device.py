@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from agentic_fast import metrics
-from agentic_fast.errors import ConfigError
-from agentic_fast.log import get_logger
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import ConfigError
+from agentic_fast.core.log import get_logger
 
 __all__ = [
     "DeviceIdentity",

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from agentic_fast.errors import GatewayError, LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import GatewayError, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "CLIENT_ID",

@@ -16,16 +16,16 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from agentic_fast import metrics
-from agentic_fast.errors import (
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
     GatewayConnectionError,
     GatewayTimeoutError,
     RemoteProtocolError,
 )
+from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.protocol import DELTA, FINAL, ChatEvent, chat_send_params
-from agentic_fast.log import get_logger
 
 if TYPE_CHECKING:
     from agentic_fast.gateway.client import GatewayClient

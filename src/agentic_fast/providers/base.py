@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from agentic_fast import metrics
+from agentic_fast.core import metrics
 
 
 def dispatch_event(handlers: Mapping[type, Callable[[Any, Any], None]], owner: Any,

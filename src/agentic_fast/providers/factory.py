@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agentic_fast.calls import CallSession
-from agentic_fast.config import Config
-from agentic_fast.errors import ConfigError
+from agentic_fast.call.manager import CallSession
+from agentic_fast.core.config import Config
+from agentic_fast.core.errors import ConfigError
 from agentic_fast.providers.base import RealtimeProvider
 
 
@@ -25,7 +25,7 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
     timeout = config.bridge.provider_connect_timeout_s
     stall = config.bridge.provider_stall_timeout_s or None
     if name in ("openai", "openai-pcmu"):
-        from agentic_fast.providers.openai_realtime import OpenAIRealtimeProvider
+        from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
 
         if not config.openai_realtime.api_key:
             raise ConfigError("openai_realtime.api_key is not set (audio.provider is "
@@ -42,12 +42,12 @@ def provider_factory(config: Config, *, tools: list[dict[str, Any]] | None = Non
 
         return make_openai
     if name == "gemini":
-        from agentic_fast.providers.gemini_live import GeminiLiveProvider
+        from agentic_fast.providers.gemini.provider import GeminiLiveProvider
 
         if not config.gemini.api_key:
             raise ConfigError("gemini.api_key is not set (audio.provider is gemini)",
                               key="gemini.api_key")
-        from agentic_fast.providers.gemini_events import function_tool
+        from agentic_fast.providers.gemini.events import function_tool
 
         gemini = config.gemini
         gemini_tools = [function_tool(*gemini_declarations)] if gemini_declarations else None

@@ -1,0 +1,913 @@
+"""OpenAI Realtime (GA) provider: one call's socket, its events, reconnects and carry-over.
+
+The wire format lives in :mod:`openai_commands` (client events we send) and
+:mod:`openai_events` (server events, parsing, state), both sans-I/O; this module is the I/O
+shell around them (python-websockets ``asyncio/connection.py`` style): open and configure a
+session, parsed events dispatched to the bridge through a dict of handlers, and synchronous
+writes.
+
+Receive path. Once a session is installed, server events are parsed and dispatched
+synchronously from the socket's ``data_received``: the socket is a
+:class:`ws_client.FastClientConnection` (passed as ``create_connection``), whose ``on_text``
+gets every whole text frame as bytes. Why: the default path queues each frame in
+websockets' ``Assembler`` and wakes the task blocked in ``recv()`` once per event (a queue
+put/get and a task step per audio delta, plainly visible in profiles); we do neither. The
+handshake (``session.created``, ``session.update`` -> ``session.updated``) still uses
+``await ws.recv()``. One reader task per socket remains: it turns the fast path on when the
+session is installed, drains with ``recv()`` whatever was queued before (events that came
+while a carry-over waited for a quiet moment, say) or does not take the fast path
+(fragmented or binary messages), handing each to the same ``deliver`` in order (the ordering
+rule is in :mod:`ws_client`), and learns of the close from ``recv()``
+(``ConnectionClosed``), which starts the reconnect below. A retired socket's events are
+ignored. A frame that is not UTF-8 counts as malformed JSON (``openai.events.bad.*``) instead
+of failing the socket with 1007.
+
+Send path. Every client event is written synchronously, as one whole masked text frame built
+by the connection's :class:`wsframe.ClientFramer` and handed to the transport in one
+``transport.write`` (``FastClientConnection.write_text_now``). Nothing is awaited, so
+``send_audio`` can run inside the Twilio media handler. Why not ``ws.protocol.send_text`` +
+``ws.send_data()`` (what ``await ws.send()`` does minus its ``drain()``): python-websockets
+draws every frame's mask key with ``secrets.token_bytes(4)``, one ``getrandom`` syscall per
+frame (3.5% of the server's CPU under load), and builds the frame in Python (``Frame``
+object, ``Frame.serialize``, header ``struct.pack`` and two concatenations); our framer
+takes keys from a pooled ``os.urandom`` buffer and writes header, key and masked payload
+into one bytes in the native extension (~4.5x less CPU to frame a 2.6 KB append, ~5x for 350
+B: ``bench/bench_wsframe.py``). websockets still owns the handshake, frame parsing, control
+frames (ping/pong/close) and closing: before our frame goes out, anything its sans-I/O
+protocol has pending (``protocol.writes``, e.g. an automatic pong) is written first, so
+frames stay whole and in order. We never use websockets' fragmented sends, so a data frame
+of ours cannot fall inside one of its messages. Flow control is ours: when the transport's
+write buffer is above ``max_write_buffer`` (a slow or stuck peer) caller audio is dropped
+and counted (``openai.audio.backpressure_dropped``) instead of growing memory; control
+events always go. Measured on loopback (client CPU per 40 ms PCM16 append, net of the loop
+iteration), with websockets' framing: ~6 us with this synchronous path, ~10.5 us with a
+deque drained by a writer task calling ``ws.send``.
+
+Stalled peer. A server that stops reading (TCP backpressure) while the call goes on is
+noticed by the session's :class:`ws_client.StallWatch` within ``stall_timeout_s`` (a probe
+ping unanswered, or the write buffer above ``max_write_buffer``, for that long), counted
+(``openai.stalled``) and handled as a lost socket: aborted, audio buffered, a new session
+opened (below). Without it only the keepalive noticed, after ~40 s.
+
+Reconnect. When the socket drops mid-call (abrupt close, 1011, any error close) the call
+stays up: caller audio goes to a bounded deque (the last ``max_buffered_audio_ms``; older
+chunks dropped and counted ``openai.audio.buffered_dropped``), ``say``/``begin``/tool
+results to a bounded list, and a new session is opened under :class:`Backoff`
+(``openai.reconnect.attempts``, ``openai.reconnects``). Once the new session is configured
+the buffers are flushed (audio first, then items, then one ``response.create``). When the
+bound is exceeded, or the server refuses us for good (HTTP 400/401/403/404, a rejected
+``session.update``), ``listener.on_failed`` runs once.
+
+Refusals and failed responses. An ``error`` sent instead of ``session.created`` (bad key,
+retired model, no quota) is reported with its code and message (``openai.session_refused``,
+``openai.connect.refused.<code>``, the ``PeerUnavailableError`` text); it is fatal (no
+retry) unless it is a ``server_error``. A ``response.done`` whose status is ``failed``, or
+``incomplete`` for ``max_output_tokens``/``content_filter`` (not a barge-in or cancel), is
+logged with its ``status_details`` (``openai.response_failed``) and counted
+(``openai.responses.failed[.<code>]``); the caller hears ``failed_response_message`` and the
+call goes on. ``max_failed_responses`` failures in a row (a completed response resets the
+run) end the call through ``listener.on_failed``. Only ``response.done`` is read for this:
+the per-delta path is untouched.
+
+Carry-over. OpenAI ends a session after 60 minutes (``session_expired``). A local cap
+(``max_session_s``, default 55 min) renews it first: a new socket is opened and configured
+while the old one still serves the call, the switch waits (at most ``carry_over_grace_s``)
+for a quiet moment (no response active, caller not speaking), then audio moves to the new
+socket and the old one is closed. A ``session_expired`` error switches at once. The
+conversation itself cannot be copied over the socket, so the new session is seeded with a
+system item summarising the last transcript lines (bounded, see
+:func:`reconnect.carry_over_summary`); the same seed follows an abrupt reconnect. What is lost: the
+server-side audio of a reply cut by the drop, and anything older than the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+from urllib.parse import quote
+
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
+
+from agentic_fast.core import metrics
+from agentic_fast.core.config import OpenAIRealtimeConfig
+from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.log import get_logger
+from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
+from agentic_fast.providers.openai import commands as oc
+from agentic_fast.providers.openai import events as oe
+from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
+
+__all__ = ["OpenAIRealtimeProvider"]
+
+_append = oc.input_audio_append  # HOT: one call per caller audio chunk
+
+PEER = "openai"
+#: Handshake refusals that no retry will fix.
+_FATAL_STATUS = frozenset({400, 401, 403, 404})
+#: Error codes that are expected in normal operation (races of barge-in): logged at debug.
+_BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
+_MAX_CALLS = 64  # tool call ids remembered (per session and per provider)
+
+
+class _Fatal(Exception):
+    """The peer refused us in a way a retry will not fix (cause of a PeerUnavailableError)."""
+
+
+class _Refused(Exception):
+    """The server's first frame was an ``error`` that a retry may fix (``server_error``)."""
+
+
+class _Connection:
+    """One socket and what is known about its session."""
+
+    __slots__ = ("calls", "opened_at", "pending", "reader", "requested", "retired",
+                 "seq", "session_id", "state", "timer", "watch", "ws")
+
+    def __init__(self, ws: FastClientConnection, state: oe.RealtimeState, seq: int) -> None:
+        self.ws = ws
+        self.state = state
+        self.seq = seq
+        self.session_id: str | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.watch: StallWatch | None = None
+        self.requested = False  # response.create sent, response.created not seen yet
+        self.pending = False    # a response is wanted once the active one is done
+        self.calls: dict[str, str] = {}  # tool call ids of this session -> name
+        self.retired = False
+        self.opened_at = time.monotonic()
+
+    @property
+    def open(self) -> bool:
+        return self.ws.protocol.state is State.OPEN
+
+
+class _NullListener:
+    """Events before ``attach`` (pre-warm) go nowhere."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+# A buffered conversation item: ("system", text, "") or ("tool", call_id, output).
+_Item = tuple[str, str, str]
+
+
+class OpenAIRealtimeProvider(RealtimeProvider):
+    """:class:`RealtimeProvider` for the OpenAI Realtime API (GA shape only)."""
+
+    def __init__(self, config: OpenAIRealtimeConfig, *, call_id: str, connect_timeout_s: float,
+                 backoff: Backoff | None = None, tools: list[Mapping[str, Any]] | None = None,
+                 max_session_s: float | None = 55 * 60.0, carry_over_grace_s: float = 15.0,
+                 interrupt_response: bool = True, max_buffered_audio_ms: int = 3000,
+                 max_pending_items: int = 32, max_write_buffer: int = 256 * 1024,
+                 recent_lines: int = 12, ping_interval_s: float | None = 20.0,
+                 close_timeout_s: float = 2.0, max_message_bytes: int = 4 * 2**20,
+                 stall_timeout_s: float | None = 5.0) -> None:
+        fmt: oe.AudioFormat = "pcmu" if config.audio_format == "pcmu" else "pcm16"
+        self.config = config
+        self.call_id = call_id
+        self.converter_format = "openai-pcmu" if fmt == "pcmu" else "openai"
+        self.audio_format: oe.AudioFormat = fmt
+        self.log = get_logger("providers.openai").bind(call_id=call_id)
+        self._connect_timeout_s = connect_timeout_s
+        # with server VAD's interrupt_response the server cancels the response itself on
+        # speech_started; a second response.cancel from us would only earn an error
+        self._server_cancels = interrupt_response
+        self._backoff = backoff or Backoff()
+        self._max_session_s = max_session_s
+        self._grace_s = carry_over_grace_s
+        self._max_write_buffer = max_write_buffer
+        self._ping_interval_s = ping_interval_s
+        self._close_timeout_s = close_timeout_s
+        self._max_message_bytes = max_message_bytes
+        self._stall_timeout_s = stall_timeout_s or None  # None/0: no StallWatch
+        self._url = f"{config.url}?model={quote(config.model, safe='')}"
+        self._headers = {"Authorization": f"Bearer {config.api_key}"}
+        vad = config.vad
+        self._session_update = oc.session_update(
+            instructions=config.instructions, voice=config.voice, audio_format=fmt,
+            vad=oc.server_vad(threshold=vad.threshold, prefix_padding_ms=vad.prefix_padding_ms,
+                              silence_duration_ms=vad.silence_duration_ms,
+                              create_response=True, interrupt_response=interrupt_response),
+            input_transcription_model=config.transcription_model or None,
+            output_modalities=["audio"], tools=tools or None,
+            tool_choice="auto" if tools else None)
+        self._listener: ProviderListener = _NullListener()  # type: ignore[assignment]
+        self._conn: _Connection | None = None
+        self._conns: set[_Connection] = set()
+        self._seq = 0
+        self._ids = itertools.count(1)
+        self._connect_task: asyncio.Task[None] | None = None
+        self._replace_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connected_once = False
+        self._closed = False
+        self._failed = False
+        # buffers while no session is usable
+        self._backlog = ChunkBacklog(max_buffered_audio_ms * oe.BYTES_PER_MS[fmt] * 4 // 3)
+        self._items_buf: deque[_Item] = deque()
+        self._max_items = max_pending_items
+        self._response_buffered = False
+        # what the listener has been told
+        self._audio_item: str | None = None
+        self._open_items: dict[str, None] = {}
+        self._interrupted_response: str | None = None  # its late deltas are dropped
+        self._user_speaking = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._recent: deque[tuple[str, str]] = deque(maxlen=recent_lines)
+        self._opening: str | None = None
+        self._call_names: dict[str, str] = {}
+        # failed responses (response.done failed/incomplete): apology, then end after a run
+        self._apology = config.failed_response_message
+        self._max_failed = config.max_failed_responses
+        self._failed_in_row = 0
+        #: per-provider counts (also in :mod:`metrics`), for the closing log line and tests
+        self.stats: dict[str, int] = {"reconnects": 0, "carry_overs": 0, "sessions": 0,
+                                      "audio_buffered_dropped": 0,
+                                      "audio_backpressure_dropped": 0, "errors": 0,
+                                      "responses_failed": 0, "stalls": 0}
+        self._handlers: dict[type, Callable[[_Connection, Any], None]] = {
+            oe.OutputAudioDelta: self._on_audio_delta,
+            oe.OutputAudioDone: self._on_audio_done,
+            oe.ResponseCreated: self._on_response_created,
+            oe.ResponseDone: self._on_response_done,
+            oe.SpeechStarted: self._on_speech_started,
+            oe.SpeechStopped: self._on_speech_stopped,
+            oe.InputTranscriptionCompleted: lambda c, e: self._transcript("user", e.transcript),
+            oe.OutputAudioTranscriptDone: lambda c, e: self._transcript("assistant",
+                                                                         e.transcript),
+            oe.OutputTextDone: lambda c, e: self._transcript("assistant", e.text),
+            oe.InputTranscriptionFailed: self._on_transcription_failed,
+            oe.FunctionCallArgumentsDone: self._on_function_call,
+            oe.ErrorEvent: self._on_error,
+        }
+
+    # -- RealtimeProvider ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """A configured session is carrying the call right now."""
+        return self._conn is not None
+
+    @property
+    def response_active(self) -> bool:
+        """A response is in progress on the session carrying the call."""
+        conn = self._conn
+        return conn is not None and conn.state.active_response_id is not None
+
+    def attach(self, listener: ProviderListener) -> None:
+        self._listener = listener
+
+    async def connect(self) -> None:
+        """Open and configure the first session (idempotent, concurrency-safe).
+
+        Raises :class:`PeerUnavailableError` (``peer="openai"``) when the handshake or the
+        session configuration fails within ``connect_timeout_s``; a later call retries.
+        """
+        if self._closed:
+            raise PeerUnavailableError("provider is closed", peer=PEER)
+        if self._connected_once:
+            return
+        task = self._connect_task
+        if task is None or task.done():
+            task = self._connect_task = asyncio.get_running_loop().create_task(
+                self._first_connect())
+            task.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or not current.cancelling()):
+                raise PeerUnavailableError("closed while connecting", peer=PEER) from None
+            raise
+
+    def send_audio(self, chunk_b64: str) -> None:
+        """Append caller audio (never awaits; buffered while reconnecting)."""
+        conn = self._conn
+        if conn is not None:
+            ws = conn.ws
+            if ws.protocol.state is State.OPEN:
+                transport = ws.transport
+                if transport.get_write_buffer_size() > self._max_write_buffer:
+                    self.stats["audio_backpressure_dropped"] += 1
+                    metrics.incr("openai.audio.backpressure_dropped")
+                    return
+                try:
+                    ws.write_text_now(_append(chunk_b64))
+                    return
+                except Exception as exc:
+                    self._write_failed(conn, exc)
+        self._buffer_audio(chunk_b64)
+
+    def begin(self, *, speak_first: str | None) -> None:
+        if not speak_first:
+            return
+        self._opening = speak_first
+        self._send_items([("system", f"The call has connected. {speak_first}", "")])
+
+    def interrupt(self, item_id: str | None, audio_end_ms: int | None) -> None:
+        conn = self._conn
+        if conn is None:
+            metrics.incr("openai.interrupt.disconnected")
+            self._response_buffered = False
+            return
+        conn.pending = False  # the caller's new turn gets a response of its own
+        state = conn.state
+        if state.active_response_id is not None:
+            # deltas of it still in flight (or not yet begun) are not the caller's to hear
+            self._interrupted_response = state.active_response_id
+            if not self._server_cancels:
+                self._write(conn, oc.response_cancel(state.active_response_id,
+                                                  event_id=self._event_id("cx")))
+                metrics.incr("openai.interrupt.cancel")
+        if audio_end_ms is None or audio_end_ms <= 0 or not item_id:
+            metrics.incr("openai.interrupt.truncate_skipped")
+            return
+        frame = oc.truncate_at(state, audio_end_ms, item_id, event_id=self._event_id("tr"))
+        if frame is None:  # not an audio item of this session (e.g. before a reconnect)
+            metrics.incr("openai.interrupt.truncate_unknown_item")
+            self.log.debug("openai.truncate_skipped", item_id=item_id)
+            return
+        self._write(conn, frame)
+
+    def say(self, text: str) -> None:
+        self._send_items([("system", f"Tell the caller: {text}", "")])
+
+    def send_tool_result(self, call_id: str, output: str) -> None:
+        self._send_items([("tool", call_id, output)])
+
+    def request_carry_over(self, reason: str = "manual") -> None:
+        """Renew the session now (what the ``max_session_s`` timer does)."""
+        if self._conn is not None:
+            self.log.info("openai.carry_over.due", reason=reason, session=self._conn.seq)
+            self._ensure_replacing(reason, proactive=True)
+
+    async def close(self) -> None:
+        """Stop every task and close every socket; idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        conns: list[_Connection] = []
+        try:
+            me = asyncio.current_task()
+            tasks = [t for t in (self._connect_task, self._replace_task, *self._tasks)
+                     if t is not None and t is not me and not t.done()]
+            for task in tasks:
+                task.cancel()
+            conns = list(self._conns)
+            self._conns.clear()
+            self._conn = None
+            for conn in conns:
+                self._stop(conn)
+            readers = [c.reader for c in conns if c.reader is not None and c.reader is not me]
+            await asyncio.gather(*(self._close_ws(c.ws) for c in conns),
+                                 *tasks, *readers, return_exceptions=True)
+            self.log.info("openai.closed", **self.stats)
+        except Exception:
+            self.log.exception("openai.close_error")
+        finally:
+            self._release(conns)
+
+    def _release(self, conns: Sequence[_Connection]) -> None:
+        """Break the reference cycles of a closed provider so it is freed at once, not by a
+        collector that may not run for thousands of calls: the handler table (bound methods
+        of self), the listener (the bridge, which holds us), the done tasks (their
+        exception's traceback holds the reader's frame, which holds the connection, which
+        holds the task) and each socket's message handler (a closure over the connection)."""
+        self._handlers.clear()
+        self._listener = _NullListener()  # type: ignore[assignment]
+        self._connect_task = self._replace_task = None
+        self._tasks.clear()
+        self._backlog.drain()
+        self._items_buf.clear()
+        for conn in conns:
+            conn.reader = None
+            conn.ws.set_handlers(None)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def _first_connect(self) -> None:
+        conn = await self._open()
+        if self._closed:
+            self._discard(conn)
+            raise PeerUnavailableError("closed while connecting", peer=PEER)
+        self._install(conn)
+        self._connected_once = True
+
+    async def _open(self) -> _Connection:
+        """A new socket with its session configured (``session.updated`` received)."""
+        self._seq += 1
+        seq = self._seq
+        started = time.perf_counter()
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                ws = cast(FastClientConnection, await ws_connect(
+                    self._url, additional_headers=self._headers, compression=None,
+                    open_timeout=self._connect_timeout_s, close_timeout=self._close_timeout_s,
+                    ping_interval=self._ping_interval_s, ping_timeout=self._ping_interval_s,
+                    max_size=self._max_message_bytes, max_queue=64, write_limit=2**16,
+                    create_connection=FastClientConnection))
+                conn = _Connection(ws, oe.RealtimeState(self.audio_format), seq)
+                self._conns.add(conn)
+                first = conn.state.receive(await ws.recv())
+                if type(first) is oe.ErrorEvent:  # bad key, retired model, no quota...
+                    raise self._refused(seq, first)
+                if type(first) is not oe.SessionCreated:
+                    raise _Fatal(f"expected session.created, got {type(first).__name__}")
+                conn.session_id = first.session_id
+                await ws.send(self._session_update)
+                while True:
+                    event = conn.state.receive(await ws.recv())
+                    if type(event) is oe.SessionUpdated:
+                        break
+                    if type(event) is oe.ErrorEvent:
+                        raise _Fatal(f"session.update rejected: {event.code}: "
+                                     f"{event.message[:200]}")
+        except asyncio.CancelledError:
+            if conn is not None:
+                self._discard(conn)
+            raise
+        except Exception as exc:
+            if conn is not None:
+                self._discard(conn)
+            metrics.incr("openai.connect.failed")
+            if isinstance(exc, InvalidStatus) and exc.response.status_code in _FATAL_STATUS:
+                exc = _Fatal(f"HTTP {exc.response.status_code}")
+            err = PeerUnavailableError(f"session #{seq} failed: {_describe(exc)}", peer=PEER)
+            raise err from exc
+        metrics.incr("openai.sessions")
+        self.stats["sessions"] += 1
+        self.log.info("openai.session_ready", session=seq, session_id=conn.session_id,
+                      connect_ms=round((time.perf_counter() - started) * 1000, 1))
+        return conn
+
+    def _refused(self, seq: int, event: oe.ErrorEvent) -> Exception:
+        """The exception for an ``error`` sent instead of ``session.created``: its code and
+        message, fatal unless the server says it is its own fault (``server_error``)."""
+        code = event.code or event.error_type
+        metrics.incr("openai.connect.refused." + code[:60])
+        self.log.error("openai.session_refused", session=seq, code=event.code,
+                       error_type=event.error_type, detail=event.message[:300])
+        text = f"error {code}: {event.message[:300]}"
+        return _Refused(text) if event.error_type == "server_error" else _Fatal(text)
+
+    def _install(self, conn: _Connection) -> None:
+        """Make ``conn`` the call's session: reader, session cap, then flush the buffers."""
+        self._conn = conn
+        conn.reader = asyncio.get_running_loop().create_task(self._read(conn))
+        if self._max_session_s is not None:
+            conn.timer = asyncio.get_running_loop().call_later(
+                self._max_session_s, self._session_cap, conn)
+        if self._stall_timeout_s is not None:
+            conn.watch = StallWatch(conn.ws, lambda why: self._stalled(conn, why),
+                                    timeout_s=self._stall_timeout_s,
+                                    max_buffer=self._max_write_buffer)
+            conn.watch.start()
+        self._update_idle()
+        self._flush(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        if self._backlog:
+            chunks = self._backlog.drain()
+            for chunk in chunks:
+                if not self._write(conn, _append(chunk)):
+                    break
+            self.log.info("openai.audio_flushed", chunks=len(chunks))
+        items, self._items_buf = list(self._items_buf), deque()
+        want, self._response_buffered = self._response_buffered, False
+        if items or want:
+            self._send_items(items, want_response=want)
+
+    def _session_cap(self, conn: _Connection) -> None:
+        conn.timer = None
+        if conn is self._conn and not self._closed:
+            self.request_carry_over("max_session")
+
+    def _ensure_replacing(self, reason: str, *, proactive: bool) -> None:
+        if self._closed or self._failed:
+            return
+        task = self._replace_task
+        if task is not None and not task.done():
+            return
+        self._replace_task = asyncio.get_running_loop().create_task(
+            self._replace(reason, proactive))
+        self._replace_task.add_done_callback(_retrieve)
+
+    async def _replace(self, reason: str, proactive: bool) -> None:
+        """Open a new session (with backoff) and switch the call to it."""
+        run = self._backoff.start()
+        last = reason
+        fatal = False
+        while True:
+            new: _Connection | None = None
+            while new is None and not fatal:
+                delay = run.next_delay()
+                if delay is None:
+                    break
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                metrics.incr("openai.reconnect.attempts")
+                self.log.info("openai.reconnect.attempt", attempt=run.attempts, reason=reason)
+                try:
+                    new = await self._open()
+                except PeerUnavailableError as exc:
+                    last = str(exc)
+                    self.log.warning("openai.reconnect.attempt_failed", attempt=run.attempts,
+                                     error=last[:200])
+                    fatal = isinstance(exc.__cause__, _Fatal)  # no retry fixes this
+            if new is None:
+                if proactive and self._conn is not None:
+                    metrics.incr("openai.carry_over.failed")
+                    self.log.warning("openai.carry_over.failed", error=last[:200])
+                    return  # the old session still serves; its loss will retry
+                self._fail(f"reconnect failed after {run.attempts} attempt(s): {last}")
+                return
+            old = self._conn
+            if proactive and old is not None:
+                try:
+                    async with asyncio.timeout(self._grace_s):
+                        await self._idle.wait()
+                except TimeoutError:
+                    metrics.incr("openai.carry_over.forced")
+                old = self._conn
+            if not new.open:  # died while we waited: try again
+                self._discard(new)
+                continue
+            break
+        summary = carry_over_summary(list(self._recent), self._opening)
+        if summary is not None:
+            self._write(new, oc.conversation_item_create_system_text(
+                summary, event_id=self._event_id("seed")))
+        if old is not None:
+            self._detach(old)
+            self._retire(old)
+        self._install(new)
+        kind = "carry_overs" if proactive else "reconnects"
+        self.stats[kind] += 1
+        metrics.incr(f"openai.{kind}")
+        self.log.info("openai.session_switched", kind=kind, reason=reason, session=new.seq,
+                      attempts=run.attempts, elapsed_s=round(run.elapsed, 3),
+                      seeded=summary is not None)
+
+    def _lost(self, conn: _Connection, reason: str) -> None:
+        """The reader of ``conn`` ended. Only the current session's loss matters."""
+        self._stop_timer(conn)
+        if self._closed or conn is not self._conn:
+            return
+        metrics.incr("openai.connection_lost")
+        self.log.warning("openai.connection_lost", session=conn.seq, reason=reason)
+        self._detach(conn)
+        self._conns.discard(conn)
+        self._ensure_replacing(reason, proactive=False)
+
+    def _detach(self, conn: _Connection) -> None:
+        """``conn`` no longer carries the call: close open audio items, start buffering."""
+        if self._conn is conn:
+            self._conn = None
+        self._stop_timer(conn)
+        for item_id in list(self._open_items):
+            self._close_item(item_id)
+        self._audio_item = None
+        self._user_speaking = False
+        self._update_idle()
+
+    def _retire(self, conn: _Connection) -> None:
+        """Drop ``conn`` on purpose (carry-over, expiry): its reader stops, the socket closes."""
+        self._stop(conn)
+        self._conns.discard(conn)
+        self._spawn(self._close_ws(conn.ws))
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.retired = True
+        self._conns.discard(conn)
+        conn.ws.transport.abort()
+
+    def _stop(self, conn: _Connection) -> None:
+        conn.retired = True
+        self._stop_timer(conn)
+        if conn.reader is not None and conn.reader is not asyncio.current_task():
+            conn.reader.cancel()
+
+    @staticmethod
+    def _stop_timer(conn: _Connection) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if conn.watch is not None:
+            conn.watch.stop()
+            conn.watch = None
+
+    def _stalled(self, conn: _Connection, reason: str) -> None:
+        """The StallWatch saw the server stop reading: drop the socket, reconnect."""
+        self.stats["stalls"] += 1
+        metrics.incr("openai.stalled")
+        self.log.warning("openai.stalled", session=conn.seq, reason=reason)
+        self._lost(conn, f"stalled: {reason}")
+        self._stop(conn)
+        self._conns.discard(conn)
+        conn.ws.transport.abort()
+
+    async def _close_ws(self, ws: FastClientConnection) -> None:
+        try:
+            async with asyncio.timeout(self._close_timeout_s + 0.5):
+                await ws.close()
+        except Exception:
+            ws.transport.abort()
+
+    def _fail(self, reason: str) -> None:
+        if self._failed or self._closed:
+            return
+        self._failed = True
+        metrics.incr("openai.failed")
+        self.log.error("openai.failed", reason=reason[:300])
+        dropped = len(self._backlog.drain())
+        self._items_buf.clear()
+        if dropped:
+            metrics.incr("openai.audio.buffered_dropped", dropped)
+        for conn in list(self._conns):
+            self._retire(conn)
+        self._conn = None
+        self._listener.on_failed(reason)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _event_id(self, kind: str) -> str:
+        return f"af_{kind}_{next(self._ids)}"
+
+    def _write(self, conn: _Connection, frame: str) -> bool:
+        """Write one frame now (no await); False if ``conn`` cannot take it."""
+        ws = conn.ws
+        if ws.protocol.state is not State.OPEN or conn.retired:
+            return False
+        try:
+            ws.write_text_now(frame)
+        except Exception as exc:
+            self._write_failed(conn, exc)
+            return False
+        return True
+
+    def _write_failed(self, conn: _Connection, exc: Exception) -> None:
+        metrics.incr("openai.write_failed")
+        self.log.warning("openai.write_failed", session=conn.seq, error=repr(exc)[:200])
+        self._lost(conn, "write_failed")
+
+    def _buffer_audio(self, chunk_b64: str) -> None:
+        if self._closed or self._failed:
+            metrics.incr("openai.audio.dropped_closed")
+            return
+        dropped = self._backlog.push(chunk_b64)
+        if dropped:
+            self.stats["audio_buffered_dropped"] += dropped
+            metrics.incr("openai.audio.buffered_dropped", dropped)
+
+    def _send_items(self, items: Sequence[_Item], want_response: bool = True) -> None:
+        """Conversation items then (at most) one response; buffered while no session."""
+        conn = self._conn
+        if conn is not None and conn.open:
+            for item in items:
+                if not self._write(conn, self._render(conn, item)):
+                    break
+            else:
+                if want_response:
+                    self._request_response(conn)
+                return
+        if self._closed or self._failed:
+            metrics.incr("openai.items.dropped_closed")
+            return
+        for item in items:
+            self._items_buf.append(item)
+            if len(self._items_buf) > self._max_items:
+                self._items_buf.popleft()
+                metrics.incr("openai.items.buffered_dropped")
+        self._response_buffered = self._response_buffered or want_response
+
+    def _render(self, conn: _Connection, item: _Item) -> str:
+        kind, a, b = item
+        eid = self._event_id("it")
+        if kind == "tool":
+            if a in conn.calls:
+                return oc.conversation_item_create_function_output(a, b, event_id=eid)
+            # the call was made in an earlier session: its id means nothing to this one
+            name = self._call_names.get(a, "a tool")
+            return oc.conversation_item_create_system_text(
+                f"Result of the earlier call to {name}: {b}", event_id=eid)
+        return oc.conversation_item_create_system_text(a, event_id=eid)
+
+    def _request_response(self, conn: _Connection) -> None:
+        """``response.create`` now, or once the active response is done (only one at a time)."""
+        if conn.state.active_response_id is not None or conn.requested:
+            conn.pending = True
+            return
+        conn.requested = True
+        self._write(conn, oc.response_create(event_id=self._event_id("rc")))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self, conn: _Connection) -> None:
+        """The socket's reader: turns the fast path on, drains what is queued, and reports
+        the close. Events arrive through ``deliver`` (see the module docstring)."""
+        ws = conn.ws
+        recv = ws.recv
+        deliver = self._deliverer(conn)
+        reason = "closed"
+        try:
+            # From here on whole text frames go straight to ``deliver`` from data_received;
+            # recv() still returns what was queued before (and anything not fast-pathed),
+            # which is delivered synchronously, in order (ws_client's ordering rule).
+            ws.set_handlers(deliver)
+            while not conn.retired:
+                deliver(await recv(decode=False))
+        except ConnectionClosed as exc:
+            close = exc.rcvd or exc.sent
+            reason = f"closed {close.code} {close.reason}".strip() if close else "closed 1006"
+        except Exception as exc:
+            reason = f"reader_error {exc!r:.100}"
+            self.log.exception("openai.reader_error", session=conn.seq)
+        finally:
+            if not conn.retired:  # else keep it: it drops everything, so the socket's close
+                ws.set_handlers(None)  # handshake is not stuck behind a full frame queue
+        self._lost(conn, reason)
+
+    def _deliverer(self, conn: _Connection) -> Callable[[bytes], None]:
+        """``deliver(frame)``: parse one server frame of ``conn`` and dispatch it; runs in
+        ``data_received`` (fast path) or in the reader (queued frames)."""
+        receive = conn.state.receive
+        handlers = self._handlers
+        log = self.log
+
+        def deliver(frame: bytes) -> None:  # HOT: one call per server event
+            if conn.retired:
+                return  # dropped on purpose: its events are ignored
+            try:
+                event = receive(frame)
+            except oe.OpenAIProtocolError as exc:
+                metrics.incr("openai.events.bad." + exc.reason)
+                self.log.warning("openai.event_bad", reason=exc.reason, field=exc.field,
+                                 detail=str(exc)[:200])
+                return
+            except Exception as exc:  # a parser bug: this socket can no longer be trusted
+                self._reader_failed(conn, exc)
+                return
+            dispatch_event(handlers, conn, event, log, "openai")
+
+        return deliver
+
+    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
+        """Reading ``conn`` failed unexpectedly: lose it (reconnect) and close it."""
+        self.log.exception("openai.reader_error", session=conn.seq)
+        self._lost(conn, f"reader_error {exc!r:.100}")
+        self._retire(conn)
+
+    def _on_audio_delta(self, conn: _Connection, event: oe.OutputAudioDelta) -> None:  # HOT
+        if event.response_id == self._interrupted_response:
+            metrics.incr("openai.audio.after_interrupt")
+            return
+        item_id = event.item_id
+        if item_id != self._audio_item:
+            self._audio_item = item_id
+            self._open_items[item_id] = None
+        self._listener.on_audio(event.delta, item_id)
+
+    def _close_item(self, item_id: str) -> None:
+        if self._open_items.pop(item_id, 0) is None:
+            if item_id == self._audio_item:
+                self._audio_item = None
+            self._listener.on_audio_done(item_id)
+
+    def _on_audio_done(self, conn: _Connection, event: oe.OutputAudioDone) -> None:
+        self._close_item(event.item_id)
+
+    def _on_response_created(self, conn: _Connection, event: oe.ResponseCreated) -> None:
+        conn.requested = False
+        self._update_idle()
+
+    def _on_response_done(self, conn: _Connection, event: oe.ResponseDone) -> None:
+        for item in event.output:
+            item_id = item.get("id")
+            if type(item_id) is str and item_id in self._open_items:
+                self._close_item(item_id)
+        for call in event.function_calls:
+            self._tool_call(conn, call.call_id, call.name, call.arguments)
+        if event.status == "completed":
+            self._failed_in_row = 0
+        elif event.failed and conn is self._conn:
+            self._response_failed(conn, event)  # may request the apology's response
+        if conn.pending and conn is self._conn:
+            conn.pending = False
+            if not conn.requested:  # else the response just requested covers the items
+                self._request_response(conn)
+        self._update_idle()
+
+    def _response_failed(self, conn: _Connection, event: oe.ResponseDone) -> None:
+        """The model could not answer (quota, rate limit, filter, server error): logged and
+        counted; the caller hears the apology and the call goes on, unless this is the
+        ``max_failed_responses``-th failure in a row: then the call ends (``on_failed``)."""
+        self._failed_in_row += 1
+        self.stats["responses_failed"] += 1
+        error = event.error or {}
+        kind = error.get("code") or error.get("type") or event.reason or event.status
+        metrics.incr("openai.responses.failed")
+        metrics.incr(f"openai.responses.failed.{str(kind)[:60]}")
+        self.log.warning("openai.response_failed", session=conn.seq,
+                         response_id=event.response_id, status=event.status,
+                         reason=event.reason, error_type=error.get("type"),
+                         code=error.get("code"), detail=str(error.get("message", ""))[:200],
+                         status_details=event.status_details, in_a_row=self._failed_in_row)
+        if self._max_failed and self._failed_in_row >= self._max_failed:
+            self._fail(f"{self._failed_in_row} responses failed in a row "
+                       f"(last: {event.describe()})")
+            return
+        if self._apology:
+            self._send_items([("system", "Your last reply did not reach the caller. "
+                               f"Say exactly this to them: {self._apology}", "")])
+
+    def _on_speech_started(self, conn: _Connection, event: oe.SpeechStarted) -> None:
+        self._user_speaking = True
+        self._update_idle()
+        self._listener.on_speech_started()
+
+    def _on_speech_stopped(self, conn: _Connection, event: oe.SpeechStopped) -> None:
+        self._user_speaking = False
+        self._update_idle()
+        self._listener.on_speech_stopped()
+
+    def _transcript(self, role: str, text: str) -> None:
+        if text:
+            self._recent.append((role, text[:300]))
+            self._listener.on_transcript(role, text, True)
+
+    def _on_transcription_failed(self, conn: _Connection, event: oe.InputTranscriptionFailed
+                                 ) -> None:
+        metrics.incr("openai.transcription_failed")
+        self.log.warning("openai.transcription_failed", code=event.code,
+                         detail=event.message[:200])
+
+    def _on_function_call(self, conn: _Connection, event: oe.FunctionCallArgumentsDone) -> None:
+        self._tool_call(conn, event.call_id, event.name, event.arguments)
+
+    def _tool_call(self, conn: _Connection, call_id: str, name: str, arguments: str) -> None:
+        if call_id in conn.calls:
+            return  # already reported (arguments.done, then response.done)
+        for table in (conn.calls, self._call_names):
+            table[call_id] = name
+            if len(table) > _MAX_CALLS:
+                table.pop(next(iter(table)))
+        metrics.incr("openai.tool_calls")
+        self._listener.on_tool_call(call_id, name, arguments)
+
+    def _on_error(self, conn: _Connection, event: oe.ErrorEvent) -> None:
+        code = event.code or "unknown"
+        self.stats["errors"] += 1
+        metrics.incr("openai.errors." + code[:60])
+        source = event.client_event_id or ""
+        log = self.log.debug if code in _BENIGN_ERRORS else self.log.warning
+        log("openai.error", session=conn.seq, code=code, error_type=event.error_type,
+            param=event.param, client_event_id=source, detail=event.message[:200])
+        if source.startswith("af_rc_") or code == "conversation_already_has_active_response":
+            conn.requested = False
+            if code == "conversation_already_has_active_response":
+                conn.pending = True  # retried when the active response is done
+        if code == "session_expired" and conn is self._conn:
+            self._detach(conn)
+            self._retire(conn)
+            self._ensure_replacing("session_expired", proactive=False)
+
+    def _update_idle(self) -> None:
+        conn = self._conn
+        busy = conn is not None and (self._user_speaking or conn.requested
+                                     or conn.state.active_response_id is not None)
+        if busy:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, (_Fatal, _Refused)):
+        return str(exc)
+    return f"{exc!r:.200}"
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's exception as seen (callers get it through ``connect``)."""
+    if not task.cancelled():
+        task.exception()
