@@ -14,16 +14,14 @@ from agentic_fast.call.manager import (
     TRANSCRIPT_TEXT_CHARS,
     TRANSITIONS,
     CallDirection,
-    CallLimitError,
     CallManager,
-    CallRefusedError,
     CallSession,
     CallStatus,
-    DrainingError,
     Transition,
     check_transition,
 )
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import CallLimitError, CallRefusedError, DrainingError
 
 S = CallStatus
 

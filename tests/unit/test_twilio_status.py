@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentic_fast.carriers.twilio.media import TwilioProtocolError
 from agentic_fast.carriers.twilio.status import (
     LifecycleStatus,
     map_call_status,
@@ -14,6 +13,7 @@ from agentic_fast.carriers.twilio.status import (
     parse_stream_status_callback,
     should_apply,
 )
+from agentic_fast.core.errors import TwilioProtocolError
 from tests.fakes.twilio_webhooks import status_callback_form, stream_status_form
 
 CA = "CA00000000000000000000000000000002"

@@ -29,7 +29,11 @@ from agentic_fast.call.pacer import SharedPacer
 from agentic_fast.call.timers import CallLimits, CallTimers, Scheduler
 from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.errors import (
+    AudioFormatError,
+    PeerUnavailableError,
+    ProviderUnreachableError,
+)
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 
 FRAME_MS = 20
@@ -52,10 +56,6 @@ class BridgeSettings:
     max_write_buffer: int = 64 * 1024
     #: bound on reaching the provider when the stream starts (beyond: spoken fallback)
     connect_timeout_s: float = 10.0
-
-
-class ProviderUnreachableError(PeerUnavailableError):
-    """The provider could not be reached when the call's stream started."""
 
 
 class ConversationSink(Protocol):

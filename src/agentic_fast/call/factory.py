@@ -17,11 +17,12 @@ from agentic_fast.call.bridge import AudioBridge, BridgeSettings, ConversationSi
 from agentic_fast.call.manager import CallDirection, CallManager, CallSession
 from agentic_fast.call.pacer import SharedPacer
 from agentic_fast.call.timers import CallLimits
-from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
 from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
 from agentic_fast.carriers.twilio.twiml import say_hangup_twiml
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
+from agentic_fast.core.errors import TwilioApiError
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers.base import RealtimeProvider
 

@@ -20,7 +20,10 @@ from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AgenticFastError
+from agentic_fast.core.errors import (
+    CallLimitError,
+    DrainingError,
+)
 from agentic_fast.core.log import BoundLogger, get_logger
 
 _log = get_logger("calls")
@@ -119,29 +122,6 @@ def check_transition(current: CallStatus, target: CallStatus,
 # ---------------------------------------------------------------------------------------------
 # Errors (subclasses of the project tree; refusals are not bugs, the server answers 503).
 # ---------------------------------------------------------------------------------------------
-
-
-class CallRefusedError(AgenticFastError):
-    """A new call was refused; ``reason`` is ``"limit"`` or ``"draining"``."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        self.reason = reason
-        super().__init__(message)
-
-
-class CallLimitError(CallRefusedError):
-    """``max_concurrent_calls`` calls are already active."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"call limit reached: max_concurrent_calls={limit}", reason="limit")
-
-
-class DrainingError(CallRefusedError):
-    """The server is draining (shutting down gracefully) and accepts no new calls."""
-
-    def __init__(self) -> None:
-        super().__init__("server is draining: no new calls", reason="draining")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,23 +24,15 @@ from agentic_fast.call.admission import Admission, Refusal, caller_tag, mask_num
 from agentic_fast.call.manager import (
     TRANSCRIPT_PAGE_DEFAULT,
     TRANSCRIPT_PAGE_MAX,
-    CallLimitError,
     CallManager,
-    CallRefusedError,
     CallSession,
 )
 from agentic_fast.call.stream_token import StreamTokenSigner
-from agentic_fast.carriers.twilio.form import (
-    JSON_TYPE,
-    WebhookBodyError,
-    check_content_type,
-    parse_webhook_body,
-)
-from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
+from agentic_fast.carriers.twilio.form import JSON_TYPE, check_content_type, parse_webhook_body
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
 from agentic_fast.carriers.twilio.signature import (
     SETTINGS_HEADER,
     SIGNATURE_HEADER,
-    SignatureNotConfiguredError,
     TwilioSignatureValidator,
 )
 from agentic_fast.carriers.twilio.status import (
@@ -63,7 +55,15 @@ from agentic_fast.carriers.twilio.twiml import (
 )
 from agentic_fast.core import metrics
 from agentic_fast.core.config import MEDIA_STREAM_PATH, Config
-from agentic_fast.core.errors import ConfigError, ProtocolError
+from agentic_fast.core.errors import (
+    CallLimitError,
+    CallRefusedError,
+    ConfigError,
+    ProtocolError,
+    SignatureNotConfiguredError,
+    TwilioApiError,
+    WebhookBodyError,
+)
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import (
     TRUSTED_PROXIES,
@@ -176,7 +176,7 @@ def _body_refused(request: web.Request, exc: WebhookBodyError) -> web.HTTPExcept
     log.warning("webhook.rejected", reason=exc.reason, path=request.path,
                 remote=client_address(request), field=exc.field, detail=str(exc)[:200])
     cls = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPBadRequest
-    return cls(text=orjson.dumps({"error": str(exc)}).decode(), content_type="application/json")
+    return cls(text=orjson.dumps({"error": exc.detail}).decode(), content_type="application/json")
 
 
 def _first(fields: dict[str, list[str]], key: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
 
 __all__ = [
     "DTMF_DIGITS",
@@ -42,7 +42,6 @@ __all__ = [
     "Stop",
     "TwilioEvent",
     "TwilioOutbound",
-    "TwilioProtocolError",
     "TwilioStreamState",
     "clear_message",
     "mark_message",
@@ -66,22 +65,6 @@ MAX_MARK_NAME = 256
 #: ``timestamp``): 18 digits stay below 2**63, far above any real stream (a day of audio is
 #: 4.3 million chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
 MAX_NUM_DIGITS = 18
-
-
-class TwilioProtocolError(RemoteProtocolError):
-    """Twilio sent something that breaks protocols.md 1.3.
-
-    ``reason`` is a short machine token for counters: ``malformed_json``, ``binary_frame``,
-    ``not_object``, ``unknown_event``, ``missing_field``, ``bad_type``, ``bad_value``,
-    ``out_of_order``, ``wrong_stream_sid``, ``unsupported_media_format`` (and, from the status
-    module, ``unknown_call_status``, ``too_long``, ``out_of_range``). ``field`` names the
-    offending field when there is one.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
 
 
 # --------------------------------------------------------------------------- events

@@ -27,10 +27,10 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import TwilioApiError
 from agentic_fast.core.log import get_logger
 
-__all__ = ["DEFAULT_API_BASE", "DEFAULT_STATUS_EVENTS", "TwilioApiError", "TwilioRestClient"]
+__all__ = ["DEFAULT_API_BASE", "DEFAULT_STATUS_EVENTS", "TwilioRestClient"]
 
 DEFAULT_API_BASE: Final = "https://api.twilio.com"
 DEFAULT_STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
@@ -41,21 +41,6 @@ _GUARD_MARGIN_S: Final = 1.0
 
 _log = get_logger("twilio.rest")
 _T = TypeVar("_T")
-
-
-class TwilioApiError(PeerUnavailableError):
-    """Twilio could not be reached, timed out, or answered with an error.
-
-    ``code`` is Twilio's error code (e.g. 21211 invalid ``To``, 20003 bad credentials,
-    20404 unknown Call SID) and ``status`` the HTTP status; both ``None`` when Twilio never
-    answered (network error, timeout).
-    """
-
-    def __init__(self, message: str, *, code: int | None = None,
-                 status: int | None = None) -> None:
-        self.code = code
-        self.status = status
-        super().__init__(message, peer=_PEER)
 
 
 class _TimedAsyncHttpClient(AsyncTwilioHttpClient):

@@ -23,7 +23,7 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from agentic_fast.carriers.twilio.media import TwilioProtocolError
+from agentic_fast.core.errors import TwilioProtocolError
 
 __all__ = [
     "CallStatusCallback",

@@ -23,7 +23,7 @@ from typing import Protocol
 from aiohttp import web
 
 from agentic_fast.call.manager import CallManager, CallSession
-from agentic_fast.call.stream_token import StreamTokenError, StreamTokenSigner
+from agentic_fast.call.stream_token import StreamTokenSigner
 from agentic_fast.carriers.twilio.media import (
     Dtmf,
     Mark,
@@ -31,11 +31,15 @@ from agentic_fast.carriers.twilio.media import (
     Start,
     Stop,
     TwilioOutbound,
-    TwilioProtocolError,
     TwilioStreamState,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.errors import (
+    AudioFormatError,
+    PeerUnavailableError,
+    StreamTokenError,
+    TwilioProtocolError,
+)
 from agentic_fast.core.log import BoundLogger, get_logger
 from agentic_fast.ws.frames import OP_CLOSE, OP_TEXT
 from agentic_fast.ws.server_socket import (

@@ -31,13 +31,13 @@ from typing import Any, NoReturn
 
 import orjson
 
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import GeminiProtocolError, LocalProtocolError
 from agentic_fast.core.metrics import incr
 
 __all__ = [
     "AUTH_HEADER", "CLOSE_DEADLINE", "CLOSE_INVALID_ARGUMENT", "CLOSE_POLICY", "INPUT_MIME",
     "INPUT_RATE", "OUTPUT_MIME", "OUTPUT_RATE", "AudioChunk", "ContextCompression", "FunctionCall",
-    "FunctionResponse", "GeminiEvent", "GeminiProtocolError", "GeminiSetup", "GenerationComplete",
+    "FunctionResponse", "GeminiEvent", "GeminiSetup", "GenerationComplete",
     "GoAway", "InputTranscription", "Interrupted", "ModelText", "OutputTranscription",
     "SessionResumptionUpdate", "SetupComplete", "ToolCall", "ToolCallCancellation", "TurnComplete",
     "UsageMetadata", "VadSettings", "activity_end", "activity_start", "audio_stream_end",
@@ -72,19 +72,6 @@ def live_url(base_url: str = "wss://generativelanguage.googleapis.com",
     if api_version not in ("v1beta", "v1alpha", "v1"):
         _local(f"api_version must be 'v1beta', 'v1alpha' or 'v1', got {api_version!r}")
     return base_url.rstrip("/") + _LIVE_PATH.format(api_version)
-
-
-class GeminiProtocolError(RemoteProtocolError):
-    """Gemini sent something that breaks protocols.md 3.
-
-    ``reason`` is a short token for counters: ``malformed_json``, ``not_object``,
-    ``bad_type``, ``bad_value``, ``missing_field``. ``field`` names the offending field.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
 
 
 def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:

@@ -60,7 +60,7 @@ from websockets.protocol import State
 
 from agentic_fast.core import metrics
 from agentic_fast.core.config import GeminiConfig
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import GeminiProtocolError, PeerUnavailableError, SetupRejected
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.gemini import events as ge
@@ -69,7 +69,6 @@ from agentic_fast.providers.gemini.session import (
     GeminiLink,
     LinkOptions,
     Resumption,
-    SetupRejected,
     TurnTracker,
     close_info,
     open_link,
@@ -652,7 +651,7 @@ class GeminiLiveProvider(RealtimeProvider):
                 return  # dropped on purpose: its events are ignored
             try:
                 events = parse(frame)
-            except ge.GeminiProtocolError as exc:
+            except GeminiProtocolError as exc:
                 metrics.incr("gemini.messages.bad." + exc.reason)
                 self.log.warning("gemini.message_bad", reason=exc.reason, field=exc.field,
                                  detail=str(exc)[:200])

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import GeminiProtocolError, PeerUnavailableError, SetupRejected
 from agentic_fast.providers.base import ProviderListener
 from agentic_fast.providers.gemini.events import (
     AUTH_HEADER,
@@ -39,7 +39,6 @@ from agentic_fast.providers.gemini.events import (
     OUTPUT_RATE,
     AudioChunk,
     GeminiEvent,
-    GeminiProtocolError,
     GenerationComplete,
     InputTranscription,
     Interrupted,
@@ -53,7 +52,7 @@ from agentic_fast.providers.gemini.events import (
 )
 from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
 
-__all__ = ["PEER", "GeminiLink", "LinkOptions", "Resumption", "SetupRejected", "TurnTracker",
+__all__ = ["PEER", "GeminiLink", "LinkOptions", "Resumption", "TurnTracker",
            "close_info", "open_link"]
 
 PEER = "gemini"
@@ -62,20 +61,6 @@ PEER = "gemini"
 SETUP_REFUSED = frozenset({CLOSE_INVALID_ARGUMENT, CLOSE_POLICY})
 #: HTTP refusals of the WebSocket upgrade that no retry fixes.
 FATAL_STATUS = frozenset({400, 401, 403, 404})
-
-
-class SetupRejected(PeerUnavailableError):
-    """The server closed the socket instead of answering ``setup`` with ``setupComplete``.
-
-    ``code``/``reason`` are the close frame's (1006 and "" when there was none);
-    ``fatal`` says a retry of the same setup is pointless (1007/1008, HTTP 4xx).
-    """
-
-    def __init__(self, message: str, *, code: int, reason: str, fatal: bool) -> None:
-        self.code = code
-        self.reason = reason
-        self.fatal = fatal
-        super().__init__(message, peer=PEER)
 
 
 class LinkOptions:

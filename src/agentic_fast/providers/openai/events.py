@@ -32,7 +32,7 @@ from typing import Any, Literal, NoReturn
 import orjson
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import RemoteProtocolError
+from agentic_fast.core.errors import OpenAIProtocolError
 from agentic_fast.core.log import get_logger
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "ConversationItemDone", "ConversationItemTruncated", "ErrorEvent", "FunctionCall",
     "FunctionCallArgumentsDelta", "FunctionCallArgumentsDone", "InputAudioCleared",
     "InputAudioCommitted", "InputTranscriptionCompleted", "InputTranscriptionDelta",
-    "InputTranscriptionFailed", "OpenAIProtocolError", "OutputAudioDelta", "OutputAudioDone",
+    "InputTranscriptionFailed", "OutputAudioDelta", "OutputAudioDone",
     "OutputAudioTranscriptDelta", "OutputAudioTranscriptDone", "OutputTextDelta",
     "OutputTextDone", "RateLimit", "RateLimitsUpdated", "RealtimeState",
     "ResponseContentPartAdded", "ResponseContentPartDone", "ResponseCreated", "ResponseDone",
@@ -63,19 +63,6 @@ AUDIO_FORMATS: Mapping[str, Mapping[str, Any]] = {
 #: Bytes of audio per millisecond for each format (protocols.md 4.1).
 BYTES_PER_MS: Mapping[str, int] = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 _FORMAT_BY_WIRE_TYPE = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
-
-
-class OpenAIProtocolError(RemoteProtocolError):
-    """OpenAI sent something that breaks protocols.md section 2.
-
-    ``reason`` is a short token for counters: ``malformed_json``, ``not_object``,
-    ``missing_field``, ``bad_type``, ``bad_value``. ``field`` names the offending field.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
 
 
 # --------------------------------------------------------------------------- events

@@ -96,7 +96,7 @@ from websockets.protocol import State
 
 from agentic_fast.core import metrics
 from agentic_fast.core.config import OpenAIRealtimeConfig
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import OpenAIProtocolError, PeerUnavailableError
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.openai import commands as oc
@@ -755,7 +755,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                 return  # dropped on purpose: its events are ignored
             try:
                 event = receive(frame)
-            except oe.OpenAIProtocolError as exc:
+            except OpenAIProtocolError as exc:
                 metrics.incr("openai.events.bad." + exc.reason)
                 self.log.warning("openai.event_bad", reason=exc.reason, field=exc.field,
                                  detail=str(exc)[:200])
