@@ -10,12 +10,14 @@ from agentic_fast.call.manager import (
     DTMF_LIMIT,
     STREAM_ERROR_CHARS,
     STREAM_ERRORS_LIMIT,
-    TERMINAL_STATES,
     TRANSCRIPT_TEXT_CHARS,
-    TRANSITIONS,
     CallDirection,
     CallManager,
     CallSession,
+)
+from agentic_fast.call.status import (
+    TERMINAL_STATES,
+    TRANSITIONS,
     CallStatus,
     Transition,
     check_transition,

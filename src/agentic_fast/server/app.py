@@ -309,7 +309,7 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
         metrics.incr("twilio.status.rejected")
         log.warning("status.rejected", detail=str(exc)[:200])
         return _error(400, str(exc))
-    applied = svc.manager.apply_status(cb.call_sid, mapped.status.value, reason=mapped.reason,
+    applied = svc.manager.apply_status(cb.call_sid, mapped.status, reason=mapped.reason,
                                        sequence=cb.sequence_number)
     log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
              applied=applied)

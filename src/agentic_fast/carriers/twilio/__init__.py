@@ -29,7 +29,6 @@ from agentic_fast.carriers.twilio.signature import (
 )
 from agentic_fast.carriers.twilio.status import (
     CallStatusCallback,
-    LifecycleStatus,
     StatusMapping,
     StreamStatusCallback,
     map_call_status,
@@ -50,7 +49,6 @@ __all__ = [
     "CallStatusCallback",
     "Connected",
     "Dtmf",
-    "LifecycleStatus",
     "Mark",
     "Media",
     "MediaFormat",

@@ -1,6 +1,6 @@
 """Call and stream status callbacks (protocols.md 1.7, 1.8), sans-I/O.
 
-Twilio's ``CallStatus`` values fold onto our lifecycle::
+Twilio's ``CallStatus`` values map into our :class:`~agentic_fast.call.status.CallStatus`::
 
     queued, initiated      -> initiating
     ringing                -> ringing
@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 
+from agentic_fast.call.status import CallStatus
 from agentic_fast.core.errors import TwilioProtocolError
 
 __all__ = [
     "CallStatusCallback",
-    "LifecycleStatus",
     "StatusMapping",
     "StreamStatusCallback",
     "map_call_status",
@@ -37,26 +36,17 @@ __all__ = [
 ]
 
 
-class LifecycleStatus(StrEnum):
-    """Our call lifecycle status as far as Twilio reports it."""
-
-    INITIATING = "initiating"
-    RINGING = "ringing"
-    IN_PROGRESS = "in-progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True, slots=True)
 class StatusMapping:
-    """A Twilio ``CallStatus`` seen as our status; ``reason`` is set on terminal ones."""
+    """A Twilio ``CallStatus`` seen as our :class:`CallStatus`; ``reason`` is set on terminal
+    ones."""
 
-    status: LifecycleStatus
+    status: CallStatus
     reason: str | None
     terminal: bool
 
 
-_L = LifecycleStatus
+_L = CallStatus
 _MAPPING: dict[str, StatusMapping] = {
     "queued": StatusMapping(_L.INITIATING, None, False),
     "initiated": StatusMapping(_L.INITIATING, None, False),
@@ -90,7 +80,7 @@ class CallStatusCallback:
     call_sid: str
     account_sid: str | None
     call_status: str  # Twilio's value, as sent
-    status: LifecycleStatus
+    status: CallStatus
     reason: str | None
     terminal: bool
     sequence_number: int | None
