@@ -6,9 +6,9 @@ import numpy as np
 import soxr
 
 from agentic_fast._audiocore import buffers as _buffers
+from agentic_fast._audiocore.active import implementation_module
 from agentic_fast._audiocore.spec import odd_pcm
 from agentic_fast._audiocore.tables import FIR_DESIGNS
-from agentic_fast.audio import implementation_module
 
 
 class Resampler:
