@@ -21,8 +21,8 @@ from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
     GatewayConnectionError,
+    GatewayProtocolError,
     GatewayTimeoutError,
-    RemoteProtocolError,
 )
 from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.protocol import DELTA, FINAL, ChatEvent, chat_send_params
@@ -240,7 +240,8 @@ class ChatRun:
         """Runs in the reader with the response: route the run before any later event."""
         run_id = payload.get("runId") if isinstance(payload, dict) else None
         if not isinstance(run_id, str) or not run_id:
-            raise RemoteProtocolError("chat.send: response without a runId", peer="openclaw")
+            raise GatewayProtocolError("chat.send: response without a runId",
+                                       reason="missing_field", field="runId")
         self.run_id = run_id
         self._route = self._client.open_route(run_id, self.session_key)
         _log.debug("gateway.run.started", run_id=run_id, session_key=self.session_key)

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import orjson
 
 from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
     "DTMF_DIGITS",
@@ -147,23 +148,11 @@ TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
 # --------------------------------------------------------------------------- field access
 
 
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise TwilioProtocolError(message, reason=reason, field=fld)
-
-
-def _obj(msg: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
-    value = msg[key]
-    if type(value) is not dict:
-        _fail("bad_type", f"{where}{key!r} must be a JSON object, got {type(value).__name__}",
-              where + key)
-    return value
-
-
-def _str(msg: dict[str, Any], key: str, where: str = "") -> str:
-    value = msg[key]
-    if type(value) is not str:
-        _fail("bad_type", f"{where}{key!r} must be a string, got {value!r:.40}", where + key)
-    return value
+_FIELDS = JsonFields(TwilioProtocolError)
+_fail = _FIELDS.fail
+_obj = _FIELDS.get_obj
+_str = _FIELDS.get_str
+_int = _FIELDS.get_int
 
 
 def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
@@ -176,14 +165,6 @@ def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
         _fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
               f"{MAX_NUM_DIGITS})", where + key)
     return int(value)
-
-
-def _int(msg: dict[str, Any], key: str, where: str) -> int:
-    value = msg[key]
-    if type(value) is not int:
-        _fail("bad_type", f"{where}{key!r} must be a JSON integer, got {value!r:.40}",
-              where + key)
-    return value
 
 
 def _sid(msg: dict[str, Any], key: str, prefix: str, where: str = "") -> str:

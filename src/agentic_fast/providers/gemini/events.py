@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 import orjson
 
 from agentic_fast.core.errors import GeminiProtocolError, LocalProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 from agentic_fast.core.metrics import incr
 
 __all__ = [
@@ -74,8 +75,9 @@ def live_url(base_url: str = "wss://generativelanguage.googleapis.com",
     return base_url.rstrip("/") + _LIVE_PATH.format(api_version)
 
 
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise GeminiProtocolError(message, reason=reason, field=fld)
+_FIELDS = JsonFields(GeminiProtocolError)
+_fail = _FIELDS.fail
+_str = _FIELDS.check_str
 
 
 def _local(message: str) -> NoReturn:
@@ -580,12 +582,6 @@ _GENERATION_COMPLETE = GenerationComplete()
 _PCM_RATE_RE = re.compile(r"audio/pcm(?:;\s*rate=(\d+))?")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)s")
 Out = list[GeminiEvent]
-
-
-def _str(value: Any, where: str) -> str:
-    if type(value) is not str:
-        _fail("bad_type", f"{where} must be a string, got {value!r:.40}", where)
-    return value
 
 
 def _int(value: Any, where: str) -> int:
