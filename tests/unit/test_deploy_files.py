@@ -20,12 +20,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from agentic_fast.config import Config, ServerConfig
+from agentic_fast.core.config import Config, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "agentic_fast"
 DOCS = ("docs/deploy.md", "docs/design.md")
-#: aiohttp's runner shutdown after the drain (serve.make_runner), plus margin
+#: aiohttp's runner shutdown after the drain (its shutdown_timeout), plus margin
 AFTER_DRAIN_S = 10.0
 
 
