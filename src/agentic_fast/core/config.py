@@ -27,7 +27,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -217,9 +217,10 @@ class _Section:
 
     __slots__ = ()
     PATH: ClassVar[str]  # dotted key path of the section in config.yaml
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every section is a dataclass
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             if not f.metadata:
                 continue
             key = f"{self.PATH}.{f.name}"

@@ -17,7 +17,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
@@ -160,7 +160,8 @@ class FrontProtocol(asyncio.Protocol):
         self._body_wait = -1  # once the head of a plain request is read: bytes to wait for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # a stream server's protocol is always handed a stream (write) transport
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._slot = self._pending.admit(self._remote, self._evicted)
