@@ -17,7 +17,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from aiohttp import web
 
@@ -140,7 +140,8 @@ class FrontProtocol(asyncio.Protocol):
     """First protocol of every connection: reads the request head (bounded in time and
     size), then routes the connection to a WebSocket route or to aiohttp."""
 
-    def __init__(self, http_factory: Any, routes: dict[str, UpgradeHandler],
+    def __init__(self, http_factory: Callable[[], asyncio.Protocol],
+                 routes: dict[str, UpgradeHandler],
                  limits: ListenerLimits | None = None,
                  pending: PendingConnections | None = None,
                  trusted: TrustedProxies | None = None) -> None:
