@@ -27,17 +27,22 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
 
 from agentic_fast.core.errors import ConfigError
 from agentic_fast.core.model_status import Kind, model_notice
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_SectionT = TypeVar("_SectionT", bound="DataclassInstance")
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
@@ -212,9 +217,10 @@ class _Section:
 
     __slots__ = ()
     PATH: ClassVar[str]  # dotted key path of the section in config.yaml
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every section is a dataclass
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             if not f.metadata:
                 continue
             key = f"{self.PATH}.{f.name}"
@@ -727,7 +733,7 @@ class _Loader:
         finally:
             self.yaml.dispose()
 
-    def section(self, cls: type, node: yaml.Node, path: str) -> Any:
+    def section(self, cls: type[_SectionT], node: yaml.Node, path: str) -> _SectionT:
         if not isinstance(node, yaml.MappingNode):
             raise self.error(path, f"expected a mapping of settings, got {_describe(node)}", node)
         own = {id(key_node) for key_node, _ in node.value}  # keys not from a merge
@@ -774,7 +780,7 @@ class _Loader:
         return self.lines.get(key)
 
     def value(self, tp: Any, node: yaml.Node, key: str, secret: bool = False) -> Any:
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)

@@ -126,7 +126,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
+def _error(status: int, message: str, /, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status=status)
 
 
