@@ -143,10 +143,10 @@ class EventKind(IntEnum):
 class StreamEvent:
     """Base of the carrier-neutral stream events.
 
-    Each neutral event below declares, as read-only properties, what the carrier-neutral
-    code reads; a carrier's event classes subclass them (``@dataclass(slots=True)``) and
-    provide those names as fields (a slot shadows the property: no cost per frame) or as
-    properties over their own wire fields.
+    Each neutral event below declares, as read-only properties (for the type checker:
+    nothing at run time), what the carrier-neutral code reads; a carrier's event classes
+    subclass them (``@dataclass(frozen=True, slots=True)``) and provide those names as
+    fields or as properties over their own wire fields.
     """
 
     __slots__ = ()
@@ -166,25 +166,27 @@ class StreamStart(StreamEvent):
     __slots__ = ()
     kind: ClassVar[EventKind] = EventKind.START
 
-    @property
-    @abstractmethod
-    def carrier_call_id(self) -> str:
-        """The carrier's id of the call (Twilio: the CallSid; Telnyx: call_control_id)."""
+    if TYPE_CHECKING:  # declared for the type checker only: a dataclass field
+        # of the same name must not inherit a property as its default
+        @property
+        @abstractmethod
+        def carrier_call_id(self) -> str:
+            """The carrier's id of the call (Twilio: the CallSid; Telnyx: call_control_id)."""
 
-    @property
-    @abstractmethod
-    def stream_id(self) -> str:
-        """The carrier's id of this stream (Twilio: streamSid; Telnyx: stream_id)."""
+        @property
+        @abstractmethod
+        def stream_id(self) -> str:
+            """The carrier's id of this stream (Twilio: streamSid; Telnyx: stream_id)."""
 
-    @property
-    @abstractmethod
-    def params(self) -> Mapping[str, str]:
-        """Our :class:`StreamTarget` params as the carrier gave them back (call id, token)."""
+        @property
+        @abstractmethod
+        def params(self) -> Mapping[str, str]:
+            """Our :class:`StreamTarget` params as the carrier gave them back (call id, token)."""
 
-    @property
-    @abstractmethod
-    def leg(self) -> LegFormat:
-        """The audio format of the stream (both ways)."""
+        @property
+        @abstractmethod
+        def leg(self) -> LegFormat:
+            """The audio format of the stream (both ways)."""
 
 
 class MediaChunk(StreamEvent):
@@ -193,15 +195,17 @@ class MediaChunk(StreamEvent):
     __slots__ = ()
     kind: ClassVar[EventKind] = EventKind.MEDIA
 
-    @property
-    @abstractmethod
-    def payload(self) -> str:
-        """Base64 audio in the leg's format, exactly as received (not decoded)."""
+    if TYPE_CHECKING:  # declared for the type checker only: a dataclass field
+        # of the same name must not inherit a property as its default
+        @property
+        @abstractmethod
+        def payload(self) -> str:
+            """Base64 audio in the leg's format, exactly as received (not decoded)."""
 
-    @property
-    @abstractmethod
-    def timestamp_ms(self) -> int:
-        """Milliseconds since the stream started, as the carrier counts them."""
+        @property
+        @abstractmethod
+        def timestamp_ms(self) -> int:
+            """Milliseconds since the stream started, as the carrier counts them."""
 
 
 class DtmfDigit(StreamEvent):
@@ -210,10 +214,12 @@ class DtmfDigit(StreamEvent):
     __slots__ = ()
     kind: ClassVar[EventKind] = EventKind.DTMF
 
-    @property
-    @abstractmethod
-    def digit(self) -> str:
-        """The key."""
+    if TYPE_CHECKING:  # declared for the type checker only: a dataclass field
+        # of the same name must not inherit a property as its default
+        @property
+        @abstractmethod
+        def digit(self) -> str:
+            """The key."""
 
 
 class PlayoutMark(StreamEvent):
@@ -222,10 +228,12 @@ class PlayoutMark(StreamEvent):
     __slots__ = ()
     kind: ClassVar[EventKind] = EventKind.MARK
 
-    @property
-    @abstractmethod
-    def name(self) -> str:
-        """The name we gave the mark."""
+    if TYPE_CHECKING:  # declared for the type checker only: a dataclass field
+        # of the same name must not inherit a property as its default
+        @property
+        @abstractmethod
+        def name(self) -> str:
+            """The name we gave the mark."""
 
 
 class StreamStop(StreamEvent):
