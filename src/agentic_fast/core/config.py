@@ -47,6 +47,9 @@ _SectionT = TypeVar("_SectionT", bound="DataclassInstance")
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
 
+CARRIERS = ("twilio", "telnyx")
+"""Values of ``carrier`` (see ``agentic_fast.carriers.registry``)."""
+
 _DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Keep answers short and natural, "
     "one or two sentences, and ask when something is unclear."
@@ -543,6 +546,8 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
+    # the telephone carrier whose webhooks and media streams this server takes
+    carrier: str = "twilio"
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
     gemini: GeminiConfig = field(default_factory=GeminiConfig)
@@ -554,6 +559,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.carrier not in CARRIERS:
+            close = difflib.get_close_matches(self.carrier, CARRIERS, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}, got "
+                              f"{self.carrier!r}{hint}", key="carrier")
         provider, fmt = self.audio.provider, self.openai_realtime.audio_format
         wanted = "pcmu" if provider == "openai-pcmu" else "pcm16"
         if fmt and provider != "gemini" and fmt != wanted:
