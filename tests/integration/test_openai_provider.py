@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import OpenAIRealtimeConfig, VadConfig
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.providers.openai.commands import function_tool
 from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
-from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession, ResponseScript
 
 TIMEOUT = 5.0

@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agentic_fast import __version__
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
@@ -53,7 +54,6 @@ from agentic_fast.gateway.device import (
     load_or_create_identity,
 )
 from agentic_fast.gateway.protocol import (
-    Backoff,
     ChatEvent,
     ClientHandshake,
     Event,
@@ -125,7 +125,7 @@ class GatewayClient:
         self._handshake_timeout = handshake_timeout
         self._request_timeout = request_timeout
         self._abort_timeout = abort_timeout
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff.endless()
         self._sleep = sleep
         self._max_retries = max_request_retries
         self._max_pending = max_pending
@@ -313,7 +313,7 @@ class GatewayClient:
                         if not exc.retryable or attempt >= self._max_retries:
                             raise
                         attempt += 1
-                        delay = _retry_delay(exc, delays, self._backoff.maximum)
+                        delay = _retry_delay(exc, delays, self._backoff.max_delay_s)
                         metrics.incr("gateway.request.retries")
                         _log.info("gateway.request.retry", method=method, code=exc.code,
                                   attempt=attempt, delay_s=round(delay, 3))
@@ -425,7 +425,7 @@ class GatewayClient:
                     self._ready.set()
                     return
                 else:
-                    delay = _retry_delay(exc, delays, self._backoff.maximum)
+                    delay = _retry_delay(exc, delays, self._backoff.max_delay_s)
                     self._on_retryable_refusal(exc, delay)
             except InvalidURI as exc:
                 self._fatal = GatewayError(f"bad gateway url {self._url}: {exc}",

@@ -59,6 +59,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import GeminiConfig
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.core.log import get_logger
@@ -74,7 +75,7 @@ from agentic_fast.providers.gemini.session import (
     close_info,
     open_link,
 )
-from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.providers.reconnect import ChunkBacklog, carry_over_summary
 from agentic_fast.ws.client_connection import StallWatch
 
 __all__ = ["GeminiLiveProvider"]

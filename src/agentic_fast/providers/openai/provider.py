@@ -95,13 +95,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import OpenAIRealtimeConfig
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
 from agentic_fast.providers.openai import commands as oc
 from agentic_fast.providers.openai import events as oe
-from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.providers.reconnect import ChunkBacklog, carry_over_summary
 from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
 
 __all__ = ["OpenAIRealtimeProvider"]
