@@ -47,6 +47,7 @@ from agentic_fast.core.errors import (
     RemoteProtocolError,
 )
 from agentic_fast.core.log import get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.gateway.credentials import DeviceCredentials
 from agentic_fast.gateway.device import (
     DeviceIdentity,
@@ -137,7 +138,7 @@ class GatewayClient:
         self._early = PendingRunBuffer(early_buffer_size)
         self._pending: dict[str, _Pending] = {}
         self._routes: dict[str, RunRoute] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("gateway", _log, expected=(AgenticFastError,))
         self._link: _Link | None = None
         self._ready = asyncio.Event()
         self._manager: asyncio.Task[None] | None = None
@@ -227,8 +228,7 @@ class GatewayClient:
         """Let pending aborts go out (bounded), then close the link and fail what is left."""
         if self._closing:
             return
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self._abort_timeout)
+        await self._tasks.wait(timeout=self._abort_timeout)
         self._closing = True
         self._ready.set()
         link = self._link
@@ -240,8 +240,7 @@ class GatewayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._manager
         self._fail_all("client closed")
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
     async def __aenter__(self) -> GatewayClient:
         await self.start()
@@ -369,18 +368,7 @@ class GatewayClient:
         return entry
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            if not isinstance(exc, AgenticFastError):
-                _log.error("gateway.task.failed", error=repr(exc))
-                metrics.incr("gateway.task.failed")
+        return self._tasks.spawn(coro)
 
     # --- internals: runs --------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from agentic_fast.carriers.twilio.media import (
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
 from agentic_fast.core.log import BoundLogger, get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.ws.frames import OP_CLOSE, OP_TEXT
 from agentic_fast.ws.server_socket import (
     CLOSE_GOING_AWAY,
@@ -194,7 +195,7 @@ class MediaStreamHandler:
         self.max_control_frames_per_s = max_control_frames_per_s
         self.max_write_buffer_bytes = max_write_buffer_bytes
         self._sockets: set[MediaSocket] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("twilio.media", log)
 
     @property
     def open_sockets(self) -> int:
@@ -205,8 +206,7 @@ class MediaStreamHandler:
         for sock in list(self._sockets):
             with contextlib.suppress(Exception):
                 await sock.close(CLOSE_GOING_AWAY, reason)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self._tasks.wait(timeout=5.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp route: reached only by a plain GET, or an upgrade that was not the
@@ -234,9 +234,7 @@ class MediaStreamHandler:
         sock.take_over(transport, leftover)
         self._sockets.add(sock)
         metrics.incr("twilio.media.connections")
-        task = asyncio.get_running_loop().create_task(self._run(sock, remote))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run(sock, remote))
 
     async def _run(self, sock: MediaSocket, address: str) -> None:
         try:
