@@ -334,16 +334,6 @@ class OpenAIRealtimeProvider(ModelConnection):
         text = f"error {code}: {event.message[:300]}"
         return _Refused(text) if event.error_type == "server_error" else _Fatal(text)
 
-    def _refused(self, seq: int, event: oe.ErrorEvent) -> Exception:
-        """The exception for an ``error`` sent instead of ``session.created``: its code and
-        message, fatal unless the server says it is its own fault (``server_error``)."""
-        code = event.code or event.error_type
-        metrics.incr("openai.connect.refused." + code[:60])
-        self.log.error("openai.session_refused", session=seq, code=event.code,
-                       error_type=event.error_type, detail=event.message[:300])
-        text = f"error {code}: {event.message[:300]}"
-        return _Refused(text) if event.error_type == "server_error" else _Fatal(text)
-
     async def _switch(self, reason: str, proactive: bool) -> None:
         """Open a new session (with backoff) and switch the call to it: at a quiet moment
         (bounded by ``carry_over_grace_s``) when ``proactive``, else at once."""
