@@ -51,16 +51,16 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from agentic_fast.core import metrics
 from agentic_fast.core.backoff import Backoff, BackoffRun
-from agentic_fast.core.config import GeminiConfig
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.config import Config, GeminiConfig
+from agentic_fast.core.errors import ConfigError, PeerUnavailableError
 from agentic_fast.core.log import get_logger
-from agentic_fast.providers.base import ProviderListener
+from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 from agentic_fast.providers.connection import ModelConnection, NullListener
 from agentic_fast.providers.gemini import events as ge
 from agentic_fast.providers.gemini.session import (
@@ -73,6 +73,10 @@ from agentic_fast.providers.gemini.session import (
     open_link,
 )
 from agentic_fast.providers.reconnect import carry_over_summary
+from agentic_fast.providers.registry import ProviderContext, register
+
+if TYPE_CHECKING:
+    from agentic_fast.call.manager import CallSession
 
 __all__ = ["GeminiLiveProvider"]
 
@@ -340,3 +344,25 @@ class GeminiLiveProvider(ModelConnection):
 
     def _on_usage(self, link: GeminiLink, event: ge.UsageMetadata) -> None:
         self.stats["tokens"] += event.total_token_count
+
+
+def build(config: Config, context: ProviderContext
+          ) -> Callable[[CallSession], RealtimeProvider]:
+    """:data:`registry.Builder` of ``gemini``. The brain's declarations go wrapped in one
+    Tool (``[{"functionDeclarations": [...]}]``): the Live API closes a setup whose
+    ``tools`` hold bare declarations (1007)."""
+    if not config.gemini.api_key:
+        raise ConfigError("gemini.api_key is not set (audio.provider is gemini)",
+                          key="gemini.api_key")
+    gemini = config.gemini
+    tools = [ge.function_tool(*context.declarations)] if context.declarations else None
+
+    def make(session: CallSession) -> RealtimeProvider:
+        return GeminiLiveProvider(gemini, call_id=session.call_id,
+                                  connect_timeout_s=context.connect_timeout_s,
+                                  tools=tools, stall_timeout_s=context.stall_timeout_s)
+
+    return make
+
+
+register("gemini", build)

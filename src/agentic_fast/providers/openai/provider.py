@@ -87,21 +87,26 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from websockets.exceptions import InvalidStatus
 
 from agentic_fast.core import metrics
 from agentic_fast.core.backoff import Backoff
-from agentic_fast.core.config import OpenAIRealtimeConfig
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.config import Config, OpenAIRealtimeConfig
+from agentic_fast.core.errors import ConfigError, PeerUnavailableError
 from agentic_fast.core.log import get_logger
+from agentic_fast.providers.base import RealtimeProvider
 from agentic_fast.providers.connection import Link, LinkOptions, ModelConnection, open_socket
 from agentic_fast.providers.openai import commands as oc
 from agentic_fast.providers.openai import events as oe
 from agentic_fast.providers.reconnect import carry_over_summary
+from agentic_fast.providers.registry import ProviderContext, register
 from agentic_fast.ws.client_connection import FastClientConnection
+
+if TYPE_CHECKING:
+    from agentic_fast.call.manager import CallSession
 
 __all__ = ["OpenAIRealtimeProvider"]
 
@@ -558,3 +563,27 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (_Fatal, _Refused)):
         return str(exc)
     return f"{exc!r:.200}"
+
+
+def build(config: Config, context: ProviderContext
+          ) -> Callable[[CallSession], RealtimeProvider]:
+    """:data:`registry.Builder` of ``openai`` and ``openai-pcmu``."""
+    if not config.openai_realtime.api_key:
+        raise ConfigError("openai_realtime.api_key is not set (audio.provider is "
+                          f"{config.audio.provider})", key="openai_realtime.api_key")
+    settings = config.openai_realtime
+    tools = context.tools or None
+    # a minimum barge-in speech duration needs us (not the server's VAD) to cancel
+    server_cancels = config.bridge.barge_in_min_speech_ms == 0
+
+    def make(session: CallSession) -> RealtimeProvider:
+        return OpenAIRealtimeProvider(settings, call_id=session.call_id,
+                                      connect_timeout_s=context.connect_timeout_s,
+                                      tools=tools, interrupt_response=server_cancels,
+                                      stall_timeout_s=context.stall_timeout_s)
+
+    return make
+
+
+register("openai", build)
+register("openai-pcmu", build)
