@@ -1,8 +1,9 @@
 """Gemini Live provider: one call's socket(s), reader, goAway rotation and resumption.
 
 The wire format lives in :mod:`gemini_events` (sans-I/O), one connection's handshake and the
-resumption state in :mod:`gemini_session`; this module moves frames and keeps the call's
-turn state. Shape and send path follow :mod:`openai_realtime`.
+resumption state in :mod:`gemini_session`; the socket's life (connect, write path, reader,
+loss, stall watch, backlog and replay, close) is :class:`connection.ModelConnection`. This
+module is the Gemini policy on top: setup and resumption, goAway rotation, turn state.
 
 Send path. Frames are written synchronously, so ``send_audio`` never awaits: each is one
 whole masked text frame and one ``transport.write``

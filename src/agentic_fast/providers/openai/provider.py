@@ -1,5 +1,10 @@
 """OpenAI Realtime (GA) provider: one call's socket, its events, reconnects and carry-over.
 
+The socket's life (connect, write path, reader, loss, stall watch, backlog, switch with
+backoff, close) is written once in :class:`connection.ModelConnection`; this module is the
+OpenAI policy on top (session setup, carry-over, response bookkeeping). What follows
+describes the whole behaviour.
+
 The wire format lives in :mod:`openai_commands` (client events we send) and
 :mod:`openai_events` (server events, parsing, state), both sans-I/O; this module is the I/O
 shell around them (python-websockets ``asyncio/connection.py`` style): open and configure a
