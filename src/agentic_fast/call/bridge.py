@@ -34,6 +34,7 @@ from agentic_fast.call.timers import CallLimits, CallTimers, Scheduler
 from agentic_fast.carriers.base import FRAME_MS, PCMU_8K, LegFormat
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 
 __all__ = ["FRAME_MS", "AudioBridge", "BridgeSettings", "ConversationSink",
@@ -130,7 +131,7 @@ class AudioBridge(ProviderListener):
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("bridge", self.log)
         # counters for the closing log line and tests
         self.frames_out = 0
         self.dropped_frames = 0
@@ -208,8 +209,7 @@ class AudioBridge(ProviderListener):
                 self.log.exception("bridge.conversation_error")
         if self._speech_timer is not None:
             self._speech_timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         with contextlib.suppress(Exception):
             await self.provider.close()
         metrics.incr("bridge.closed")
@@ -484,7 +484,4 @@ class AudioBridge(ProviderListener):
                       dropped_frames=dropped)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)

@@ -23,6 +23,7 @@ from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
 from agentic_fast.core.errors import CarrierApiError
 from agentic_fast.core.log import get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.providers.base import RealtimeProvider
 
 log = get_logger("bridge")
@@ -49,7 +50,7 @@ class AudioBridgeFactory:
             connect_timeout_s=b.provider_connect_timeout_s)
         self.limits = call_limits(config)
         self._warm: dict[str, RealtimeProvider] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("bridge.factory", log)
         self.manager: CallManager | None = None
         #: the carrier's call control (REST), to end calls gracefully
         self.rest: CallControl | None = None
@@ -159,14 +160,11 @@ class AudioBridgeFactory:
             with contextlib.suppress(Exception):
                 await provider.close()
         self._warm.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         await self.pacer.close()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 def call_limits(config: Config) -> CallLimits:

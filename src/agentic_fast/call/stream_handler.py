@@ -40,6 +40,7 @@ from agentic_fast.carriers.base import (
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import AudioFormatError, CarrierProtocolError, PeerUnavailableError
 from agentic_fast.core.log import BoundLogger, get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.ws.frames import OP_CLOSE, OP_TEXT
 from agentic_fast.ws.server_socket import (
     CLOSE_GOING_AWAY,
@@ -211,7 +212,7 @@ class MediaStreamHandler:
         self.max_control_frames_per_s = max_control_frames_per_s
         self.max_write_buffer_bytes = max_write_buffer_bytes
         self._sockets: set[MediaSocket] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("twilio.media", log)
 
     @property
     def open_sockets(self) -> int:
@@ -222,8 +223,7 @@ class MediaStreamHandler:
         for sock in list(self._sockets):
             with contextlib.suppress(Exception):
                 await sock.close(CLOSE_GOING_AWAY, reason)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self._tasks.wait(timeout=5.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp route: reached only by a plain GET, or an upgrade that was not the
@@ -252,9 +252,7 @@ class MediaStreamHandler:
         self._sockets.add(sock)
         metrics.incr(f"{self.prefix}.connections")
         query = dict(parse_qsl(request.query, max_num_fields=32))
-        task = asyncio.get_running_loop().create_task(self._run(sock, remote, query))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run(sock, remote, query))
 
     async def _run(self, sock: MediaSocket, address: str, query: dict[str, str]) -> None:
         try:

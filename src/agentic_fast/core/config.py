@@ -26,7 +26,7 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
 from functools import cache
@@ -70,7 +70,7 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # -- field metadata and value checks ------------------------------------------------------------
 
 def _m(*, lo: float | None = None, hi: float | None = None, gt: float | None = None,
-       choices: tuple[str, ...] | None = None, check: Callable[[Any], Any] | None = None,
+       choices: Sequence[str] | None = None, check: Callable[[Any], Any] | None = None,
        each: Callable[[Any], Any] | None = None, secret: bool = False) -> dict[str, Any]:
     """Field metadata: inclusive ``lo``/``hi``, exclusive ``gt``, ``choices``, a normalising
     ``check`` (returns the value, raises ``ValueError``), ``each`` (check per list item),
@@ -452,13 +452,17 @@ class BrainConfig(_Section):
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
+#: The ``audio.provider`` names a config may select: the built-in providers, and every name
+#: registered since (:func:`agentic_fast.providers.registry.register` adds to it).
+PROVIDER_NAMES: list[str] = ["openai", "gemini", "openai-pcmu"]
+
+
 @dataclass(frozen=True, slots=True)
 class AudioConfig(_Section):
     """Audio path: which provider format the converter targets, handoff chunk size."""
 
     PATH: ClassVar[str] = "audio"
-    provider: str = field(default="openai", metadata=_m(choices=("openai", "gemini",
-                                                                   "openai-pcmu")))
+    provider: str = field(default="openai", metadata=_m(choices=PROVIDER_NAMES))
     handoff_ms: int = field(default=20, metadata=_m(lo=20, hi=100))
 
 
