@@ -44,6 +44,7 @@ def test_docstring_draws_every_class_of_the_tree() -> None:
 
 @pytest.mark.parametrize("exc, peer", [
     (E.TwilioProtocolError("bad", reason="bad_type", field="event"), "twilio"),
+    (E.CarrierProtocolError("bad", reason="binary_frame", peer="telnyx"), "telnyx"),
     (E.WebhookBodyError("bad", status=400, reason="too_long"), "twilio"),
     (E.OpenAIProtocolError("bad", reason="bad_type"), "openai"),
     (E.GeminiProtocolError("bad", reason="bad_type"), "gemini"),
@@ -60,6 +61,7 @@ def test_remote_protocol_errors_name_their_peer(exc: E.RemoteProtocolError, peer
 
 @pytest.mark.parametrize("exc, peer", [
     (E.TwilioApiError("down", code=20003, status=401), "twilio"),
+    (E.CarrierApiError("down", peer="telnyx", code="10015", status=422), "telnyx"),
     (E.SetupRejected("closed", code=1007, reason="", fatal=True), "gemini"),
     (E.ProviderUnreachableError("down", peer="openai"), "openai"),
     (E.ClassifierError("down"), "classifier"),
@@ -91,3 +93,10 @@ def test_stdlib_bases_kept() -> None:
     assert issubclass(E.AudioFormatError, ValueError)
     assert issubclass(E.GatewayTimeoutError, TimeoutError)
     assert issubclass(E.GatewayBusyError, E.GatewayConnectionError)
+
+
+def test_twilio_errors_are_the_carrier_errors() -> None:
+    """The carrier-neutral code catches Twilio's errors by the carrier classes."""
+    assert issubclass(E.TwilioProtocolError, E.CarrierProtocolError)
+    assert issubclass(E.CarrierProtocolError, E.MessageError)
+    assert issubclass(E.TwilioApiError, E.CarrierApiError)

@@ -1,15 +1,17 @@
 """The active audio implementation, chosen once at import: the native extension
 ``agentic_fast._audio`` when it loads (see :mod:`.native` for the switches), else the numpy
-twin. ``agentic_fast.audio`` and its resampler both read it from here (no import cycle)."""
+twin. ``agentic_fast.audio`` and its resampler both read it from here (no import cycle).
+
+mypy checks both modules against :class:`~.api.AudioImplementation` here, where one is chosen.
+"""
 
 from __future__ import annotations
 
-from types import ModuleType
-
+from agentic_fast._audiocore.api import AudioImplementation
 from agentic_fast._audiocore.native import load_native
 
 
-def _select() -> ModuleType:
+def _select() -> AudioImplementation:
     native = load_native()
     if native is not None:
         return native
@@ -21,6 +23,6 @@ def _select() -> ModuleType:
 _impl = _select()
 
 
-def implementation_module() -> ModuleType:
+def implementation_module() -> AudioImplementation:
     """The module behind the public names (``agentic_fast._audio`` or the numpy twin)."""
     return _impl

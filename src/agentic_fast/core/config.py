@@ -26,12 +26,12 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -39,8 +39,16 @@ import yaml
 from agentic_fast.core.errors import ConfigError
 from agentic_fast.core.model_status import Kind, model_notice
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_SectionT = TypeVar("_SectionT", bound="DataclassInstance")
+
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
+
+CARRIERS = ("twilio", "telnyx")
+"""Values of ``carrier`` (see ``agentic_fast.carriers.registry``)."""
 
 _DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Keep answers short and natural, "
@@ -62,7 +70,7 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # -- field metadata and value checks ------------------------------------------------------------
 
 def _m(*, lo: float | None = None, hi: float | None = None, gt: float | None = None,
-       choices: tuple[str, ...] | None = None, check: Callable[[Any], Any] | None = None,
+       choices: Sequence[str] | None = None, check: Callable[[Any], Any] | None = None,
        each: Callable[[Any], Any] | None = None, secret: bool = False) -> dict[str, Any]:
     """Field metadata: inclusive ``lo``/``hi``, exclusive ``gt``, ``choices``, a normalising
     ``check`` (returns the value, raises ``ValueError``), ``each`` (check per list item),
@@ -212,9 +220,10 @@ class _Section:
 
     __slots__ = ()
     PATH: ClassVar[str]  # dotted key path of the section in config.yaml
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every section is a dataclass
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             if not f.metadata:
                 continue
             key = f"{self.PATH}.{f.name}"
@@ -443,13 +452,17 @@ class BrainConfig(_Section):
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
+#: The ``audio.provider`` names a config may select: the built-in providers, and every name
+#: registered since (:func:`agentic_fast.providers.registry.register` adds to it).
+PROVIDER_NAMES: list[str] = ["openai", "gemini", "openai-pcmu"]
+
+
 @dataclass(frozen=True, slots=True)
 class AudioConfig(_Section):
     """Audio path: which provider format the converter targets, handoff chunk size."""
 
     PATH: ClassVar[str] = "audio"
-    provider: str = field(default="openai", metadata=_m(choices=("openai", "gemini",
-                                                                   "openai-pcmu")))
+    provider: str = field(default="openai", metadata=_m(choices=PROVIDER_NAMES))
     handoff_ms: int = field(default=20, metadata=_m(lo=20, hi=100))
 
 
@@ -537,6 +550,8 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
+    # the telephone carrier whose webhooks and media streams this server takes
+    carrier: str = "twilio"
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
     gemini: GeminiConfig = field(default_factory=GeminiConfig)
@@ -548,6 +563,11 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.carrier not in CARRIERS:
+            close = difflib.get_close_matches(self.carrier, CARRIERS, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}, got "
+                              f"{self.carrier!r}{hint}", key="carrier")
         provider, fmt = self.audio.provider, self.openai_realtime.audio_format
         wanted = "pcmu" if provider == "openai-pcmu" else "pcm16"
         if fmt and provider != "gemini" and fmt != wanted:
@@ -727,7 +747,7 @@ class _Loader:
         finally:
             self.yaml.dispose()
 
-    def section(self, cls: type, node: yaml.Node, path: str) -> Any:
+    def section(self, cls: type[_SectionT], node: yaml.Node, path: str) -> _SectionT:
         if not isinstance(node, yaml.MappingNode):
             raise self.error(path, f"expected a mapping of settings, got {_describe(node)}", node)
         own = {id(key_node) for key_node, _ in node.value}  # keys not from a merge
@@ -774,7 +794,7 @@ class _Loader:
         return self.lines.get(key)
 
     def value(self, tp: Any, node: yaml.Node, key: str, secret: bool = False) -> Any:
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)

@@ -21,7 +21,8 @@ and h11's Local/RemoteProtocolError::
         │   ├── LocalProtocolError              (above)
         │   └── RemoteProtocolError             the peer broke its protocol (reason, field)
         │       ├── MessageError                one peer's JSON message refused (reason, field)
-        │       │   ├── TwilioProtocolError     Media Streams / status callbacks (twilio)
+        │       │   ├── CarrierProtocolError    a carrier's media stream / webhook (peer named)
+        │       │   │   └── TwilioProtocolError Media Streams / status callbacks (twilio)
         │       │   ├── WebhookBodyError        a webhook body (HTTP status 415/400)
         │       │   ├── OpenAIProtocolError     Realtime server events (openai)
         │       │   ├── GeminiProtocolError     Live server messages (gemini)
@@ -31,7 +32,8 @@ and h11's Local/RemoteProtocolError::
         └── RemoteError                         the peer's fault, not a protocol violation
             ├── StreamTokenError                a stream token refused (reason)
             └── PeerUnavailableError            unreachable, timed out, or answered an error
-                ├── TwilioApiError              REST (code, status)
+                ├── CarrierApiError             a carrier's call-control REST (code, status)
+                │   └── TwilioApiError          Twilio's REST (twilio)
                 ├── SetupRejected               Gemini closed instead of setupComplete
                 ├── ProviderUnreachableError    the provider at stream start
                 ├── ClassifierError             the intent classifier model
@@ -56,6 +58,8 @@ __all__ = [
     "BadRequestHead",
     "CallLimitError",
     "CallRefusedError",
+    "CarrierApiError",
+    "CarrierProtocolError",
     "ClassifierError",
     "ConfigError",
     "DrainingError",
@@ -200,7 +204,25 @@ class MessageError(RemoteProtocolError):
         super().__init__(message, peer=self.PEER, reason=reason, field=field)
 
 
-class TwilioProtocolError(MessageError):
+class CarrierProtocolError(MessageError):
+    """A carrier's media stream or webhook broke its protocol (``peer``: the carrier's name).
+
+    ``reason`` is a short machine token for counters (``<carrier>.media.rejected.<reason>``):
+    ``malformed_json``, ``binary_frame``, ``unknown_event``, ``missing_field``, ``bad_type``,
+    ``bad_value``, ``out_of_order``, ``wrong_stream_id``, ``unsupported_media_format``...;
+    ``field`` names the offending field when there is one. A carrier's own subclass fixes
+    ``PEER``; the carrier-neutral code passes ``peer``.
+    """
+
+    PEER = "carrier"
+
+    def __init__(self, message: str, *, reason: str, field: str | None = None,
+                 peer: str | None = None) -> None:
+        RemoteProtocolError.__init__(self, message, peer=peer or self.PEER, reason=reason,
+                                     field=field)
+
+
+class TwilioProtocolError(CarrierProtocolError):
     """Twilio sent something that breaks protocols.md 1.3 (Media Streams) or 1.7/1.8.
 
     ``reason``: ``malformed_json``, ``binary_frame``, ``not_object``, ``unknown_event``,
@@ -278,7 +300,21 @@ class PeerUnavailableError(RemoteError):
     """A peer could not be reached or answered with an error (network, timeout, 5xx)."""
 
 
-class TwilioApiError(PeerUnavailableError):
+class CarrierApiError(PeerUnavailableError):
+    """A carrier's call-control REST API refused a request or could not be reached.
+
+    ``code`` is the carrier's own error code when it sent one, ``status`` the HTTP status
+    (None: network error or timeout).
+    """
+
+    def __init__(self, message: str, *, peer: str, code: int | str | None = None,
+                 status: int | None = None) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(message, peer=peer)
+
+
+class TwilioApiError(CarrierApiError):
     """Twilio could not be reached, timed out, or answered with an error.
 
     ``code`` is Twilio's error code (e.g. 21211 invalid ``To``, 20003 bad credentials,
@@ -286,11 +322,11 @@ class TwilioApiError(PeerUnavailableError):
     answered (network error, timeout).
     """
 
+    code: int | None
+
     def __init__(self, message: str, *, code: int | None = None,
                  status: int | None = None) -> None:
-        self.code = code
-        self.status = status
-        super().__init__(message, peer="twilio")
+        super().__init__(message, peer="twilio", code=code, status=status)
 
 
 class SetupRejected(PeerUnavailableError):

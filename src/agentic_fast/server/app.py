@@ -27,25 +27,31 @@ from agentic_fast.call.manager import (
     CallManager,
     CallSession,
 )
-from agentic_fast.call.stream_token import StreamTokenSigner
-from agentic_fast.carriers.twilio.form import JSON_TYPE, check_content_type, parse_webhook_body
-from agentic_fast.carriers.twilio.rest import TwilioRestClient
-from agentic_fast.carriers.twilio.signature import (
-    SETTINGS_HEADER,
-    SIGNATURE_HEADER,
-    TwilioSignatureValidator,
-)
-from agentic_fast.carriers.twilio.status import (
-    map_call_status,
-    parse_status_callback,
-    parse_stream_status_callback,
-)
-from agentic_fast.carriers.twilio.stream_handler import (
+from agentic_fast.call.stream_handler import (
     PARAM_CALL_ID,
     PARAM_TOKEN,
     BridgeFactory,
     ConnectionLimiter,
     MediaStreamHandler,
+)
+from agentic_fast.call.stream_token import StreamTokenSigner
+from agentic_fast.carriers.base import (
+    CallControl,
+    Carrier,
+    OutboundCall,
+    StreamTarget,
+    WebhookRequest,
+    WebhookVerifier,
+)
+from agentic_fast.carriers.registry import build_carrier
+from agentic_fast.carriers.twilio.carrier import TwilioCarrier
+from agentic_fast.carriers.twilio.form import JSON_TYPE, check_content_type, parse_webhook_body
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
+from agentic_fast.carriers.twilio.signature import SETTINGS_HEADER
+from agentic_fast.carriers.twilio.status import (
+    map_call_status,
+    parse_status_callback,
+    parse_stream_status_callback,
 )
 from agentic_fast.carriers.twilio.twiml import (
     busy_twiml,
@@ -54,14 +60,13 @@ from agentic_fast.carriers.twilio.twiml import (
     say_hangup_twiml,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.config import MEDIA_STREAM_PATH, Config
+from agentic_fast.core.config import Config
 from agentic_fast.core.errors import (
     CallLimitError,
     CallRefusedError,
+    CarrierApiError,
     ConfigError,
     ProtocolError,
-    SignatureNotConfiguredError,
-    TwilioApiError,
     WebhookBodyError,
 )
 from agentic_fast.core.log import get_logger
@@ -110,14 +115,14 @@ class Services:
     config: Config
     manager: CallManager
     media: MediaStreamHandler
-    rest: TwilioRestClient | None
-    validator: TwilioSignatureValidator | None
+    rest: CallControl | None
+    validator: WebhookVerifier | None
     validator_problem: str | None
     tokens: StreamTokenSigner
     bridge_factory: BridgeFactory
     admission: Admission
     replays: ReplayGuard
-    owns_rest: bool = False
+    carrier: Carrier
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -126,7 +131,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
+def _error(status: int, message: str, /, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status=status)
 
 
@@ -155,17 +160,16 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
         fields = parse_webhook_body(body, content_type)
     except WebhookBodyError as exc:
         raise _body_refused(request, exc) from None
-    signature = request.headers.get(SIGNATURE_HEADER)
-    settings = request.headers.get(SETTINGS_HEADER)
-    if content_type == JSON_TYPE:
-        ok = svc.validator.validate_json(request.raw_path, body, signature, settings)
-    else:
-        ok = svc.validator.validate_form(request.raw_path, fields, signature, settings)
+    remote = client_address(request)
+    ok = svc.validator.verify(WebhookRequest(
+        request.raw_path, request.headers, body, content_type,
+        None if content_type == JSON_TYPE else fields, remote or ""))
     if not ok:
         metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
-        log.warning("webhook.rejected", reason=ok.reason, path=request.path,
-                    remote=client_address(request), key_id=ok.key_id,
-                    algorithm=ok.algorithm if settings else None)
+        log.warning("webhook.rejected", reason=ok.reason, path=request.path, remote=remote,
+                    key_id=getattr(ok, "key_id", None),
+                    algorithm=(getattr(ok, "algorithm", None)
+                               if request.headers.get(SETTINGS_HEADER) else None))
         return None
     return fields
 
@@ -286,14 +290,20 @@ def _prewarm(svc: Services, session: CallSession) -> None:
         prewarm(session)
 
 
-def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
+def _stream_target(svc: Services, session: CallSession, call_sid: str | None
+                   ) -> StreamTarget:
+    """Where the call's media stream connects, with its call id and one-time token."""
     token = svc.tokens.issue(session.call_id, call_sid)
     server = svc.config.server
-    return connect_stream_twiml(
-        server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
-        status_callback=server.webhook_url(STREAM_STATUS_PATH),
-        fallback_say="Sorry, the assistant could not be reached. Goodbye.",
-    )
+    return StreamTarget(server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
+                        status_url=server.webhook_url(STREAM_STATUS_PATH),
+                        fallback_say="Sorry, the assistant could not be reached. Goodbye.")
+
+
+def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
+    target = _stream_target(svc, session, call_sid)
+    return connect_stream_twiml(target.url, target.params, status_callback=target.status_url,
+                                fallback_say=target.fallback_say)
 
 
 async def status_callback(request: web.Request) -> web.StreamResponse:
@@ -390,7 +400,7 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
-def _rest_or_error(svc: Services) -> TwilioRestClient | web.Response:
+def _rest_or_error(svc: Services) -> CallControl | web.Response:
     if svc.rest is None:
         return _error(503, "Twilio REST is not configured (twilio.account_sid / auth_token)")
     return svc.rest
@@ -424,12 +434,12 @@ async def create_call(request: web.Request) -> web.StreamResponse:
                                               from_number=cfg.twilio.from_number)
     except CallRefusedError as exc:
         return _error(503, str(exc), reason=exc.reason)
-    twiml = _stream_twiml(svc, session, None)
     ring_s = max(5, int(svc.tokens.ttl_s) - _RING_MARGIN_S)
     try:
-        call_sid = await rest.create_call(to, cfg.twilio.from_number, twiml,
-                                          cfg.server.webhook_url(STATUS_PATH), timeout=ring_s)
-    except TwilioApiError as exc:
+        call_sid = await rest.place_call(OutboundCall(
+            to, cfg.twilio.from_number, _stream_target(svc, session, None),
+            cfg.server.webhook_url(STATUS_PATH), ring_s))
+    except CarrierApiError as exc:
         svc.manager.fail(session, f"twilio-error-{exc.code or 'network'}")
         return _error(502, "Twilio refused the call", code=exc.code, detail=str(exc))
     svc.manager.attach_call_sid(session, call_sid)
@@ -542,8 +552,8 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
     if isinstance(rest, web.Response):
         return rest
     try:
-        await rest.hangup(session.call_sid)
-    except TwilioApiError as exc:
+        await rest.hang_up(session.call_sid)
+    except CarrierApiError as exc:
         return _error(502, "Twilio refused the hang-up", code=exc.code, detail=str(exc))
     session.log.info("call.hangup_requested")
     return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
@@ -572,17 +582,18 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
                rest_client: TwilioRestClient | None = None,
                manager: CallManager | None = None,
-               replays: ReplayGuard | None = None) -> web.Application:
+               replays: ReplayGuard | None = None,
+               carrier: Carrier | None = None) -> web.Application:
     """Build the aiohttp application; nothing touches the network until it starts.
 
-    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
+    ``carrier`` defaults to the one ``carrier:`` names (Twilio with ``rest_client`` when
+    that is given); ``replays`` to a guard on ``server.state_dir`` (memory-only when unset)."""
     server = config.server
-    try:
-        validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
-            config.twilio.auth_token, server.public_url, config.twilio.shared_keys)
-        problem = None
-    except SignatureNotConfiguredError as exc:
-        validator, problem = None, str(exc)
+    if carrier is None:
+        carrier = (TwilioCarrier(config, rest_client) if rest_client is not None
+                   else build_carrier(config.carrier, config))
+    validator, problem = carrier.verifier, carrier.verifier_problem
+    rest_client = carrier.control
     # without an auth token nothing is signed and the Twilio routes refuse; the token
     # signer still needs a key, so use a random one that no webhook can ever reach
     secret = (stream_token_secret(config.twilio.auth_token) if config.twilio.auth_token
@@ -600,14 +611,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
                 conversation.on_call_end(session)
 
         manager.on_end = on_end
-    owns_rest = False
-    if rest_client is None and config.twilio.account_sid and config.twilio.auth_token:
-        rest_client = TwilioRestClient(config.twilio.account_sid, config.twilio.auth_token,
-                                       api_base=config.twilio.api_base,
-                                       timeout_s=config.twilio.request_timeout_s)
-        owns_rest = True
     media = MediaStreamHandler(
-        manager=manager, tokens=tokens, bridge_factory=bridge_factory,
+        carrier=carrier, manager=manager, tokens=tokens, bridge_factory=bridge_factory,
         limiter=ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip),
         start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
         heartbeat_s=server.ws_heartbeat_s,
@@ -624,14 +629,14 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
                               max_entries=server.replay_max_entries)
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, admission, replays, owns_rest)
+                   bridge_factory, admission, replays, carrier)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
-    app.router.add_get(MEDIA_STREAM_PATH, media.handle)
+    app.router.add_get(carrier.media_path, media.handle)
     app.router.add_post("/calls", create_call)
     app.router.add_get("/calls", list_calls)
     app.router.add_get("/calls/{call_id}", get_call)
@@ -666,8 +671,7 @@ async def _on_cleanup(app: web.Application) -> None:
     close_factory = getattr(svc.bridge_factory, "close", None)
     if close_factory is not None:
         await close_factory()
-    if svc.owns_rest and svc.rest is not None:
-        await svc.rest.close()
+    await svc.carrier.close()
     svc.replays.close()
 
 
@@ -675,7 +679,7 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerS
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     svc = runner.app[SERVICES]
-    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: svc.media},
+    site = CallServerSite(runner, host, port, routes={svc.carrier.media_path: svc.media},
                           limits=listener_limits(svc.config),
                           trusted=runner.app[TRUSTED_PROXIES])
     await site.start()

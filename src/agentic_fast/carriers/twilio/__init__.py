@@ -29,7 +29,6 @@ from agentic_fast.carriers.twilio.signature import (
 )
 from agentic_fast.carriers.twilio.status import (
     CallStatusCallback,
-    StatusMapping,
     StreamStatusCallback,
     map_call_status,
     parse_status_callback,
@@ -55,7 +54,6 @@ __all__ = [
     "SignatureCheck",
     "SignatureNotConfiguredError",
     "Start",
-    "StatusMapping",
     "Stop",
     "StreamStatusCallback",
     "StreamTokenClaims",

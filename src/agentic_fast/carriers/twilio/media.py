@@ -29,6 +29,16 @@ from typing import Any, NoReturn
 
 import orjson
 
+from agentic_fast.carriers.base import (
+    PCMU_8K,
+    DtmfDigit,
+    LegFormat,
+    MediaChunk,
+    PlayoutMark,
+    StreamConnected,
+    StreamStart,
+    StreamStop,
+)
 from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
 from agentic_fast.core.jsonfields import JsonFields
 
@@ -81,7 +91,7 @@ class MediaFormat:
 
 
 @dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(StreamConnected):
     """First frame after the upgrade; carries no ``streamSid``."""
 
     protocol: str
@@ -89,7 +99,7 @@ class Connected:
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
+class Start(StreamStart):
     """Stream metadata; ``custom_parameters`` are the TwiML ``<Parameter>`` values."""
 
     sequence_number: int
@@ -100,9 +110,26 @@ class Start:
     custom_parameters: Mapping[str, str] = field(hash=False)
     media_format: MediaFormat
 
+    @property
+    def carrier_call_id(self) -> str:
+        return self.call_sid
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream_sid
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        return self.custom_parameters
+
+    @property
+    def leg(self) -> LegFormat:
+        """Always mu-law 8 kHz: :class:`TwilioStreamState` refuses any other format."""
+        return PCMU_8K
+
 
 @dataclass(frozen=True, slots=True)
-class Media:
+class Media(MediaChunk):
     """One audio chunk; ``payload`` is the base64 text exactly as received (not decoded)."""
 
     sequence_number: int
@@ -114,7 +141,7 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
-class Dtmf:
+class Dtmf(DtmfDigit):
     """The caller pressed a key."""
 
     sequence_number: int
@@ -124,7 +151,7 @@ class Dtmf:
 
 
 @dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(PlayoutMark):
     """A mark we sent was reached in playback, or flushed by ``clear``."""
 
     sequence_number: int
@@ -133,7 +160,7 @@ class Mark:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(StreamStop):
     """The stream ended (hang-up, redirect, stream stopped)."""
 
     sequence_number: int
@@ -373,6 +400,10 @@ class TwilioStreamState:
     def receive_binary(self, data: bytes) -> NoReturn:
         """A binary frame arrived: always a protocol error."""
         raise binary_frame_error(len(data))
+
+    def outbound(self, start: StreamStart) -> TwilioOutbound:
+        """The builder of our frames on this stream."""
+        return TwilioOutbound(start.stream_id)
 
     def _check(self, event: TwilioEvent) -> TwilioEvent:
         phase = self._phase
