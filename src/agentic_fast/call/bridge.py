@@ -390,11 +390,11 @@ class AudioBridge(ProviderListener):
         whenever the timer wobbled by a millisecond, ~20 ms of jitter each time. The
         first burst is the same (``lead_ms`` worth); the lead runs up to one frame longer."""
         pacer = self.pacer
-        tick = getattr(pacer, "next_tick", None)
+        tick: float | None = getattr(pacer, "next_tick", None)
         if tick is None:
             return now
         frame_s = FRAME_MS / 1000.0
-        half_tick = getattr(pacer, "tick_s", frame_s) / 2
+        half_tick: float = getattr(pacer, "tick_s", frame_s) / 2
         return now - (now - tick + half_tick) % frame_s
 
     def _new_mark(self, item: str, item_ms: int) -> str:

@@ -341,8 +341,9 @@ def parse_hello_ok(payload: Any) -> HelloOk:
     if not isinstance(policy, dict):
         raise _bad("hello-ok: policy must be an object")
     buffered = policy.get("maxBufferedBytes")
-    auth = payload.get("auth") if isinstance(payload.get("auth"), dict) else {}
-    server = payload.get("server") if isinstance(payload.get("server"), dict) else {}
+    raw_auth, raw_server = payload.get("auth"), payload.get("server")
+    auth: dict[str, Any] = raw_auth if isinstance(raw_auth, dict) else {}
+    server: dict[str, Any] = raw_server if isinstance(raw_server, dict) else {}
     scopes = auth.get("scopes")
     device_token = auth.get("deviceToken")
     issued = auth.get("issuedAtMs")

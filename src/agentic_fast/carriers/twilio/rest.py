@@ -45,7 +45,7 @@ _log = get_logger("twilio.rest")
 _T = TypeVar("_T")
 
 
-class _TimedAsyncHttpClient(AsyncTwilioHttpClient):
+class _TimedAsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
     """``AsyncTwilioHttpClient`` with two fixes, and nothing else changed.
 
     - Its own ``timeout`` applies to every request: the stock class stores it but passes only

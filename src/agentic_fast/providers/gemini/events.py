@@ -410,7 +410,8 @@ def tool_response(function_responses: Iterable[FunctionResponse | Mapping[str, A
             if not isinstance(fr, Mapping):
                 _local(f"function response must be FunctionResponse or a mapping: {fr!r:.60}")
             extra = {k: fr[k] for k in ("scheduling", "willContinue") if k in fr}
-            fr = FunctionResponse(fr.get("id"), fr.get("name"), fr.get("response"),
+            # __post_init__ checks the types of what the mapping holds
+            fr = FunctionResponse(fr.get("id"), fr.get("name"), fr.get("response"),  # type: ignore[arg-type]
                                   extra.get("scheduling"), extra.get("willContinue"))
         items.append(fr.to_dict())
     if not items:

@@ -209,7 +209,7 @@ class GeminiLiveProvider(ModelConnection):
         return {"turns": self._turns.turns, "interrupted_turns": self._turns.interrupted_turns}
 
     def _release_more(self) -> None:
-        self._turns.listener = NullListener()  # type: ignore[assignment]
+        self._turns.listener = NullListener()
 
     def _on_lost(self, link: GeminiLink) -> None:
         self._turns.end_turn()  # the rest of that turn will not come
