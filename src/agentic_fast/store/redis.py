@@ -23,6 +23,7 @@ gives the old ids); nonces expire by TTL. Durability is Redis's: run it with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -125,6 +126,9 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 apply_status(KEYS, ARGV)
 return 1
 """
+_SCRIPTS = {"status": _STATUS, "create": _CREATE, "claim": _CLAIM, "release": _RELEASE,
+            "reclaim": _RECLAIM}
+_SHA = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in _SCRIPTS.items()}
 _SCAN_CHUNK = 200
 _MAX_SCAN = 5000  # index entries looked at per page at most (filters are applied here)
 
@@ -147,7 +151,6 @@ class RedisCallStore:
         self.connect_timeout_s = connect_timeout_s
         self.clock = clock
         self._client: aioredis.Redis | None = None
-        self._sha: dict[str, str] = {}
         self._index = f"{prefix}calls"
         self._owners = f"{prefix}owners"
         self._live = f"{prefix}live"
@@ -172,17 +175,16 @@ class RedisCallStore:
         return StoreError(f"redis store: {type(exc).__name__}: {exc}")
 
     async def _load_scripts(self) -> None:
-        for name, body in (("status", _STATUS), ("create", _CREATE), ("claim", _CLAIM),
-                           ("release", _RELEASE), ("reclaim", _RECLAIM)):
-            self._sha[name] = await self.client.script_load(body)
+        for body in _SCRIPTS.values():
+            await self.client.script_load(body)
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             try:
-                return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+                return await self.client.evalsha(_SHA[name], len(keys), *keys, *args)
             except rx.NoScriptError:  # Redis restarted: its script cache is empty
                 await self._load_scripts()
-                return await self.client.evalsha(self._sha[name], len(keys), *keys, *args)
+                return await self.client.evalsha(_SHA[name], len(keys), *keys, *args)
         except rx.RedisError as exc:
             raise self._unavailable(exc) from exc
 
@@ -216,8 +218,6 @@ class RedisCallStore:
     async def write_batch(self, events: Sequence[StoreEvent]) -> None:
         if not events:
             return
-        if not self._sha:
-            await self.open()
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=True)
             for event in events:
@@ -239,13 +239,13 @@ class RedisCallStore:
         ts = repr(event.ts)
         if isinstance(event, CallCreated):
             member = _j([event.event_id, event.status, None])
-            pipe.evalsha(self._sha["create"], 3, key, key + ":st", self._index,
+            pipe.evalsha(_SHA["create"], 3, key, key + ":st", self._index,
                          event.call_id, ts, event.status, event.direction, event.from_number,
                          event.to_number, event.provider, event.carrier,
                          event.call_sid or "", member)
         elif isinstance(event, StatusChanged):
             member = _j([event.event_id, event.status, event.reason])
-            pipe.evalsha(self._sha["status"], 3, key, key + ":st", self._index,
+            pipe.evalsha(_SHA["status"], 3, key, key + ":st", self._index,
                          event.call_id, ts, event.status, event.reason or "", member)
         elif isinstance(event, CallFieldsSet):
             pipe.hsetnx(key, "call_id", event.call_id)

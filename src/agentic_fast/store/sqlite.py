@@ -101,9 +101,11 @@ class SQLiteCallStore:
     backend = "sqlite"
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 2.0,
+                 max_bytes: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path).expanduser()
         self.busy_timeout_s = busy_timeout_s
+        self.max_bytes = max_bytes  # a quota: reaching it is like a full disk (SQLITE_FULL)
         self.clock = clock
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -145,11 +147,22 @@ class SQLiteCallStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL: a process crash loses nothing
             db.execute("PRAGMA foreign_keys=OFF")
+            self._set_quota(db)
             self._migrate(db)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _set_quota(self, db: sqlite3.Connection) -> None:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = 1_073_741_823 if self.max_bytes is None else max(1, self.max_bytes // page)
+        db.execute(f"PRAGMA max_page_count={int(pages)}")
+
+    async def set_max_bytes(self, max_bytes: int | None) -> None:
+        """Change the quota (None: no limit beyond the disk's)."""
+        self.max_bytes = max_bytes
+        await self._call(self._set_quota)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it
