@@ -78,7 +78,7 @@ class StoreWriter:
             metrics.incr("store.write.dropped.queue_full")
             if self.dropped == 1 or self.dropped % 1000 == 0:  # log, not flood
                 log.warning("store.write.dropped", call_id=event.call_id,
-                            event=type(event).__name__, dropped_total=self.dropped,
+                            kind=type(event).__name__, dropped_total=self.dropped,
                             queue_size=self.queue_size, closing=self._closing)
             return False
         self._queue.append(event)
@@ -153,11 +153,9 @@ class StoreWriter:
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
             count = min(len(self._queue), self.batch_max)
             batch = [self._queue.popleft() for _ in range(count)]
-            self._in_flight = count
-            try:
-                await self._write(batch)
-            finally:
-                self._in_flight = 0
+            self._in_flight = count  # stays counted if close() cancels the write
+            await self._write(batch)
+            self._in_flight = 0
 
     async def _write(self, batch: Sequence[StoreEvent]) -> None:
         attempts = 0
