@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -219,20 +219,21 @@ class RedisCallStore:
         if not events:
             return
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=True)
-            for event in events:
-                self._queue(pipe, event)
             try:
-                await pipe.execute()
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for event in events:
+                        self._queue(pipe, event)
+                    await pipe.execute()
                 return
             except rx.NoScriptError:
                 if attempt == 2:
                     raise StoreError("redis store: scripts missing after reload") from None
-                await self._load_scripts()  # replaying the batch is idempotent
+                try:  # Redis restarted (empty script cache); replaying is idempotent
+                    await self._load_scripts()
+                except (rx.RedisError, OSError) as exc:
+                    raise self._unavailable(exc) from exc
             except (rx.RedisError, OSError) as exc:
                 raise self._unavailable(exc) from exc
-            finally:
-                await pipe.reset()
 
     def _queue(self, pipe: Any, event: StoreEvent) -> None:
         key = self._key(event.call_id)
@@ -298,7 +299,7 @@ class RedisCallStore:
 
     async def live_calls(self, owner: str | None = None) -> dict[str, str]:
         try:
-            live: dict[str, str] = await self.client.hgetall(self._live)
+            live = cast(dict[str, str], await self.client.hgetall(self._live))
         except (rx.RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return live if owner is None else {c: o for c, o in live.items() if o == owner}
@@ -306,8 +307,8 @@ class RedisCallStore:
     async def reclaim(self, owner: str | None = None, *, reason: str = "owner_lost") -> list[str]:
         now = self.clock()
         try:
-            live: dict[str, str] = await self.client.hgetall(self._live)
-            leases: dict[str, str] = await self.client.hgetall(self._owners)
+            live = cast(dict[str, str], await self.client.hgetall(self._live))
+            leases = cast(dict[str, str], await self.client.hgetall(self._owners))
         except (rx.RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         if owner is not None:
@@ -373,8 +374,8 @@ class RedisCallStore:
         last_seen: tuple[float, str] | None = None
         try:
             while scanned < _MAX_SCAN:
-                chunk: list[tuple[str, float]] = await self.client.zrevrangebyscore(
-                    self._index, high, low, start=offset, num=_SCAN_CHUNK, withscores=True)
+                chunk = cast(list[tuple[str, float]], await self.client.zrevrangebyscore(
+                    self._index, high, low, start=offset, num=_SCAN_CHUNK, withscores=True))
                 if not chunk:
                     return RecordPage(tuple(found), None)
                 offset += len(chunk)
@@ -410,8 +411,8 @@ class RedisCallStore:
     async def prune(self, older_than: float) -> int:
         count = 0
         try:
-            old: list[str] = await self.client.zrangebyscore(self._index, "-inf",
-                                                             f"({older_than!r}")
+            old = cast(list[str], await self.client.zrangebyscore(
+                self._index, "-inf", f"({older_than!r}"))
             for start in range(0, len(old), _SCAN_CHUNK):
                 ids = old[start:start + _SCAN_CHUNK]
                 async with self.client.pipeline(transaction=False) as pipe:

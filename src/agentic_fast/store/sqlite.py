@@ -389,8 +389,11 @@ def _stub(db: sqlite3.Connection, call_id: str, ts: float) -> None:
                "VALUES (?, ?, ?, 'initiating')", (call_id, ts, ts))
 
 
+_SUMMARY_NAMES = tuple(name.strip() for name in _SUMMARY_COLUMNS.split(","))
+
+
 def _record(row: Sequence[Any], owner: str | None) -> CallRecord:
-    return CallRecord(*row, owner=owner)
+    return CallRecord(**dict(zip(_SUMMARY_NAMES, row, strict=True)), owner=owner)
 
 
 def _apply(db: sqlite3.Connection, event: StoreEvent) -> None:
