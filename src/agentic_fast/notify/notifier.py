@@ -75,6 +75,7 @@ class Notifier:
         self._enqueues: set[asyncio.Task[bool]] = set()
         self._wake = asyncio.Event()
         self._paused: dict[str, float] = {}  # destination -> retry_after deadline
+        self._summaries: dict[str, asyncio.Future[str]] = {}  # call id -> being written
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -220,10 +221,8 @@ class Notifier:
                                                 error="waiting for retry_after"))
             return
         record = json.loads(item.record)
-        summary = item.summary
-        if summary is None:
-            summary = await self.summarizer.summarize(record)
-            await self._db(lambda: outbox.set_summary(item.call_id, summary))
+        summary = item.summary if item.summary is not None else \
+            await self._summary(item.call_id, record)
         delivery = Delivery(item.id, item.call_id, record, summary, item.progress)
         try:
             outcome = await destination.deliver(delivery, self._http)
@@ -233,6 +232,28 @@ class Notifier:
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}"[:300],
                               progress=item.progress)
         await self._settle(name, item, outcome)
+
+    async def _summary(self, call_id: str, record: dict[str, Any]) -> str:
+        """The call's summary, written once (destinations sending in parallel share it)
+        and stored with the call."""
+        running = self._summaries.get(call_id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._summaries[call_id] = future
+        try:
+            summary = await self.summarizer.summarize(record)
+            assert self._outbox is not None
+            outbox = self._outbox
+            await self._db(lambda: outbox.set_summary(call_id, summary))
+            future.set_result(summary)
+            return summary
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            del self._summaries[call_id]
 
     async def _settle(self, name: str, item: Pending, outcome: Outcome) -> None:
         assert self._outbox is not None
