@@ -518,3 +518,40 @@ async def test_started_notifier_sends_on_its_own(tmp_path: Path,
         assert receiver.received[0]["body"]["call"]["call_id"] == session.call_id
     finally:
         await notifier.close()
+
+
+# -- serve wiring ----------------------------------------------------------------------------
+
+def _no_bridge(session: object, sender: object) -> object:
+    raise AssertionError("no call is made in this test")
+
+
+async def test_serve_starts_the_notifier_and_refuses_an_unsigned_webhook(
+        tmp_path: Path) -> None:
+    import contextlib
+    import gc
+
+    from agentic_fast.core.errors import ConfigError
+    from agentic_fast.server.runner import serve
+
+    base = ("server: {public_url: 'https://agent.example.test', host: 127.0.0.1, port: 0, "
+            f"state_dir: '{tmp_path / 'state'}'}}\n")
+    with pytest.raises(ConfigError) as info:
+        await serve(Config.from_text(base + "notify: {webhook_url: 'https://h.example.com/x'}\n",
+                                     env={}), bridge_factory=_no_bridge)
+    assert info.value.key == "notify.webhook_secret"
+
+    config = Config.from_text(base + "notify: {webhook_url: 'https://h.example.com/x', "
+                              f"webhook_secret: '{SECRET}'}}\n", env={})
+    thresholds = gc.get_threshold()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, bridge_factory=_no_bridge, ready=ready))
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), 10)
+        assert (tmp_path / "state" / "outbox.sqlite3").exists()  # opened on startup
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
