@@ -21,6 +21,8 @@ Rules, in the order the loader applies them:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import math
@@ -41,6 +43,10 @@ from agentic_fast.core.model_status import Kind, model_notice
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
+TELNYX_MEDIA_STREAM_PATH = "/telnyx/media-stream"
+"""Route of the Telnyx media streaming WebSocket (``stream_url`` of answer and dial)."""
+#: The telephone carriers a server can bridge (``carrier``).
+CARRIERS = ("twilio", "telnyx")
 
 _DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Keep answers short and natural, "
@@ -174,6 +180,18 @@ def _shared_keys(value: tuple[str, ...]) -> tuple[str, ...]:
         seen.add(key_id)
         out.append(f"{key_id}={secret}")
     return tuple(out)
+
+
+def _ed25519_public_key(value: str) -> str:
+    """Base64 of a 32-byte Ed25519 public key (Telnyx's webhook signing key)."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be the base64 of a 32-byte Ed25519 public key (Telnyx "
+                         "Mission Control: Keys & Credentials, Public Key)") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, this one decodes to {len(raw)}")
+    return value.strip()
 
 
 def _ip_network(value: str) -> str:
@@ -331,6 +349,26 @@ class TwilioConfig(_Section):
     def shared_keys(self) -> dict[str, str]:
         """``webhook_shared_keys`` as SharedKey id -> secret."""
         return dict(entry.split("=", 1) for entry in self.webhook_shared_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class TelnyxConfig(_Section):
+    """Telnyx account (Call Control v2 REST, webhook public key) and the media codec."""
+
+    PATH: ClassVar[str] = "telnyx"
+    api_key: str = field(default="", metadata=_m(secret=True))
+    api_base_url: str = field(default="https://api.telnyx.com/v2",
+                              metadata=_m(check=_url("https", "http")))
+    # the Call Control Application (its id) whose webhooks and numbers the server uses
+    connection_id: str = ""
+    # verifies telnyx-signature-ed25519 on every webhook (base64, 32 bytes)
+    public_key: str = field(default="", metadata=_m(check=_optional(_ed25519_public_key)))
+    from_number: str = field(default="", metadata=_m(check=_optional(_e164)))
+    # media both ways: PCMU (8 kHz mu-law) or L16 (16 kHz linear PCM; Gemini input as is)
+    codec: str = field(default="PCMU", metadata=_m(choices=("PCMU", "L16")))
+    # a webhook whose telnyx-timestamp is further than this from now is refused
+    webhook_tolerance_s: float = field(default=300.0, metadata=_m(gt=0, hi=3600))
+    request_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +575,10 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
+    #: the telephone carrier of every call: twilio or telnyx
+    carrier: str = "twilio"
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
     gemini: GeminiConfig = field(default_factory=GeminiConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -548,6 +589,14 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.carrier not in CARRIERS:
+            raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}; got "
+                              f"{self.carrier!r}", key="carrier")
+        if (self.carrier == "telnyx" and self.telnyx.codec == "L16"
+                and self.audio.provider == "openai-pcmu"):
+            raise ConfigError("telnyx.codec: L16 needs a PCM16 provider leg, but "
+                              "audio.provider is openai-pcmu (mu-law); use codec PCMU or "
+                              "audio.provider openai/gemini", key="telnyx.codec")
         provider, fmt = self.audio.provider, self.openai_realtime.audio_format
         wanted = "pcmu" if provider == "openai-pcmu" else "pcm16"
         if fmt and provider != "gemini" and fmt != wanted:
@@ -596,9 +645,14 @@ class Config:
         out = []
         if not self.server.public_url:
             out.append("server.public_url is not set: no webhook or media stream URL for Twilio")
-        for key in ("account_sid", "auth_token"):
-            if not getattr(self.twilio, key):
-                out.append(f"twilio.{key} is not set: Twilio calls will be refused")
+        if self.carrier == "telnyx":
+            for key in ("api_key", "connection_id", "public_key"):
+                if not getattr(self.telnyx, key):
+                    out.append(f"telnyx.{key} is not set: Telnyx calls will be refused")
+        else:
+            for key in ("account_sid", "auth_token"):
+                if not getattr(self.twilio, key):
+                    out.append(f"twilio.{key} is not set: Twilio calls will be refused")
         provider = "gemini" if self.audio.provider == "gemini" else "openai_realtime"
         if not getattr(self, provider).api_key:
             out.append(f"{provider}.api_key is not set (audio.provider is {self.audio.provider})")

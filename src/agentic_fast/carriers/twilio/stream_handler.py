@@ -156,14 +156,15 @@ class ConnectionLimiter:
 class _RejectionLog:
     """Counts every rejected frame by reason; logs a bounded sample of them."""
 
-    __slots__ = ("_counts", "_log")
+    __slots__ = ("_counts", "_log", "_prefix")
 
-    def __init__(self, bound_log: BoundLogger) -> None:
+    def __init__(self, bound_log: BoundLogger, prefix: str = "twilio.media.rejected") -> None:
         self._log = bound_log
+        self._prefix = prefix
         self._counts: Counter[str] = Counter()
 
     def __call__(self, reason: str, detail: str) -> None:
-        metrics.incr(f"twilio.media.rejected.{reason}")
+        metrics.incr(f"{self._prefix}.{reason}")
         self._counts[reason] += 1
         n = self._counts[reason]
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
@@ -176,6 +177,9 @@ class _RejectionLog:
 
 class MediaStreamHandler:
     """Serves ``/twilio/media-stream``: upgrades arrive from the listener (``upgrade``)."""
+
+    #: first part of this handler's counter names (``<PEER>.media.connections``...)
+    PEER = "twilio"
 
     def __init__(self, *, manager: CallManager, tokens: StreamTokenSigner,
                  bridge_factory: BridgeFactory, limiter: ConnectionLimiter,
@@ -211,7 +215,7 @@ class MediaStreamHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp route: reached only by a plain GET, or an upgrade that was not the
         first request of its connection (the listener takes those)."""
-        metrics.incr("twilio.media.not_upgraded")
+        metrics.incr(f"{self.PEER}.media.not_upgraded")
         return web.Response(status=426, text="media streams need a WebSocket upgrade as the "
                             "first request of a new connection\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
@@ -221,7 +225,7 @@ class MediaStreamHandler:
         """Admission, the 101, then the socket's own task (called by the listener)."""
         refused = self.limiter.acquire(remote)
         if refused is not None:
-            metrics.incr(f"twilio.media.refused.{refused}")
+            metrics.incr(f"{self.PEER}.media.refused.{refused}")
             log.warning("media.refused", reason=refused, remote=remote)
             transport.write(http_error(503, "too many media stream connections"))
             transport.close()
@@ -233,7 +237,7 @@ class MediaStreamHandler:
         transport.write(switching_protocols(request))
         sock.take_over(transport, leftover)
         self._sockets.add(sock)
-        metrics.incr("twilio.media.connections")
+        metrics.incr(f"{self.PEER}.media.connections")
         task = asyncio.get_running_loop().create_task(self._run(sock, remote))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -242,7 +246,7 @@ class MediaStreamHandler:
         try:
             await self._serve(sock, address)
         except Exception:
-            metrics.incr("twilio.media.internal_error")
+            metrics.incr(f"{self.PEER}.media.internal_error")
             log.exception("media.internal_error", remote=address)
         finally:
             self._sockets.discard(sock)
