@@ -91,14 +91,16 @@ class AudioBridge(ProviderListener):
                  clock: Callable[[], float] = time.perf_counter,
                  limits: CallLimits | None = None,
                  on_call_limit: Callable[[CallSession, str, str | None], Any] | None = None,
-                 scheduler: Scheduler | None = None) -> None:
+                 scheduler: Scheduler | None = None, converter: Any = None) -> None:
         self.session = session
         self.sender = sender
         self.provider = provider
         self.pacer = pacer
         self.settings = settings or BridgeSettings()
-        self.converter = AudioConverter(provider.converter_format,
-                                        handoff_ms=self.settings.handoff_ms)
+        # the phone leg's converter: 8 kHz mu-law unless the carrier's codec needs another
+        # (e.g. audio.l16.L16Converter for Telnyx L16); same interface either way
+        self.converter = converter or AudioConverter(provider.converter_format,
+                                                     handoff_ms=self.settings.handoff_ms)
         self.speak_first = speak_first
         self.conversation = conversation
         self.on_provider_failed = on_provider_failed

@@ -17,11 +17,13 @@ from agentic_fast.call.bridge import AudioBridge, BridgeSettings, ConversationSi
 from agentic_fast.call.manager import CallDirection, CallManager, CallSession
 from agentic_fast.call.pacer import SharedPacer
 from agentic_fast.call.timers import CallLimits
+from agentic_fast.carriers.telnyx.rest import TelnyxRestClient
 from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
 from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
 from agentic_fast.carriers.twilio.twiml import say_hangup_twiml
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
+from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers.base import RealtimeProvider
 
@@ -51,11 +53,12 @@ class AudioBridgeFactory:
         self._warm: dict[str, RealtimeProvider] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.manager: CallManager | None = None
-        self.rest: TwilioRestClient | None = None
+        self.rest: TwilioRestClient | TelnyxRestClient | None = None
         #: objects started with the app and closed with it (gateway client, brain)
         self.owned: list[Any] = []
 
-    def bind_server(self, manager: CallManager, rest: TwilioRestClient | None) -> None:
+    def bind_server(self, manager: CallManager,
+                    rest: TwilioRestClient | TelnyxRestClient | None) -> None:
         """Called by ``create_app``: what the factory needs to end a call gracefully."""
         self.manager = manager
         self.rest = rest
@@ -93,22 +96,35 @@ class AudioBridgeFactory:
             speak_first = session.prompt or None
         else:
             speak_first = self.config.openai_realtime.greeting or None
+        converter = None
+        if self.config.carrier == "telnyx" and self.config.telnyx.codec == "L16":
+            from agentic_fast.audio.l16 import L16Converter
+
+            converter = L16Converter(provider.converter_format,
+                                     handoff_ms=self.settings.handoff_ms)
         return AudioBridge(session, sender, provider, self.pacer, settings=self.settings,
                            speak_first=speak_first, conversation=self.conversation,
                            on_provider_failed=self.provider_failed,
                            write_buffer=sender.write_buffer_size,
-                           limits=self.limits, on_call_limit=self.end_call)
+                           limits=self.limits, on_call_limit=self.end_call,
+                           converter=converter)
 
     async def provider_failed(self, session: CallSession, reason: str) -> None:
         """The model cannot be reached: say so to the caller, then end the call cleanly."""
         if self.manager is not None and not session.ended:
             self.manager.fail(session, f"provider-unavailable: {reason}")
-        if self.rest is not None and session.call_sid:
+        if isinstance(self.rest, TwilioRestClient) and session.call_sid:
             try:
                 await self.rest.update_twiml(
                     session.call_sid, say_hangup_twiml(self.config.bridge.unavailable_message))
                 return
             except TwilioApiError as exc:
+                session.log.warning("bridge.fallback_failed", error=str(exc)[:200])
+        elif self.rest is not None and session.call_sid:  # Telnyx: no TwiML; hang up
+            try:
+                await self.rest.hangup(session.call_sid)
+                return
+            except PeerUnavailableError as exc:
                 session.log.warning("bridge.fallback_failed", error=str(exc)[:200])
         bridge = session.bridge
         sender = getattr(bridge, "sender", None)
@@ -129,13 +145,14 @@ class AudioBridgeFactory:
     async def _hang_up(self, session: CallSession, reason: str, unsaid: str | None) -> None:
         if self.rest is not None and session.call_sid:
             try:
-                if unsaid:  # Twilio says the goodbye the model did not
+                if unsaid and isinstance(self.rest, TwilioRestClient):
+                    # Twilio says the goodbye the model did not
                     await self.rest.update_twiml(session.call_sid, say_hangup_twiml(unsaid))
                 else:
                     await self.rest.hangup(session.call_sid)
                 session.log.info("call.hung_up", reason=reason, twilio_said_goodbye=bool(unsaid))
                 return
-            except TwilioApiError as exc:
+            except PeerUnavailableError as exc:
                 metrics.incr("calls.limit.hangup_failed")
                 session.log.warning("call.hangup_failed", reason=reason, error=str(exc)[:200])
         sender = getattr(session.bridge, "sender", None)

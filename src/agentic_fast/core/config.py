@@ -369,6 +369,10 @@ class TelnyxConfig(_Section):
     # a webhook whose telnyx-timestamp is further than this from now is refused
     webhook_tolerance_s: float = field(default=300.0, metadata=_m(gt=0, hi=3600))
     request_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    # where Telnyx opens media streams and posts a dialled call's webhooks; "": from
+    # server.public_url (wss://<host>/telnyx/media-stream, https://<host>/telnyx/webhook)
+    stream_url: str = field(default="", metadata=_m(check=_optional(_url("wss", "ws"))))
+    webhook_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ from agentic_fast.carriers.twilio.twiml import (
     say_hangup_twiml,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.config import MEDIA_STREAM_PATH, Config
+from agentic_fast.core.config import MEDIA_STREAM_PATH, TELNYX_MEDIA_STREAM_PATH, Config
 from agentic_fast.core.errors import ConfigError, ProtocolError
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import (
@@ -120,6 +120,8 @@ class Services:
     owns_rest: bool = False
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: the Telnyx routes' services (``carrier: telnyx``, or a Telnyx API key configured)
+    telnyx: Any = None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -411,6 +413,10 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         metrics.incr("api.rejected.bad_request")
         log.warning("api.rejected", path=request.path, reason="bad_request", detail=problem)
         return _error(400, problem)
+    if svc.config.carrier == "telnyx":
+        from agentic_fast.carriers.telnyx.routes import place_call
+
+        return await place_call(svc, to, prompt, metadata)
     rest = _rest_or_error(svc)
     if isinstance(rest, web.Response):
         return rest
@@ -538,6 +544,10 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
         return _error(409, "call already ended", status=session.status.value)
     if not session.call_sid:
         return _error(409, "call has no CallSid yet")
+    if svc.telnyx is not None and not session.call_sid.startswith("CA"):  # not a CallSid
+        from agentic_fast.carriers.telnyx.routes import hang_up
+
+        return await hang_up(svc, session)
     rest = _rest_or_error(svc)
     if isinstance(rest, web.Response):
         return rest
@@ -560,7 +570,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     problems = []
     if svc.draining:
         problems.append("draining")
-    if svc.validator is None:
+    if svc.config.carrier == "telnyx":
+        if svc.telnyx.verifier is None:
+            problems.append(f"telnyx webhooks disabled: {svc.telnyx.verifier_problem}")
+    elif svc.validator is None:
         problems.append(f"twilio webhooks disabled: {svc.validator_problem}")
     if problems:
         return _json({"status": "not-ready", "problems": problems}, status=503)
@@ -571,6 +584,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
                rest_client: TwilioRestClient | None = None,
+               telnyx_rest: Any = None,
                manager: CallManager | None = None,
                replays: ReplayGuard | None = None) -> web.Application:
     """Build the aiohttp application; nothing touches the network until it starts.
@@ -585,7 +599,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         validator, problem = None, str(exc)
     # without an auth token nothing is signed and the Twilio routes refuse; the token
     # signer still needs a key, so use a random one that no webhook can ever reach
-    secret = (stream_token_secret(config.twilio.auth_token) if config.twilio.auth_token
+    token_key = config.twilio.auth_token or config.telnyx.api_key
+    secret = (stream_token_secret(token_key) if token_key
               else hashlib.sha256(repr(id(config)).encode() + b"unconfigured").digest())
     tokens = StreamTokenSigner(secret, ttl_s=int(server.stream_token_ttl_s))
     if manager is None:
@@ -615,16 +630,30 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         max_control_frames_per_s=server.ws_max_control_frames_per_s,
         max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
     )
+    telnyx = None
+    if config.carrier == "telnyx" or config.telnyx.api_key:
+        from agentic_fast.carriers.telnyx.media import CODECS
+        from agentic_fast.carriers.telnyx.routes import TelnyxServices
+        from agentic_fast.carriers.telnyx.stream_handler import TelnyxMediaStreamHandler
+
+        telnyx = TelnyxServices.build(config, manager, tokens, TelnyxMediaStreamHandler(
+            manager=manager, tokens=tokens, bridge_factory=bridge_factory,
+            limiter=media.limiter, codec=CODECS[config.telnyx.codec],
+            start_timeout_s=server.start_timeout_s,
+            max_message_bytes=server.ws_max_message_bytes, heartbeat_s=server.ws_heartbeat_s,
+            record_dtmf=not config.brain.pin,
+            max_control_frames_per_s=server.ws_max_control_frames_per_s,
+            max_write_buffer_bytes=server.ws_max_write_buffer_bytes), telnyx_rest)
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
-        bind(manager, rest_client)
+        bind(manager, telnyx.rest if config.carrier == "telnyx" and telnyx else rest_client)
     admission = Admission(config.calls, clock=manager.clock.monotonic,
                           tag_key=hashlib.sha256(b"agentic-fast/caller-tag/v1" + secret).digest())
     if replays is None:
         replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
                               max_entries=server.replay_max_entries)
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, admission, replays, owns_rest)
+                   bridge_factory, admission, replays, owns_rest, telnyx=telnyx)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
@@ -632,6 +661,11 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
     app.router.add_get(MEDIA_STREAM_PATH, media.handle)
+    if telnyx is not None:
+        from agentic_fast.carriers.telnyx.routes import TELNYX_WEBHOOK_PATH, telnyx_webhook
+
+        app.router.add_post(TELNYX_WEBHOOK_PATH, telnyx_webhook)
+        app.router.add_get(TELNYX_MEDIA_STREAM_PATH, telnyx.media.handle)
     app.router.add_post("/calls", create_call)
     app.router.add_get("/calls", list_calls)
     app.router.add_get("/calls/{call_id}", get_call)
@@ -641,7 +675,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
-    if problem:
+    if problem and config.carrier == "twilio":
         log.error("server.twilio_disabled", detail=problem)
     return app
 
@@ -658,6 +692,8 @@ async def _on_shutdown(app: web.Application) -> None:
     svc = app[SERVICES]
     svc.draining = True
     await svc.media.close_all()
+    if svc.telnyx is not None:
+        await svc.telnyx.media.close_all()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -668,6 +704,8 @@ async def _on_cleanup(app: web.Application) -> None:
         await close_factory()
     if svc.owns_rest and svc.rest is not None:
         await svc.rest.close()
+    if svc.telnyx is not None and svc.telnyx.owns_rest and svc.telnyx.rest is not None:
+        await svc.telnyx.rest.close()
     svc.replays.close()
 
 
@@ -675,7 +713,10 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerS
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     svc = runner.app[SERVICES]
-    site = CallServerSite(runner, host, port, routes={MEDIA_STREAM_PATH: svc.media},
+    routes: dict[str, Any] = {MEDIA_STREAM_PATH: svc.media}
+    if svc.telnyx is not None:
+        routes[TELNYX_MEDIA_STREAM_PATH] = svc.telnyx.media
+    site = CallServerSite(runner, host, port, routes=routes,
                           limits=listener_limits(svc.config),
                           trusted=runner.app[TRUSTED_PROXIES])
     await site.start()
