@@ -17,7 +17,7 @@ import aiohttp
 
 from agentic_fast.audio import AudioConverter
 from agentic_fast.call.manager import CallManager, CallSession
-from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
+from agentic_fast.call.stream_handler import StreamSender
 from agentic_fast.core.config import Config
 from agentic_fast.server.app import SERVICES, create_app, start_site
 from agentic_fast.server.runner import make_runner
@@ -60,7 +60,7 @@ class RecordingBridge:
     """A MediaSink that converts like the real bridge and records everything."""
 
     session: CallSession
-    sender: TwilioStreamSender
+    sender: StreamSender
     converter: AudioConverter = field(default_factory=lambda: AudioConverter("openai"))
     chunks: list[bytes] = field(default_factory=list)
     marks: list[str] = field(default_factory=list)
@@ -115,7 +115,7 @@ class Harness:
         self.clients: list[FakeTwilioMediaClient] = []
         self.bridge_ready: asyncio.Queue[RecordingBridge] = asyncio.Queue()
 
-    def _bridge(self, session: CallSession, sender: TwilioStreamSender) -> RecordingBridge:
+    def _bridge(self, session: CallSession, sender: StreamSender) -> RecordingBridge:
         bridge = RecordingBridge(session, sender)
         self.bridges[session.call_id] = bridge
         self.bridge_ready.put_nowait(bridge)

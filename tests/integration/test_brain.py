@@ -157,7 +157,7 @@ async def fake_gateway() -> AsyncIterator[FakeOpenClawGateway]:
 async def h(fake_gateway: FakeOpenClawGateway, tmp_path: Path) -> AsyncIterator[Harness]:
     client = GatewayClient(fake_gateway.url, token=TOKEN,
                            identity=load_or_create_identity(tmp_path / "device_key"),
-                           backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0))
+                           backoff=Backoff.endless(0.05, 0.2, jitter=0.0))
     async with FakeChatModel(responder=classify) as model:
         await client.wait_ready(timeout=10.0)
         harness = Harness(fake_gateway, client, model)
@@ -327,7 +327,7 @@ async def test_gateway_down_is_an_apology_and_the_call_goes_on(
     await proxy.start()
     client = GatewayClient(f"ws://127.0.0.1:{proxy.port}", token=TOKEN,
                            identity=load_or_create_identity(tmp_path / "device_key"),
-                           backoff=Backoff(initial=0.05, maximum=0.1, jitter=0.0))
+                           backoff=Backoff.endless(0.05, 0.1, jitter=0.0))
     async with FakeChatModel(responder=classify) as model:
         h = Harness(fake_gateway, client, model)
         await client.wait_ready(timeout=10.0)

@@ -61,7 +61,7 @@ async def test_a_transcript_command_reaches_the_real_agent_and_is_spoken(
         await gateway.start()
         client = GatewayClient(gateway.url, token=TOKEN,
                                identity=load_or_create_identity(tmp_path / "device_key"),
-                               backoff=Backoff(initial=0.25, maximum=1.0))
+                               backoff=Backoff.endless(0.25, 1.0))
         brain = ConversationBrain(
             BrainConfig(mode="transcript", allowed_callers=(OWNER,), filler_after_s=2.0,
                         deadline_s=TURN_DEADLINE_S, turn_gap_s=0),

@@ -39,7 +39,7 @@ CALLS = 30
 HISTORY = 10  # < CALLS: the history is full after the first round
 MACHINERY = ("AudioBridge", "OpenAIRealtimeProvider", "_Connection", "GeminiLiveProvider",
              "GeminiLink", "TurnTracker", "FastClientConnection", "StallWatch", "MediaSocket",
-             "TwilioStreamSender", "AudioConverter", "_StreamReader")
+             "StreamSender", "AudioConverter", "_StreamReader")
 
 
 def _ours() -> collections.Counter[str]:

@@ -77,7 +77,7 @@ def make_client(tmp_path: Path, sleeps: SleepRecorder) -> Callable[..., GatewayC
         kwargs.setdefault("token", TOKEN)
         kwargs.setdefault("identity", load_or_create_identity(tmp_path / "device_key"))
         kwargs.setdefault("sleep", sleeps)
-        kwargs.setdefault("backoff", Backoff(jitter=0.0))
+        kwargs.setdefault("backoff", Backoff.endless(jitter=0.0))
         return GatewayClient(url, **kwargs)  # type: ignore[arg-type]
     return make
 
@@ -173,7 +173,7 @@ async def test_unavailable_without_retry_after_backs_off(fake, make_client, slee
 async def test_unreachable_gateway_backs_off_doubling_to_the_cap(make_client, sleeps):
     async with FakeOpenClawGateway(token=TOKEN) as gone:
         url = gone.url  # a port nothing listens on once the fake is closed
-    async with make_client(url, backoff=Backoff(jitter=0.0, maximum=8.0)) as client:
+    async with make_client(url, backoff=Backoff.endless(max_delay_s=8.0, jitter=0.0)) as client:
         async with asyncio.timeout(10):
             await sleeps.wait_count(6)
         assert not client.is_open

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import GeminiConfig
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.providers.gemini.provider import GeminiLiveProvider
-from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
 
 MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"

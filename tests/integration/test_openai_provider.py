@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import OpenAIRealtimeConfig, VadConfig
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.providers.openai.commands import function_tool
 from agentic_fast.providers.openai.provider import OpenAIRealtimeProvider
-from agentic_fast.providers.reconnect import Backoff
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, FakeRealtimeSession, ResponseScript
 
 TIMEOUT = 5.0
@@ -128,7 +128,7 @@ def pcm16_chunk(value: int, ms: int = 40) -> tuple[str, bytes]:
 async def _round_trip(provider: OpenAIRealtimeProvider) -> None:
     """Every server event sent before now has been handled: a ping's pong comes after them
     (and events are handled as their frames are read)."""
-    conn = provider._conn
+    conn = provider._link
     assert conn is not None
     await asyncio.wait_for(await conn.ws.ping(), TIMEOUT)
 
@@ -734,7 +734,7 @@ async def test_a_server_that_stops_reading_is_noticed_and_replaced(
     await provider.connect()
     s0 = fake.sessions[0]
     s0.stop_reading()
-    stalled_ws = provider._conn.ws  # type: ignore[union-attr]
+    stalled_ws = provider._link.ws  # type: ignore[union-attr]
     for i in range(10_000):  # caller audio into a socket nobody reads, until it pushes back
         provider.send_audio(pcm16_chunk(i % 100)[0])
         if provider.stats["audio_backpressure_dropped"] > 100:

@@ -57,7 +57,7 @@ async def test_real_gateway_answers_a_command_and_aborts(
         try:
             client = GatewayClient(gateway.url, token=TOKEN,
                                    identity=load_or_create_identity(tmp_path / "device_key"),
-                                   backoff=Backoff(initial=0.25, maximum=1.0))
+                                   backoff=Backoff.endless(0.25, 1.0))
             async with client:
                 try:
                     hello = await client.wait_ready(timeout=READY_TIMEOUT_S)

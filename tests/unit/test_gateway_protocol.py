@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.errors import (
     ConfigError,
     GatewayError,
@@ -27,7 +28,6 @@ from agentic_fast.gateway.device import (
     load_or_create_identity,
 )
 from agentic_fast.gateway.protocol import (
-    Backoff,
     ClientHandshake,
     ErrorShape,
     Event,
@@ -387,13 +387,13 @@ def test_buffer_is_bounded_dropping_the_oldest():
 
 
 def test_backoff_doubles_to_the_cap():
-    delays = Backoff(rng=lambda: 0.5).delays()
+    delays = Backoff.endless(rand=lambda: 0.5).delays()
     assert [next(delays) for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
 def test_backoff_jitter_stays_within_bounds():
-    low = Backoff(jitter=0.2, rng=lambda: 0.0).delays()
-    high = Backoff(jitter=0.2, rng=lambda: 1.0).delays()
+    low = Backoff.endless(jitter=0.2, rand=lambda: 0.0).delays()
+    high = Backoff.endless(jitter=0.2, rand=lambda: 1.0).delays()
     assert next(low) == pytest.approx(0.8)
     assert next(high) == pytest.approx(1.2)
     for _ in range(10):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
+from agentic_fast.core.backoff import Backoff
+from agentic_fast.providers.reconnect import ChunkBacklog, carry_over_summary
 
 
 class Clock:
@@ -87,11 +88,28 @@ def test_huge_attempt_counts_do_not_overflow() -> None:
 
 @pytest.mark.parametrize("kwargs", [
     {"base_s": -1.0}, {"max_delay_s": -0.1}, {"factor": 0.5}, {"max_attempts": 0},
-    {"max_total_s": 0.0},
+    {"max_total_s": 0.0}, {"jitter": 1.5}, {"jitter": -0.1},
 ])
 def test_invalid_policy_is_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+def test_endless_policy_never_gives_up_and_scales_by_its_jitter() -> None:
+    """The gateway's behaviour: ``base_s`` first (not immediate), doubling to the cap, each
+    delay scaled by ``1 +- jitter``, no attempt or time bound."""
+    clock = Clock()
+    low = Backoff.endless(1.0, 30.0, jitter=0.2, rand=lambda: 0.0)
+    high = Backoff.endless(1.0, 30.0, jitter=0.2, rand=lambda: 1.0)
+    object.__setattr__(low, "clock", clock)
+    run = low.start()
+    first = [run.next_delay() for _ in range(7)]
+    assert first == pytest.approx([0.8, 1.6, 3.2, 6.4, 12.8, 24.0, 24.0])
+    clock.now += 1e9
+    assert run.next_delay() == pytest.approx(24.0)
+    highs = high.delays()
+    assert [next(highs) for _ in range(7)] == pytest.approx([1.2, 2.4, 4.8, 9.6, 19.2, 30.0,
+                                                               30.0])
 
 
 # --------------------------------------------------------------------------- ChunkBacklog

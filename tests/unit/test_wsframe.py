@@ -279,7 +279,7 @@ async def test_openai_send_path_writes_websockets_pending_frames_first() -> None
         try:
             await provider.connect()
             session = await fake.wait_session(0)
-            conn = provider._conn
+            conn = provider._link
             assert conn is not None
             spy = _Spy(conn.ws)
             conn.ws.protocol.send_ping(b"queued")  # a websockets frame not written yet

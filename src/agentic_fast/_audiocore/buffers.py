@@ -33,8 +33,9 @@ def byte_view(obj: object, *, pcm16: bool) -> memoryview:
             raise AudioFormatError(f"expected a {want} array, got dtype {dt}")
         if not obj.flags.c_contiguous:
             obj = np.ascontiguousarray(obj)
-        return memoryview(obj.reshape(-1).view(np.uint8))
+        return obj.reshape(-1).view(np.uint8).data
     try:
+        # obj is any object here: memoryview() raising TypeError is the check
         view = memoryview(obj)  # type: ignore[arg-type]
     except TypeError:
         raise AudioFormatError(

@@ -9,10 +9,13 @@ environment reads outside ``config.py``.
 from __future__ import annotations
 
 import os
-from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentic_fast._audiocore.api import NativeModule
 
 
-def load_native(needs: str | None = None) -> ModuleType | None:
+def load_native(needs: str | None = None) -> NativeModule | None:
     """``agentic_fast._audio``, or None when it is switched off, missing, or lacks the
     attribute ``needs`` (an extension built from an older ``ext/_audio.pyx``)."""
     if os.environ.get("AGENTIC_FAST_NO_EXT") == "1":

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agentic_fast._audiocore import tables
@@ -28,7 +30,7 @@ from agentic_fast._audiocore.spec import (
 from agentic_fast._audiocore.tables import FIR_SHIFT, FirDesign
 from agentic_fast.core.errors import AudioFormatError
 
-IMPLEMENTATION = "python"
+IMPLEMENTATION: Final = "python"
 
 _ROUND = 1 << (FIR_SHIFT - 1)
 _B64_RE = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
@@ -75,8 +77,9 @@ def b64decode_strict(text: str | bytes) -> bytes:
 
 # -- streaming integer FIR resamplers -------------------------------------------------------
 
-def _round_clip(acc: np.ndarray) -> np.ndarray:
-    return np.clip((acc + _ROUND) >> FIR_SHIFT, -32768, 32767).astype(np.int16)
+def _round_clip(acc: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
+    rounded: npt.NDArray[np.int64] = (acc + _ROUND) >> FIR_SHIFT
+    return np.clip(rounded, -32768, 32767).astype(np.int16)
 
 
 class FirUpsampler:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 #: Fixed-point scale of the FIR coefficients: taps are int16 holding ``h * 2**FIR_SHIFT``.
 FIR_SHIFT = 14
@@ -105,9 +106,10 @@ class FirDesign:
 
 
 def _kaiser_lowpass(length: int, cutoff_hz: float, rate: int, beta: float,
-                    gain: float) -> np.ndarray:
+                    gain: float) -> npt.NDArray[np.int16]:
     n = np.arange(length) - (length - 1) / 2
-    h = (2 * cutoff_hz / rate) * np.sinc(2 * cutoff_hz / rate * n) * np.kaiser(length, beta)
+    h: npt.NDArray[np.float64] = ((2 * cutoff_hz / rate) * np.sinc(2 * cutoff_hz / rate * n)
+                                  * np.kaiser(length, beta))
     h *= gain / h.sum()
     q = np.round(h * (1 << FIR_SHIFT))
     # Worst-case accumulator must fit int32 for the native (pmaddwd) inner loop.

@@ -23,9 +23,9 @@ Public API (same behaviour and output bytes in both implementations):
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Literal
 
+from agentic_fast._audiocore.api import AudioImplementation
 from agentic_fast._audiocore.native import load_native
 from agentic_fast._audiocore.spec import PROVIDER_FORMATS, TWILIO_FRAME_BYTES, TWILIO_RATE
 from agentic_fast._audiocore.tables import FIR_DESIGNS
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 
-def _select() -> ModuleType:
+def _select() -> AudioImplementation:
     native = load_native()
     if native is not None:
         return native
@@ -67,7 +67,7 @@ alaw_encode = _impl.alaw_encode
 AudioConverter = _impl.AudioConverter
 
 
-def implementation_module() -> ModuleType:
+def implementation_module() -> AudioImplementation:
     """The module behind the public names (``agentic_fast._audio`` or the numpy twin)."""
     return _impl
 

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
+import numpy.typing as npt
 import soxr
 
 from agentic_fast._audiocore import buffers as _buffers
+from agentic_fast._audiocore.api import FirResampler
 from agentic_fast._audiocore.spec import odd_pcm
 from agentic_fast._audiocore.tables import FIR_DESIGNS
 from agentic_fast.audio import implementation_module
+
+
+class _SoxrStream(Protocol):
+    """What we use of ``soxr.ResampleStream`` (soxr ships no type information)."""
+
+    def resample_chunk(self, x: npt.NDArray[np.int16],
+                       last: bool = False) -> npt.NDArray[np.int16]: ...
+    def delay(self) -> float: ...
+    def clear(self) -> None: ...
 
 
 class Resampler:
@@ -26,6 +39,8 @@ class Resampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         design = FIR_DESIGNS.get((in_rate, out_rate))
+        self._fir: FirResampler | None
+        self._soxr: _SoxrStream | None
         if design is not None:
             self._fir = implementation_module().FirResampler(design)
             self._soxr = None

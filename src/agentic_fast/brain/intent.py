@@ -25,12 +25,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 
 from agentic_fast.brain.turns import ASSISTANT, MemoryTurn
 from agentic_fast.core.errors import PeerUnavailableError
+
+if TYPE_CHECKING:
+    from agentic_fast.core.config import ClassifierConfig
 
 __all__ = ["ACTION", "CHAT", "RUN_COMMAND", "ChatModelClassifier", "ClassifierError", "Intent",
            "IntentClassifier", "InvalidClassificationError", "build_messages",
@@ -226,7 +229,7 @@ class ChatModelClassifier:
         self._http: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> ChatModelClassifier:
+    def from_config(cls, config: ClassifierConfig) -> ChatModelClassifier:
         """From a ``ClassifierConfig`` (provider, base_url, model, api_key, timeout_s).
 
         OpenAI's current chat models reason: they refuse ``max_tokens`` (it is

@@ -107,7 +107,7 @@ class CallerPolicy:
 
     def caller_allowed(self, number: str | None) -> bool:
         """True if ``number`` is on the allow list (exact E.164 match)."""
-        return bool(number) and number.strip() in self._allowed
+        return number is not None and number.strip() in self._allowed
 
     def pin_check(self) -> PinCheck:
         return PinCheck(self.pin)

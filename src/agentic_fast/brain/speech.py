@@ -13,7 +13,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 from agentic_fast.core import metrics
@@ -187,15 +187,22 @@ class Phrases:
 
 # -- speaking through the call's provider (``session.bridge.provider``) -------------------
 
-def _provider(bridge: Any, log: BoundLogger, what: str) -> Any:
-    provider = getattr(bridge, "provider", None)
+class _Voice(Protocol):
+    """What the brain uses of a call's provider (``RealtimeProvider``)."""
+
+    def say(self, text: str) -> None: ...
+    def send_tool_result(self, call_id: str, output: str) -> None: ...
+
+
+def _provider(bridge: object, log: BoundLogger, what: str) -> _Voice | None:
+    provider: _Voice | None = getattr(bridge, "provider", None)
     if provider is None:
         metrics.incr("brain.speak.no_bridge")
         log.warning("brain.speak.no_bridge", what=what)
     return provider
 
 
-def say(bridge: Any, text: str, log: BoundLogger, what: str) -> bool:
+def say(bridge: object, text: str, log: BoundLogger, what: str) -> bool:
     """Have the call's model speak ``text`` (``provider.say``); errors logged and counted."""
     provider = _provider(bridge, log, what)
     if provider is None or not text:
@@ -217,7 +224,7 @@ def tool_output(*, result: str | None = None, error: str | None = None) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
-def send_tool_output(bridge: Any, call_id: str, log: BoundLogger, *,
+def send_tool_output(bridge: object, call_id: str, log: BoundLogger, *,
                      result: str | None = None, error: str | None = None) -> bool:
     """Answer tool call ``call_id`` (``provider.send_tool_result``); errors logged, counted."""
     provider = _provider(bridge, log, "tool_result")

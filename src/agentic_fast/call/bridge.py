@@ -1,15 +1,18 @@
 """AudioBridge: one call's audio both ways, paced playout, marks and barge-in.
 
-Inbound: Twilio payload -> ``AudioConverter`` -> provider chunks (synchronous, no awaits).
-Outbound: provider deltas -> 20 ms Twilio frames in a bounded queue, sent by the shared
+Carrier-neutral: the carrier is known only through its stream sender and leg format
+(``carriers/base.py``); nothing here imports a carrier.
+
+Inbound: carrier payload -> ``AudioConverter`` -> provider chunks (synchronous, no awaits).
+Outbound: provider deltas -> 20 ms carrier frames in a bounded queue, sent by the shared
 pacer with a small lead over the caller's playout, with a ``mark`` every few frames so the
 bridge knows, per assistant item, how much audio the caller has really heard.
 
 Barge-in: on caller speech the bridge sends ``clear``, drops queued audio, and asks the
-provider to stop, passing the milliseconds heard: the last mark Twilio confirmed plus the
+provider to stop, passing the milliseconds heard: the last mark the carrier confirmed plus the
 playout time since that confirmation (clamped to what was sent and to what the item really
 had; ``None`` when nothing was heard yet), so marks can be sparse (every 200 ms by default:
-each one costs an echo message) without coarsening the truncate point. Marks that Twilio
+each one costs an echo message) without coarsening the truncate point. Marks that the carrier
 echoes because of the ``clear`` belong to an older epoch and are not counted as heard.
 """
 
@@ -23,16 +26,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agentic_fast.audio import AudioConverter
+from agentic_fast.audio.legs import converter_for
 from agentic_fast.call.manager import CallSession
 from agentic_fast.call.pacer import SharedPacer
+from agentic_fast.call.stream_handler import StreamSender
 from agentic_fast.call.timers import CallLimits, CallTimers, Scheduler
-from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
+from agentic_fast.carriers.base import FRAME_MS, PCMU_8K, LegFormat
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 
-FRAME_MS = 20
+__all__ = ["FRAME_MS", "AudioBridge", "BridgeSettings", "ConversationSink",
+           "ProviderUnreachableError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +46,7 @@ class BridgeSettings:
     """Knobs of the outbound path and barge-in (from config)."""
 
     handoff_ms: int = 20
-    #: how far ahead of the caller's playout we keep Twilio's buffer (ms)
+    #: how far ahead of the caller's playout we keep the carrier's buffer (ms)
     lead_ms: int = 120
     #: a mark every N frames (200 ms at 10)
     mark_every_frames: int = 10
@@ -48,7 +54,7 @@ class BridgeSettings:
     max_queue_frames: int = 3000
     #: caller speech must last this long while the assistant talks to cut it off (0 = at once)
     barge_in_min_speech_ms: int = 0
-    #: Twilio socket write buffer above which a tick skips this call (slow peer)
+    #: carrier socket write buffer above which a tick skips this call (slow peer)
     max_write_buffer: int = 64 * 1024
     #: bound on reaching the provider when the stream starts (beyond: spoken fallback)
     connect_timeout_s: float = 10.0
@@ -82,7 +88,7 @@ class ConversationSink(Protocol):
 class AudioBridge(ProviderListener):
     """Owns one call's audio path; built when the media stream is authenticated."""
 
-    def __init__(self, session: CallSession, sender: TwilioStreamSender,
+    def __init__(self, session: CallSession, sender: StreamSender,
                  provider: RealtimeProvider, pacer: SharedPacer, *,
                  settings: BridgeSettings | None = None, speak_first: str | None = None,
                  conversation: ConversationSink | None = None,
@@ -91,16 +97,16 @@ class AudioBridge(ProviderListener):
                  clock: Callable[[], float] = time.perf_counter,
                  limits: CallLimits | None = None,
                  on_call_limit: Callable[[CallSession, str, str | None], Any] | None = None,
-                 scheduler: Scheduler | None = None, converter: Any = None) -> None:
+                 scheduler: Scheduler | None = None, leg: LegFormat = PCMU_8K) -> None:
         self.session = session
         self.sender = sender
         self.provider = provider
         self.pacer = pacer
         self.settings = settings or BridgeSettings()
-        # the phone leg's converter: 8 kHz mu-law unless the carrier's codec needs another
-        # (e.g. audio.l16.L16Converter for Telnyx L16); same interface either way
-        self.converter = converter or AudioConverter(provider.converter_format,
-                                                     handoff_ms=self.settings.handoff_ms)
+        #: the carrier's audio format: the converter cuts outbound audio into its frames
+        self.leg = leg
+        self.converter = converter_for(provider.converter_format, leg,
+                                       self.settings.handoff_ms)
         self.speak_first = speak_first
         self.conversation = conversation
         self.on_provider_failed = on_provider_failed
@@ -125,7 +131,7 @@ class AudioBridge(ProviderListener):
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("bridge", self.log)
         # counters for the closing log line and tests
         self.frames_out = 0
         self.dropped_frames = 0
@@ -203,8 +209,7 @@ class AudioBridge(ProviderListener):
                 self.log.exception("bridge.conversation_error")
         if self._speech_timer is not None:
             self._speech_timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         with contextlib.suppress(Exception):
             await self.provider.close()
         metrics.incr("bridge.closed")
@@ -398,7 +403,7 @@ class AudioBridge(ProviderListener):
         self._mark_seq += 1
         name = f"m{self._mark_seq}"
         self._marks[name] = (self._epoch, item, item_ms)
-        if len(self._marks) > 512:  # Twilio never echoed: do not grow
+        if len(self._marks) > 512:  # the carrier never echoed: do not grow
             self._marks.pop(next(iter(self._marks)))
             metrics.incr("bridge.marks.evicted")
         return name
@@ -440,7 +445,7 @@ class AudioBridge(ProviderListener):
 
     def _heard_now(self, item: str) -> int:
         """Milliseconds of ``item`` the caller has heard: the last confirmed mark, plus the
-        time since Twilio confirmed it while playout went on (clamped by the caller to what
+        time since the carrier confirmed it while playout went on (clamped by the caller to what
         was sent), so sparse marks still give a truncate point to the frame."""
         heard = self._item_heard_ms.get(item, 0)
         last = self._last_heard
@@ -479,7 +484,4 @@ class AudioBridge(ProviderListener):
                       dropped_frames=dropped)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)

@@ -1,7 +1,7 @@
 """Builds each call's AudioBridge, with its provider socket opened early (pre-warm).
 
-The webhook calls :meth:`AudioBridgeFactory.prewarm` while it answers Twilio, so the TLS and
-session handshake with the model happen while Twilio is still opening the media stream;
+The webhook calls :meth:`AudioBridgeFactory.prewarm` while it answers the carrier, so the TLS and
+session handshake with the model happen while the carrier is still opening the media stream;
 the stream then gets a provider that is (nearly) ready. A pre-warmed provider whose stream
 never arrives is closed when the call ends (``discard``), never leaked.
 """
@@ -16,15 +16,14 @@ from typing import Any
 from agentic_fast.call.bridge import AudioBridge, BridgeSettings, ConversationSink
 from agentic_fast.call.manager import CallDirection, CallManager, CallSession
 from agentic_fast.call.pacer import SharedPacer
+from agentic_fast.call.stream_handler import StreamSender
 from agentic_fast.call.timers import CallLimits
-from agentic_fast.carriers.telnyx.rest import TelnyxRestClient
-from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
-from agentic_fast.carriers.twilio.stream_handler import TwilioStreamSender
-from agentic_fast.carriers.twilio.twiml import say_hangup_twiml
+from agentic_fast.carriers.base import CallControl
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import CarrierApiError
 from agentic_fast.core.log import get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.providers.base import RealtimeProvider
 
 log = get_logger("bridge")
@@ -51,14 +50,14 @@ class AudioBridgeFactory:
             connect_timeout_s=b.provider_connect_timeout_s)
         self.limits = call_limits(config)
         self._warm: dict[str, RealtimeProvider] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("bridge.factory", log)
         self.manager: CallManager | None = None
-        self.rest: TwilioRestClient | TelnyxRestClient | None = None
+        #: the carrier's call control (REST), to end calls gracefully
+        self.rest: CallControl | None = None
         #: objects started with the app and closed with it (gateway client, brain)
         self.owned: list[Any] = []
 
-    def bind_server(self, manager: CallManager,
-                    rest: TwilioRestClient | TelnyxRestClient | None) -> None:
+    def bind_server(self, manager: CallManager, rest: CallControl | None) -> None:
         """Called by ``create_app``: what the factory needs to end a call gracefully."""
         self.manager = manager
         self.rest = rest
@@ -90,41 +89,28 @@ class AudioBridgeFactory:
 
     # -- MediaStreamHandler's factory ---------------------------------------------------------
 
-    def __call__(self, session: CallSession, sender: TwilioStreamSender) -> AudioBridge:
+    def __call__(self, session: CallSession, sender: StreamSender) -> AudioBridge:
         provider = self._warm.pop(session.call_id, None) or self.provider_factory(session)
         if session.direction is CallDirection.OUTBOUND:
             speak_first = session.prompt or None
         else:
             speak_first = self.config.openai_realtime.greeting or None
-        converter = None
-        if self.config.carrier == "telnyx" and self.config.telnyx.codec == "L16":
-            from agentic_fast.audio.l16 import L16Converter
-
-            converter = L16Converter(provider.converter_format,
-                                     handoff_ms=self.settings.handoff_ms)
         return AudioBridge(session, sender, provider, self.pacer, settings=self.settings,
                            speak_first=speak_first, conversation=self.conversation,
                            on_provider_failed=self.provider_failed,
                            write_buffer=sender.write_buffer_size,
-                           limits=self.limits, on_call_limit=self.end_call,
-                           converter=converter)
+                           limits=self.limits, on_call_limit=self.end_call, leg=sender.leg)
 
     async def provider_failed(self, session: CallSession, reason: str) -> None:
         """The model cannot be reached: say so to the caller, then end the call cleanly."""
         if self.manager is not None and not session.ended:
             self.manager.fail(session, f"provider-unavailable: {reason}")
-        if isinstance(self.rest, TwilioRestClient) and session.call_sid:
+        if self.rest is not None and session.call_sid:
             try:
-                await self.rest.update_twiml(
-                    session.call_sid, say_hangup_twiml(self.config.bridge.unavailable_message))
+                await self.rest.say_and_hang_up(session.call_sid,
+                                                self.config.bridge.unavailable_message)
                 return
-            except TwilioApiError as exc:
-                session.log.warning("bridge.fallback_failed", error=str(exc)[:200])
-        elif self.rest is not None and session.call_sid:  # Telnyx: no TwiML; hang up
-            try:
-                await self.rest.hangup(session.call_sid)
-                return
-            except PeerUnavailableError as exc:
+            except CarrierApiError as exc:
                 session.log.warning("bridge.fallback_failed", error=str(exc)[:200])
         bridge = session.bridge
         sender = getattr(bridge, "sender", None)
@@ -135,7 +121,7 @@ class AudioBridgeFactory:
     def end_call(self, session: CallSession, reason: str, unsaid: str | None) -> None:
         """A call time limit was reached and its goodbye played (``unsaid``: the goodbye
         the model never voiced): record ``reason`` as the call's end, then hang up."""
-        if session.ended:  # the caller (or Twilio) ended it meanwhile: nothing to hang up
+        if session.ended:  # the caller (or the carrier) ended it meanwhile: nothing to hang up
             session.log.info("call.limit_after_end", reason=reason, ended_by=session.reason)
             return
         if self.manager is not None:
@@ -145,14 +131,13 @@ class AudioBridgeFactory:
     async def _hang_up(self, session: CallSession, reason: str, unsaid: str | None) -> None:
         if self.rest is not None and session.call_sid:
             try:
-                if unsaid and isinstance(self.rest, TwilioRestClient):
-                    # Twilio says the goodbye the model did not
-                    await self.rest.update_twiml(session.call_sid, say_hangup_twiml(unsaid))
+                if unsaid:  # the carrier says the goodbye the model did not
+                    await self.rest.say_and_hang_up(session.call_sid, unsaid)
                 else:
-                    await self.rest.hangup(session.call_sid)
+                    await self.rest.hang_up(session.call_sid)
                 session.log.info("call.hung_up", reason=reason, twilio_said_goodbye=bool(unsaid))
                 return
-            except PeerUnavailableError as exc:
+            except CarrierApiError as exc:
                 metrics.incr("calls.limit.hangup_failed")
                 session.log.warning("call.hangup_failed", reason=reason, error=str(exc)[:200])
         sender = getattr(session.bridge, "sender", None)
@@ -175,14 +160,11 @@ class AudioBridgeFactory:
             with contextlib.suppress(Exception):
                 await provider.close()
         self._warm.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         await self.pacer.close()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
 
 def call_limits(config: Config) -> CallLimits:

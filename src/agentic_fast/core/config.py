@@ -28,12 +28,12 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -41,12 +41,18 @@ import yaml
 from agentic_fast.core.errors import ConfigError
 from agentic_fast.core.model_status import Kind, model_notice
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_SectionT = TypeVar("_SectionT", bound="DataclassInstance")
+
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
 TELNYX_MEDIA_STREAM_PATH = "/telnyx/media-stream"
 """Route of the Telnyx media streaming WebSocket (``stream_url`` of answer and dial)."""
-#: The telephone carriers a server can bridge (``carrier``).
+
 CARRIERS = ("twilio", "telnyx")
+"""Values of ``carrier`` (see ``agentic_fast.carriers.registry``)."""
 
 _DEFAULT_INSTRUCTIONS = (
     "You are a helpful voice assistant on a phone call. Keep answers short and natural, "
@@ -68,7 +74,7 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # -- field metadata and value checks ------------------------------------------------------------
 
 def _m(*, lo: float | None = None, hi: float | None = None, gt: float | None = None,
-       choices: tuple[str, ...] | None = None, check: Callable[[Any], Any] | None = None,
+       choices: Sequence[str] | None = None, check: Callable[[Any], Any] | None = None,
        each: Callable[[Any], Any] | None = None, secret: bool = False) -> dict[str, Any]:
     """Field metadata: inclusive ``lo``/``hi``, exclusive ``gt``, ``choices``, a normalising
     ``check`` (returns the value, raises ``ValueError``), ``each`` (check per list item),
@@ -230,9 +236,10 @@ class _Section:
 
     __slots__ = ()
     PATH: ClassVar[str]  # dotted key path of the section in config.yaml
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # every section is a dataclass
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             if not f.metadata:
                 continue
             key = f"{self.PATH}.{f.name}"
@@ -485,13 +492,17 @@ class BrainConfig(_Section):
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
+#: The ``audio.provider`` names a config may select: the built-in providers, and every name
+#: registered since (:func:`agentic_fast.providers.registry.register` adds to it).
+PROVIDER_NAMES: list[str] = ["openai", "gemini", "openai-pcmu"]
+
+
 @dataclass(frozen=True, slots=True)
 class AudioConfig(_Section):
     """Audio path: which provider format the converter targets, handoff chunk size."""
 
     PATH: ClassVar[str] = "audio"
-    provider: str = field(default="openai", metadata=_m(choices=("openai", "gemini",
-                                                                   "openai-pcmu")))
+    provider: str = field(default="openai", metadata=_m(choices=PROVIDER_NAMES))
     handoff_ms: int = field(default=20, metadata=_m(lo=20, hi=100))
 
 
@@ -579,7 +590,7 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
-    #: the telephone carrier of every call: twilio or telnyx
+    # the telephone carrier whose webhooks and media streams this server takes
     carrier: str = "twilio"
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
@@ -594,8 +605,10 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.carrier not in CARRIERS:
-            raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}; got "
-                              f"{self.carrier!r}", key="carrier")
+            close = difflib.get_close_matches(self.carrier, CARRIERS, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}, got "
+                              f"{self.carrier!r}{hint}", key="carrier")
         if (self.carrier == "telnyx" and self.telnyx.codec == "L16"
                 and self.audio.provider == "openai-pcmu"):
             raise ConfigError("telnyx.codec: L16 needs a PCM16 provider leg, but "
@@ -785,7 +798,7 @@ class _Loader:
         finally:
             self.yaml.dispose()
 
-    def section(self, cls: type, node: yaml.Node, path: str) -> Any:
+    def section(self, cls: type[_SectionT], node: yaml.Node, path: str) -> _SectionT:
         if not isinstance(node, yaml.MappingNode):
             raise self.error(path, f"expected a mapping of settings, got {_describe(node)}", node)
         own = {id(key_node) for key_node, _ in node.value}  # keys not from a merge
@@ -832,7 +845,7 @@ class _Loader:
         return self.lines.get(key)
 
     def value(self, tp: Any, node: yaml.Node, key: str, secret: bool = False) -> Any:
-        if is_dataclass(tp):
+        if isinstance(tp, type) and is_dataclass(tp):
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)

@@ -106,3 +106,36 @@ class GatewayPayloadTooLargeError(LocalProtocolError):
         self.size = size
         self.limit = limit
         super().__init__(message, peer="openclaw")
+
+
+# --- telephone carriers (carriers/base.py) -------------------------------------------------
+
+
+class CarrierProtocolError(RemoteProtocolError):
+    """A carrier's media stream or webhook broke its protocol.
+
+    ``reason`` is a short machine token for counters (``<carrier>.media.rejected.<reason>``):
+    ``malformed_json``, ``binary_frame``, ``unknown_event``, ``missing_field``, ``bad_type``,
+    ``bad_value``, ``out_of_order``, ``wrong_stream_id``, ``unsupported_media_format``...;
+    ``field`` names the offending field when there is one.
+    """
+
+    def __init__(self, message: str, *, peer: str, reason: str,
+                 field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(message, peer=peer)
+
+
+class CarrierApiError(PeerUnavailableError):
+    """A carrier's call-control REST API refused a request or could not be reached.
+
+    ``code`` is the carrier's own error code when it sent one, ``status`` the HTTP status
+    (None: network error or timeout).
+    """
+
+    def __init__(self, message: str, *, peer: str, code: int | str | None = None,
+                 status: int | None = None) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(message, peer=peer)

@@ -45,12 +45,17 @@ class ModelNotice:
                 f"({self.source})")
 
 
+_UNDATED: dict[str, Literal["unsupported", "superseded"]] = {
+    "unsupported": "unsupported", "superseded": "superseded"}
+
+
 def _table(source: str, groups: dict[str, tuple[str, ...]]) -> dict[str, ModelNotice]:
     """``{shutdown date or status: model ids}`` -> ``{model id: notice}``."""
     out: dict[str, ModelNotice] = {}
     for key, models in groups.items():
-        if key in ("unsupported", "superseded"):
-            notice = ModelNotice(key, None, source)  # type: ignore[arg-type]
+        status = _UNDATED.get(key)
+        if status is not None:
+            notice = ModelNotice(status, None, source)
         else:
             notice = ModelNotice("deprecated", date.fromisoformat(key), source)
         out.update(dict.fromkeys(models, notice))

@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agentic_fast import __version__
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
@@ -46,6 +47,7 @@ from agentic_fast.core.errors import (
     RemoteProtocolError,
 )
 from agentic_fast.core.log import get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.gateway.credentials import DeviceCredentials
 from agentic_fast.gateway.device import (
     DeviceIdentity,
@@ -53,7 +55,6 @@ from agentic_fast.gateway.device import (
     load_or_create_identity,
 )
 from agentic_fast.gateway.protocol import (
-    Backoff,
     ChatEvent,
     ClientHandshake,
     Event,
@@ -125,7 +126,7 @@ class GatewayClient:
         self._handshake_timeout = handshake_timeout
         self._request_timeout = request_timeout
         self._abort_timeout = abort_timeout
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff.endless()
         self._sleep = sleep
         self._max_retries = max_request_retries
         self._max_pending = max_pending
@@ -137,7 +138,7 @@ class GatewayClient:
         self._early = PendingRunBuffer(early_buffer_size)
         self._pending: dict[str, _Pending] = {}
         self._routes: dict[str, RunRoute] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("gateway", _log, expected=(AgenticFastError,))
         self._link: _Link | None = None
         self._ready = asyncio.Event()
         self._manager: asyncio.Task[None] | None = None
@@ -227,8 +228,7 @@ class GatewayClient:
         """Let pending aborts go out (bounded), then close the link and fail what is left."""
         if self._closing:
             return
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self._abort_timeout)
+        await self._tasks.wait(timeout=self._abort_timeout)
         self._closing = True
         self._ready.set()
         link = self._link
@@ -240,8 +240,7 @@ class GatewayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._manager
         self._fail_all("client closed")
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
 
     async def __aenter__(self) -> GatewayClient:
         await self.start()
@@ -313,7 +312,7 @@ class GatewayClient:
                         if not exc.retryable or attempt >= self._max_retries:
                             raise
                         attempt += 1
-                        delay = _retry_delay(exc, delays, self._backoff.maximum)
+                        delay = _retry_delay(exc, delays, self._backoff.max_delay_s)
                         metrics.incr("gateway.request.retries")
                         _log.info("gateway.request.retry", method=method, code=exc.code,
                                   attempt=attempt, delay_s=round(delay, 3))
@@ -369,18 +368,7 @@ class GatewayClient:
         return entry
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            if not isinstance(exc, AgenticFastError):
-                _log.error("gateway.task.failed", error=repr(exc))
-                metrics.incr("gateway.task.failed")
+        return self._tasks.spawn(coro)
 
     # --- internals: runs --------------------------------------------------------------------
 
@@ -425,7 +413,7 @@ class GatewayClient:
                     self._ready.set()
                     return
                 else:
-                    delay = _retry_delay(exc, delays, self._backoff.maximum)
+                    delay = _retry_delay(exc, delays, self._backoff.max_delay_s)
                     self._on_retryable_refusal(exc, delay)
             except InvalidURI as exc:
                 self._fatal = GatewayError(f"bad gateway url {self._url}: {exc}",

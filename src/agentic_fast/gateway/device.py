@@ -230,7 +230,8 @@ class DeviceTokenStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            return self._invalid("unreadable", error=str(exc))
+            self._invalid("unreadable", error=str(exc))
+            return None
         try:
             if mode & 0o077:
                 os.chmod(self.path, 0o600)
@@ -238,15 +239,18 @@ class DeviceTokenStore:
                              was=oct(mode), now="0o600")
             data = self.path.read_bytes()
         except OSError as exc:
-            return self._invalid("unreadable", error=str(exc))
+            self._invalid("unreadable", error=str(exc))
+            return None
         try:
             record = StoredDeviceToken.from_json(data)
         except ValueError as exc:
-            return self._invalid("corrupt", error=str(exc))
+            self._invalid("corrupt", error=str(exc))
+            return None
         if record.device_id != device_id:
             # the key file was replaced: the token belongs to a device we no longer are
-            return self._invalid("other_device", stored_device_id=record.device_id[:16],
-                                 device_id=device_id[:16])
+            self._invalid("other_device", stored_device_id=record.device_id[:16],
+                          device_id=device_id[:16])
+            return None
         if record.role != role or record.gateway_url != gateway_url:
             _log.info("gateway.device_token.not_for_this_gateway", path=str(self.path),
                       stored_url=record.gateway_url, url=gateway_url, role=record.role)
@@ -257,7 +261,6 @@ class DeviceTokenStore:
         metrics.incr(f"gateway.device_token.{why}")
         _log.warning(f"gateway.device_token.{why}", path=str(self.path),
                      action="ignored; the device connects without it", **fields)
-        return None
 
     def save(self, record: StoredDeviceToken) -> bool:
         """Write ``record`` (mode 0600, atomic replace); False, logged, if that failed."""

@@ -17,9 +17,8 @@ a protocol violation by the server.
 
 from __future__ import annotations
 
-import random
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -36,7 +35,6 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ROLE",
     "TERMINAL_STATES",
-    "Backoff",
     "ChatEvent",
     "ClientHandshake",
     "ErrorShape",
@@ -605,25 +603,3 @@ def parse_chat_event(payload: Any) -> ChatEvent:
         stop_reason=_opt_str(payload, "stopReason"),
         error_message=_opt_str(payload, "errorMessage"),
         error_kind=_opt_str(payload, "errorKind"))
-
-
-# --- reconnect policy -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Reconnect delays: ``initial`` doubling to ``maximum``, each scaled by +-``jitter``."""
-
-    initial: float = 1.0
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.2
-    rng: Callable[[], float] = random.random
-
-    def delays(self) -> Iterator[float]:
-        """An endless sequence of delays in seconds (start a new one after a success)."""
-        delay = self.initial
-        while True:
-            scale = 1.0 + self.jitter * (2.0 * self.rng() - 1.0)
-            yield min(self.maximum, max(0.0, delay * scale))
-            delay = min(self.maximum, delay * self.factor)

@@ -29,31 +29,36 @@ from agentic_fast.call.manager import (
     CallRefusedError,
     CallSession,
 )
+from agentic_fast.call.stream_handler import (
+    PARAM_CALL_ID,
+    PARAM_TOKEN,
+    BridgeFactory,
+    ConnectionLimiter,
+    MediaStreamHandler,
+)
 from agentic_fast.call.stream_token import StreamTokenSigner
+from agentic_fast.carriers.base import (
+    CallControl,
+    Carrier,
+    OutboundCall,
+    StreamTarget,
+    WebhookRequest,
+    WebhookVerifier,
+)
+from agentic_fast.carriers.registry import build_carrier
+from agentic_fast.carriers.twilio.carrier import TwilioCarrier
 from agentic_fast.carriers.twilio.form import (
     JSON_TYPE,
     WebhookBodyError,
     check_content_type,
     parse_webhook_body,
 )
-from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
-from agentic_fast.carriers.twilio.signature import (
-    SETTINGS_HEADER,
-    SIGNATURE_HEADER,
-    SignatureNotConfiguredError,
-    TwilioSignatureValidator,
-)
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
+from agentic_fast.carriers.twilio.signature import SETTINGS_HEADER
 from agentic_fast.carriers.twilio.status import (
     map_call_status,
     parse_status_callback,
     parse_stream_status_callback,
-)
-from agentic_fast.carriers.twilio.stream_handler import (
-    PARAM_CALL_ID,
-    PARAM_TOKEN,
-    BridgeFactory,
-    ConnectionLimiter,
-    MediaStreamHandler,
 )
 from agentic_fast.carriers.twilio.twiml import (
     busy_twiml,
@@ -62,8 +67,8 @@ from agentic_fast.carriers.twilio.twiml import (
     say_hangup_twiml,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.config import MEDIA_STREAM_PATH, TELNYX_MEDIA_STREAM_PATH, Config
-from agentic_fast.core.errors import ConfigError, ProtocolError
+from agentic_fast.core.config import Config
+from agentic_fast.core.errors import CarrierApiError, ConfigError, ProtocolError
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import (
     TRUSTED_PROXIES,
@@ -110,25 +115,23 @@ class Services:
     config: Config
     manager: CallManager
     media: MediaStreamHandler
-    rest: TwilioRestClient | None
-    validator: TwilioSignatureValidator | None
+    rest: CallControl | None
+    validator: WebhookVerifier | None
     validator_problem: str | None
     tokens: StreamTokenSigner
     bridge_factory: BridgeFactory
     admission: Admission
     replays: ReplayGuard
-    owns_rest: bool = False
+    carrier: Carrier
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    #: the Telnyx routes' services (``carrier: telnyx``, or a Telnyx API key configured)
-    telnyx: Any = None
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
+def _error(status: int, message: str, /, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status=status)
 
 
@@ -157,17 +160,16 @@ async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[st
         fields = parse_webhook_body(body, content_type)
     except WebhookBodyError as exc:
         raise _body_refused(request, exc) from None
-    signature = request.headers.get(SIGNATURE_HEADER)
-    settings = request.headers.get(SETTINGS_HEADER)
-    if content_type == JSON_TYPE:
-        ok = svc.validator.validate_json(request.raw_path, body, signature, settings)
-    else:
-        ok = svc.validator.validate_form(request.raw_path, fields, signature, settings)
+    remote = client_address(request)
+    ok = svc.validator.verify(WebhookRequest(
+        request.raw_path, request.headers, body, content_type,
+        None if content_type == JSON_TYPE else fields, remote or ""))
     if not ok:
         metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
-        log.warning("webhook.rejected", reason=ok.reason, path=request.path,
-                    remote=client_address(request), key_id=ok.key_id,
-                    algorithm=ok.algorithm if settings else None)
+        log.warning("webhook.rejected", reason=ok.reason, path=request.path, remote=remote,
+                    key_id=getattr(ok, "key_id", None),
+                    algorithm=(getattr(ok, "algorithm", None)
+                               if request.headers.get(SETTINGS_HEADER) else None))
         return None
     return fields
 
@@ -288,14 +290,20 @@ def _prewarm(svc: Services, session: CallSession) -> None:
         prewarm(session)
 
 
-def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
+def _stream_target(svc: Services, session: CallSession, call_sid: str | None
+                   ) -> StreamTarget:
+    """Where the call's media stream connects, with its call id and one-time token."""
     token = svc.tokens.issue(session.call_id, call_sid)
     server = svc.config.server
-    return connect_stream_twiml(
-        server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
-        status_callback=server.webhook_url(STREAM_STATUS_PATH),
-        fallback_say="Sorry, the assistant could not be reached. Goodbye.",
-    )
+    return StreamTarget(server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
+                        status_url=server.webhook_url(STREAM_STATUS_PATH),
+                        fallback_say="Sorry, the assistant could not be reached. Goodbye.")
+
+
+def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
+    target = _stream_target(svc, session, call_sid)
+    return connect_stream_twiml(target.url, target.params, status_callback=target.status_url,
+                                fallback_say=target.fallback_say)
 
 
 async def status_callback(request: web.Request) -> web.StreamResponse:
@@ -392,7 +400,7 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
-def _rest_or_error(svc: Services) -> TwilioRestClient | web.Response:
+def _rest_or_error(svc: Services) -> CallControl | web.Response:
     if svc.rest is None:
         return _error(503, "Twilio REST is not configured (twilio.account_sid / auth_token)")
     return svc.rest
@@ -413,10 +421,6 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         metrics.incr("api.rejected.bad_request")
         log.warning("api.rejected", path=request.path, reason="bad_request", detail=problem)
         return _error(400, problem)
-    if svc.config.carrier == "telnyx":
-        from agentic_fast.carriers.telnyx.routes import place_call
-
-        return await place_call(svc, to, prompt, metadata)
     rest = _rest_or_error(svc)
     if isinstance(rest, web.Response):
         return rest
@@ -430,12 +434,12 @@ async def create_call(request: web.Request) -> web.StreamResponse:
                                               from_number=cfg.twilio.from_number)
     except CallRefusedError as exc:
         return _error(503, str(exc), reason=exc.reason)
-    twiml = _stream_twiml(svc, session, None)
     ring_s = max(5, int(svc.tokens.ttl_s) - _RING_MARGIN_S)
     try:
-        call_sid = await rest.create_call(to, cfg.twilio.from_number, twiml,
-                                          cfg.server.webhook_url(STATUS_PATH), timeout=ring_s)
-    except TwilioApiError as exc:
+        call_sid = await rest.place_call(OutboundCall(
+            to, cfg.twilio.from_number, _stream_target(svc, session, None),
+            cfg.server.webhook_url(STATUS_PATH), ring_s))
+    except CarrierApiError as exc:
         svc.manager.fail(session, f"twilio-error-{exc.code or 'network'}")
         return _error(502, "Twilio refused the call", code=exc.code, detail=str(exc))
     svc.manager.attach_call_sid(session, call_sid)
@@ -544,16 +548,12 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
         return _error(409, "call already ended", status=session.status.value)
     if not session.call_sid:
         return _error(409, "call has no CallSid yet")
-    if svc.telnyx is not None and not session.call_sid.startswith("CA"):  # not a CallSid
-        from agentic_fast.carriers.telnyx.routes import hang_up
-
-        return await hang_up(svc, session)
     rest = _rest_or_error(svc)
     if isinstance(rest, web.Response):
         return rest
     try:
-        await rest.hangup(session.call_sid)
-    except TwilioApiError as exc:
+        await rest.hang_up(session.call_sid)
+    except CarrierApiError as exc:
         return _error(502, "Twilio refused the hang-up", code=exc.code, detail=str(exc))
     session.log.info("call.hangup_requested")
     return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
@@ -570,10 +570,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     problems = []
     if svc.draining:
         problems.append("draining")
-    if svc.config.carrier == "telnyx":
-        if svc.telnyx.verifier is None:
-            problems.append(f"telnyx webhooks disabled: {svc.telnyx.verifier_problem}")
-    elif svc.validator is None:
+    if svc.validator is None:
         problems.append(f"twilio webhooks disabled: {svc.validator_problem}")
     if problems:
         return _json({"status": "not-ready", "problems": problems}, status=503)
@@ -584,23 +581,22 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
                rest_client: TwilioRestClient | None = None,
-               telnyx_rest: Any = None,
                manager: CallManager | None = None,
-               replays: ReplayGuard | None = None) -> web.Application:
+               replays: ReplayGuard | None = None,
+               carrier: Carrier | None = None) -> web.Application:
     """Build the aiohttp application; nothing touches the network until it starts.
 
-    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
+    ``carrier`` defaults to the one ``carrier:`` names (Twilio with ``rest_client`` when
+    that is given); ``replays`` to a guard on ``server.state_dir`` (memory-only when unset)."""
     server = config.server
-    try:
-        validator: TwilioSignatureValidator | None = TwilioSignatureValidator(
-            config.twilio.auth_token, server.public_url, config.twilio.shared_keys)
-        problem = None
-    except SignatureNotConfiguredError as exc:
-        validator, problem = None, str(exc)
+    if carrier is None:
+        carrier = (TwilioCarrier(config, rest_client) if rest_client is not None
+                   else build_carrier(config.carrier, config))
+    validator, problem = carrier.verifier, carrier.verifier_problem
+    rest_client = carrier.control
     # without an auth token nothing is signed and the Twilio routes refuse; the token
     # signer still needs a key, so use a random one that no webhook can ever reach
-    token_key = config.twilio.auth_token or config.telnyx.api_key
-    secret = (stream_token_secret(token_key) if token_key
+    secret = (stream_token_secret(config.twilio.auth_token) if config.twilio.auth_token
               else hashlib.sha256(repr(id(config)).encode() + b"unconfigured").digest())
     tokens = StreamTokenSigner(secret, ttl_s=int(server.stream_token_ttl_s))
     if manager is None:
@@ -615,14 +611,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
                 conversation.on_call_end(session)
 
         manager.on_end = on_end
-    owns_rest = False
-    if rest_client is None and config.twilio.account_sid and config.twilio.auth_token:
-        rest_client = TwilioRestClient(config.twilio.account_sid, config.twilio.auth_token,
-                                       api_base=config.twilio.api_base,
-                                       timeout_s=config.twilio.request_timeout_s)
-        owns_rest = True
     media = MediaStreamHandler(
-        manager=manager, tokens=tokens, bridge_factory=bridge_factory,
+        carrier=carrier, manager=manager, tokens=tokens, bridge_factory=bridge_factory,
         limiter=ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip),
         start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
         heartbeat_s=server.ws_heartbeat_s,
@@ -630,42 +620,23 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         max_control_frames_per_s=server.ws_max_control_frames_per_s,
         max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
     )
-    telnyx = None
-    if config.carrier == "telnyx" or config.telnyx.api_key:
-        from agentic_fast.carriers.telnyx.media import CODECS
-        from agentic_fast.carriers.telnyx.routes import TelnyxServices
-        from agentic_fast.carriers.telnyx.stream_handler import TelnyxMediaStreamHandler
-
-        telnyx = TelnyxServices.build(config, manager, tokens, TelnyxMediaStreamHandler(
-            manager=manager, tokens=tokens, bridge_factory=bridge_factory,
-            limiter=media.limiter, codec=CODECS[config.telnyx.codec],
-            start_timeout_s=server.start_timeout_s,
-            max_message_bytes=server.ws_max_message_bytes, heartbeat_s=server.ws_heartbeat_s,
-            record_dtmf=not config.brain.pin,
-            max_control_frames_per_s=server.ws_max_control_frames_per_s,
-            max_write_buffer_bytes=server.ws_max_write_buffer_bytes), telnyx_rest)
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
-        bind(manager, telnyx.rest if config.carrier == "telnyx" and telnyx else rest_client)
+        bind(manager, rest_client)
     admission = Admission(config.calls, clock=manager.clock.monotonic,
                           tag_key=hashlib.sha256(b"agentic-fast/caller-tag/v1" + secret).digest())
     if replays is None:
         replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
                               max_entries=server.replay_max_entries)
     svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, admission, replays, owns_rest, telnyx=telnyx)
+                   bridge_factory, admission, replays, carrier)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
-    app.router.add_get(MEDIA_STREAM_PATH, media.handle)
-    if telnyx is not None:
-        from agentic_fast.carriers.telnyx.routes import TELNYX_WEBHOOK_PATH, telnyx_webhook
-
-        app.router.add_post(TELNYX_WEBHOOK_PATH, telnyx_webhook)
-        app.router.add_get(TELNYX_MEDIA_STREAM_PATH, telnyx.media.handle)
+    app.router.add_get(carrier.media_path, media.handle)
     app.router.add_post("/calls", create_call)
     app.router.add_get("/calls", list_calls)
     app.router.add_get("/calls/{call_id}", get_call)
@@ -675,7 +646,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
-    if problem and config.carrier == "twilio":
+    if problem:
         log.error("server.twilio_disabled", detail=problem)
     return app
 
@@ -692,8 +663,6 @@ async def _on_shutdown(app: web.Application) -> None:
     svc = app[SERVICES]
     svc.draining = True
     await svc.media.close_all()
-    if svc.telnyx is not None:
-        await svc.telnyx.media.close_all()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -702,10 +671,7 @@ async def _on_cleanup(app: web.Application) -> None:
     close_factory = getattr(svc.bridge_factory, "close", None)
     if close_factory is not None:
         await close_factory()
-    if svc.owns_rest and svc.rest is not None:
-        await svc.rest.close()
-    if svc.telnyx is not None and svc.telnyx.owns_rest and svc.telnyx.rest is not None:
-        await svc.telnyx.rest.close()
+    await svc.carrier.close()
     svc.replays.close()
 
 
@@ -713,10 +679,7 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerS
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     svc = runner.app[SERVICES]
-    routes: dict[str, Any] = {MEDIA_STREAM_PATH: svc.media}
-    if svc.telnyx is not None:
-        routes[TELNYX_MEDIA_STREAM_PATH] = svc.telnyx.media
-    site = CallServerSite(runner, host, port, routes=routes,
+    site = CallServerSite(runner, host, port, routes={svc.carrier.media_path: svc.media},
                           limits=listener_limits(svc.config),
                           trusted=runner.app[TRUSTED_PROXIES])
     await site.start()

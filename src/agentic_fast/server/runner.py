@@ -16,7 +16,7 @@ import signal
 import uvloop
 from aiohttp import web
 
-from agentic_fast.carriers.twilio.stream_handler import BridgeFactory
+from agentic_fast.call.stream_handler import BridgeFactory
 from agentic_fast.core import log as logmod
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config

@@ -75,7 +75,7 @@ def client_frame_python(opcode: int, payload: str | Buffer, key: bytes) -> bytes
 
     A str ``payload`` is sent as UTF-8.
     """
-    if type(payload) is str:
+    if isinstance(payload, str):
         payload = payload.encode()
     if not 0 <= opcode <= 15:
         raise ValueError(f"bad WebSocket opcode {opcode}")
@@ -83,6 +83,7 @@ def client_frame_python(opcode: int, payload: str | Buffer, key: bytes) -> bytes
     return frame_header(opcode, len(masked), 0x80) + key + masked
 
 
+_websockets_mask: Callable[[Buffer, bytes], bytes] | None
 try:  # websockets' C masking: the fallback's speed-up when our extension is not loaded
     from websockets.speedups import apply_mask as _websockets_mask
 except ImportError:  # pragma: no cover - websockets built without its C extension

@@ -17,7 +17,7 @@ import asyncio
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 from aiohttp import web
 
@@ -140,7 +140,8 @@ class FrontProtocol(asyncio.Protocol):
     """First protocol of every connection: reads the request head (bounded in time and
     size), then routes the connection to a WebSocket route or to aiohttp."""
 
-    def __init__(self, http_factory: Any, routes: dict[str, UpgradeHandler],
+    def __init__(self, http_factory: Callable[[], asyncio.Protocol],
+                 routes: dict[str, UpgradeHandler],
                  limits: ListenerLimits | None = None,
                  pending: PendingConnections | None = None,
                  trusted: TrustedProxies | None = None) -> None:
@@ -160,7 +161,8 @@ class FrontProtocol(asyncio.Protocol):
         self._body_wait = -1  # once the head of a plain request is read: bytes to wait for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # a stream server's protocol is always handed a stream (write) transport
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._slot = self._pending.admit(self._remote, self._evicted)

@@ -26,7 +26,7 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from agentic_fast.core import metrics
 from agentic_fast.ws.frames import (
@@ -139,9 +139,11 @@ class MediaSocket(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream protocol is always handed a stream (write) transport
+        stream = cast(asyncio.Transport, transport)
+        self.transport = stream
         limit = self.max_write_buffer_bytes
-        self.transport.set_write_buffer_limits(high=limit // 2, low=limit // 8)
+        stream.set_write_buffer_limits(high=limit // 2, low=limit // 8)
         if self.heartbeat_s > 0:
             self._hb_timer = self._loop.call_later(self.heartbeat_s, self._heartbeat)
 

@@ -29,7 +29,17 @@ from typing import Any, NoReturn
 
 import orjson
 
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.carriers.base import (
+    PCMU_8K,
+    DtmfDigit,
+    LegFormat,
+    MediaChunk,
+    PlayoutMark,
+    StreamConnected,
+    StreamStart,
+    StreamStop,
+)
+from agentic_fast.core.errors import CarrierProtocolError, LocalProtocolError
 
 __all__ = [
     "DTMF_DIGITS",
@@ -68,7 +78,7 @@ MAX_MARK_NAME = 256
 MAX_NUM_DIGITS = 18
 
 
-class TwilioProtocolError(RemoteProtocolError):
+class TwilioProtocolError(CarrierProtocolError):
     """Twilio sent something that breaks protocols.md 1.3.
 
     ``reason`` is a short machine token for counters: ``malformed_json``, ``binary_frame``,
@@ -79,9 +89,7 @@ class TwilioProtocolError(RemoteProtocolError):
     """
 
     def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
+        super().__init__(message, peer=PEER, reason=reason, field=field)
 
 
 # --------------------------------------------------------------------------- events
@@ -97,7 +105,7 @@ class MediaFormat:
 
 
 @dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(StreamConnected):
     """First frame after the upgrade; carries no ``streamSid``."""
 
     protocol: str
@@ -105,7 +113,7 @@ class Connected:
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
+class Start(StreamStart):
     """Stream metadata; ``custom_parameters`` are the TwiML ``<Parameter>`` values."""
 
     sequence_number: int
@@ -116,9 +124,26 @@ class Start:
     custom_parameters: Mapping[str, str] = field(hash=False)
     media_format: MediaFormat
 
+    @property
+    def carrier_call_id(self) -> str:
+        return self.call_sid
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream_sid
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        return self.custom_parameters
+
+    @property
+    def leg(self) -> LegFormat:
+        """Always mu-law 8 kHz: :class:`TwilioStreamState` refuses any other format."""
+        return PCMU_8K
+
 
 @dataclass(frozen=True, slots=True)
-class Media:
+class Media(MediaChunk):
     """One audio chunk; ``payload`` is the base64 text exactly as received (not decoded)."""
 
     sequence_number: int
@@ -130,7 +155,7 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
-class Dtmf:
+class Dtmf(DtmfDigit):
     """The caller pressed a key."""
 
     sequence_number: int
@@ -140,7 +165,7 @@ class Dtmf:
 
 
 @dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(PlayoutMark):
     """A mark we sent was reached in playback, or flushed by ``clear``."""
 
     sequence_number: int
@@ -149,7 +174,7 @@ class Mark:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(StreamStop):
     """The stream ended (hang-up, redirect, stream stopped)."""
 
     sequence_number: int
@@ -409,6 +434,10 @@ class TwilioStreamState:
     def receive_binary(self, data: bytes) -> NoReturn:
         """A binary frame arrived: always a protocol error."""
         raise binary_frame_error(len(data))
+
+    def outbound(self, start: StreamStart) -> TwilioOutbound:
+        """The builder of our frames on this stream."""
+        return TwilioOutbound(start.stream_id)
 
     def _check(self, event: TwilioEvent) -> TwilioEvent:
         phase = self._phase

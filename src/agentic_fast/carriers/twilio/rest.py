@@ -26,8 +26,10 @@ from twilio.base.exceptions import (
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
+from agentic_fast.carriers.base import OutboundCall
+from agentic_fast.carriers.twilio.twiml import connect_stream_twiml, say_hangup_twiml
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import CarrierApiError
 from agentic_fast.core.log import get_logger
 
 __all__ = ["DEFAULT_API_BASE", "DEFAULT_STATUS_EVENTS", "TwilioApiError", "TwilioRestClient"]
@@ -43,7 +45,7 @@ _log = get_logger("twilio.rest")
 _T = TypeVar("_T")
 
 
-class TwilioApiError(PeerUnavailableError):
+class TwilioApiError(CarrierApiError):
     """Twilio could not be reached, timed out, or answered with an error.
 
     ``code`` is Twilio's error code (e.g. 21211 invalid ``To``, 20003 bad credentials,
@@ -53,9 +55,8 @@ class TwilioApiError(PeerUnavailableError):
 
     def __init__(self, message: str, *, code: int | None = None,
                  status: int | None = None) -> None:
-        self.code = code
-        self.status = status
-        super().__init__(message, peer=_PEER)
+        super().__init__(message, peer=_PEER, code=code, status=status)
+        self.code: int | None = code
 
 
 class _TimedAsyncHttpClient(AsyncTwilioHttpClient):
@@ -158,6 +159,34 @@ class TwilioRestClient:
     async def update_twiml(self, call_sid: str, twiml: str) -> None:
         """Replace the running TwiML (ends a ``<Connect><Stream>`` in progress)."""
         await self._update(call_sid, "update_twiml", twiml=twiml)
+
+    # -- CallControl (carriers/base.py) ------------------------------------------------------
+
+    async def place_call(self, call: OutboundCall) -> str:
+        """Dial with inline ``<Connect><Stream>`` TwiML to ``call.stream``."""
+        stream = call.stream
+        twiml = connect_stream_twiml(stream.url, stream.params,
+                                     status_callback=stream.status_url,
+                                     fallback_say=stream.fallback_say or None)
+        return await self.create_call(call.to, call.from_number, twiml, call.status_url,
+                                      timeout=call.ring_timeout_s)
+
+    async def hang_up(self, carrier_call_id: str) -> None:
+        await self.hangup(carrier_call_id)
+
+    async def say_and_hang_up(self, carrier_call_id: str, text: str) -> None:
+        """``<Say>`` then ``<Hangup/>`` as the call's new TwiML (ends its stream)."""
+        await self.update_twiml(carrier_call_id, say_hangup_twiml(text))
+
+    async def redirect(self, carrier_call_id: str, target: str) -> None:
+        """Fetch new TwiML from the URL ``target``."""
+        await self._update(carrier_call_id, "redirect", url=target, method="POST")
+
+    async def record(self, carrier_call_id: str) -> None:
+        """Start a recording of the call (Recordings subresource)."""
+        await self._run("record",
+                        self._twilio().calls(carrier_call_id).recordings.create_async(),
+                        call_sid=carrier_call_id)
 
     async def _update(self, call_sid: str, op: str, **fields: Any) -> None:
         await self._run(op, self._twilio().calls(call_sid).update_async(**fields),

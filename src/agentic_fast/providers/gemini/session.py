@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import deque
-from typing import cast
 
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.protocol import State
 
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import PeerUnavailableError
 from agentic_fast.providers.base import ProviderListener
+from agentic_fast.providers.connection import Link, LinkOptions, close_info, open_socket
 from agentic_fast.providers.gemini.events import (
     AUTH_HEADER,
     CLOSE_INVALID_ARGUMENT,
@@ -51,10 +48,10 @@ from agentic_fast.providers.gemini.events import (
     TurnComplete,
     parse_server_message,
 )
-from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
+from agentic_fast.ws.client_connection import FastClientConnection
 
-__all__ = ["PEER", "GeminiLink", "LinkOptions", "Resumption", "SetupRejected", "TurnTracker",
-           "close_info", "open_link"]
+__all__ = ["PEER", "GeminiLink", "Resumption", "SetupRejected", "TurnTracker", "close_info",
+           "link_options", "open_link"]
 
 PEER = "gemini"
 #: Close codes that answer a bad ``setup`` (invalid argument, invalid key, rejected resume
@@ -78,75 +75,25 @@ class SetupRejected(PeerUnavailableError):
         super().__init__(message, peer=PEER)
 
 
-class LinkOptions:
-    """Socket settings shared by every link of one provider."""
+class GeminiLink(Link):
+    """One configured WebSocket (``setupComplete`` received): a :class:`Link` that knows
+    whether it resumed a session."""
 
-    __slots__ = ("close_timeout_s", "headers", "max_message_bytes", "ping_interval_s",
-                 "timeout_s", "url")
-
-    def __init__(self, url: str, api_key: str, *, timeout_s: float,
-                 ping_interval_s: float | None = 20.0, close_timeout_s: float = 2.0,
-                 max_message_bytes: int = 4 * 2**20) -> None:
-        self.url = url
-        self.headers = {AUTH_HEADER: api_key}
-        self.timeout_s = timeout_s
-        self.ping_interval_s = ping_interval_s
-        self.close_timeout_s = close_timeout_s
-        self.max_message_bytes = max_message_bytes
-
-
-class GeminiLink:
-    """One configured WebSocket (``setupComplete`` received) and its bookkeeping.
-
-    ``detached``: caller audio no longer goes here (a switch is under way), its events are
-    still delivered. ``retired``: dropped on purpose, its events are ignored.
-    """
-
-    __slots__ = ("detached", "early", "opened_at", "reader", "resumed", "retired", "seq",
-                 "session_id", "timer", "watch", "ws")
+    __slots__ = ("resumed",)
 
     def __init__(self, ws: FastClientConnection, seq: int, resumed: bool,
                  session_id: str | None, early: list[GeminiEvent]) -> None:
-        self.ws = ws
-        self.seq = seq
+        super().__init__(ws, seq, session_id, list(early))
         self.resumed = resumed
-        self.session_id = session_id
-        self.early = early  # events that came in the setupComplete frame, after it
-        self.reader: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.watch: StallWatch | None = None  # while it carries the call
-        self.detached = False
-        self.retired = False
-        self.opened_at = time.monotonic()
-
-    @property
-    def open(self) -> bool:
-        return self.ws.protocol.state is State.OPEN
-
-    def stop_timer(self) -> None:
-        """Cancel the age timer and the stall watch."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.watch is not None:
-            self.watch.stop()
-            self.watch = None
-
-    async def close(self, timeout_s: float) -> None:
-        """Close politely within ``timeout_s``, else abort; never raises."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.ws.close()
-        except Exception:
-            self.ws.transport.abort()
 
 
-def close_info(exc: ConnectionClosed) -> tuple[int, str]:
-    """(code, reason) the peer closed with; (1006, "") for an abrupt close."""
-    frame = exc.rcvd or exc.sent
-    if frame is None:
-        return 1006, ""
-    return frame.code, frame.reason
+def link_options(url: str, api_key: str, *, timeout_s: float,
+                 ping_interval_s: float | None = 20.0, close_timeout_s: float = 2.0,
+                 max_message_bytes: int = 4 * 2**20) -> LinkOptions:
+    """Socket settings of every Gemini link (the key goes in ``x-goog-api-key``)."""
+    return LinkOptions(url, {AUTH_HEADER: api_key}, timeout_s=timeout_s,
+                       ping_interval_s=ping_interval_s, close_timeout_s=close_timeout_s,
+                       max_message_bytes=max_message_bytes, max_queue=256)
 
 
 async def open_link(options: LinkOptions, setup_json: str, *, seq: int,
@@ -160,12 +107,7 @@ async def open_link(options: LinkOptions, setup_json: str, *, seq: int,
     ws: FastClientConnection | None = None
     try:
         async with asyncio.timeout(options.timeout_s):
-            ws = cast(FastClientConnection, await ws_connect(
-                options.url, additional_headers=options.headers, compression=None,
-                open_timeout=options.timeout_s, close_timeout=options.close_timeout_s,
-                ping_interval=options.ping_interval_s, ping_timeout=options.ping_interval_s,
-                max_size=options.max_message_bytes, max_queue=256, write_limit=2**16,
-                create_connection=FastClientConnection))
+            ws = await open_socket(options)
             await ws.send(setup_json)
             while True:
                 frame = await ws.recv()  # binary frames (real server) or text

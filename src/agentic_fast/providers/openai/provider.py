@@ -1,5 +1,10 @@
 """OpenAI Realtime (GA) provider: one call's socket, its events, reconnects and carry-over.
 
+The socket's life (connect, write path, reader, loss, stall watch, backlog, switch with
+backoff, close) is written once in :class:`connection.ModelConnection`; this module is the
+OpenAI policy on top (session setup, carry-over, response bookkeeping). What follows
+describes the whole behaviour.
+
 The wire format lives in :mod:`openai_commands` (client events we send) and
 :mod:`openai_events` (server events, parsing, state), both sans-I/O; this module is the I/O
 shell around them (python-websockets ``asyncio/connection.py`` style): open and configure a
@@ -87,29 +92,30 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.protocol import State
+from websockets.exceptions import InvalidStatus
 
 from agentic_fast.core import metrics
-from agentic_fast.core.config import OpenAIRealtimeConfig
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.backoff import Backoff
+from agentic_fast.core.config import Config, OpenAIRealtimeConfig
+from agentic_fast.core.errors import ConfigError, PeerUnavailableError
 from agentic_fast.core.log import get_logger
-from agentic_fast.providers.base import ProviderListener, RealtimeProvider, dispatch_event
+from agentic_fast.providers.base import RealtimeProvider
+from agentic_fast.providers.connection import Link, LinkOptions, ModelConnection, open_socket
 from agentic_fast.providers.openai import commands as oc
 from agentic_fast.providers.openai import events as oe
-from agentic_fast.providers.reconnect import Backoff, ChunkBacklog, carry_over_summary
-from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
+from agentic_fast.providers.reconnect import carry_over_summary
+from agentic_fast.providers.registry import ProviderContext, register
+from agentic_fast.ws.client_connection import FastClientConnection
+
+if TYPE_CHECKING:
+    from agentic_fast.call.manager import CallSession
 
 __all__ = ["OpenAIRealtimeProvider"]
 
-_append = oc.input_audio_append  # HOT: one call per caller audio chunk
-
 PEER = "openai"
-#: Handshake refusals that no retry will fix.
 _FATAL_STATUS = frozenset({400, 401, 403, 404})
 #: Error codes that are expected in normal operation (races of barge-in): logged at debug.
 _BENIGN_ERRORS = frozenset({"response_cancel_not_active"})
@@ -124,44 +130,29 @@ class _Refused(Exception):
     """The server's first frame was an ``error`` that a retry may fix (``server_error``)."""
 
 
-class _Connection:
+class _Connection(Link):
     """One socket and what is known about its session."""
 
-    __slots__ = ("calls", "opened_at", "pending", "reader", "requested", "retired",
-                 "seq", "session_id", "state", "timer", "watch", "ws")
+    __slots__ = ("calls", "pending", "requested", "state")
 
     def __init__(self, ws: FastClientConnection, state: oe.RealtimeState, seq: int) -> None:
-        self.ws = ws
+        super().__init__(ws, seq)
         self.state = state
-        self.seq = seq
-        self.session_id: str | None = None
-        self.reader: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.watch: StallWatch | None = None
         self.requested = False  # response.create sent, response.created not seen yet
         self.pending = False    # a response is wanted once the active one is done
         self.calls: dict[str, str] = {}  # tool call ids of this session -> name
-        self.retired = False
-        self.opened_at = time.monotonic()
-
-    @property
-    def open(self) -> bool:
-        return self.ws.protocol.state is State.OPEN
-
-
-class _NullListener:
-    """Events before ``attach`` (pre-warm) go nowhere."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
 
 
 # A buffered conversation item: ("system", text, "") or ("tool", call_id, output).
 _Item = tuple[str, str, str]
 
 
-class OpenAIRealtimeProvider(RealtimeProvider):
+class OpenAIRealtimeProvider(ModelConnection):
     """:class:`RealtimeProvider` for the OpenAI Realtime API (GA shape only)."""
+
+    peer: ClassVar[str] = PEER
+    _bad_kind = "events"
+    _audio_frame = staticmethod(oc.input_audio_append)  # HOT: one call per caller chunk
 
     def __init__(self, config: OpenAIRealtimeConfig, *, call_id: str, connect_timeout_s: float,
                  backoff: Backoff | None = None, tools: list[Mapping[str, Any]] | None = None,
@@ -172,25 +163,26 @@ class OpenAIRealtimeProvider(RealtimeProvider):
                  close_timeout_s: float = 2.0, max_message_bytes: int = 4 * 2**20,
                  stall_timeout_s: float | None = 5.0) -> None:
         fmt: oe.AudioFormat = "pcmu" if config.audio_format == "pcmu" else "pcm16"
+        super().__init__(
+            call_id=call_id, log=get_logger("providers.openai").bind(call_id=call_id),
+            backoff=backoff,
+            backlog_chars=max_buffered_audio_ms * oe.BYTES_PER_MS[fmt] * 4 // 3,
+            max_pending_items=max_pending_items, max_write_buffer=max_write_buffer,
+            close_timeout_s=close_timeout_s, stall_timeout_s=stall_timeout_s,
+            max_link_s=max_session_s,
+            stats=("reconnects", "carry_overs", "sessions", "errors", "responses_failed"))
         self.config = config
-        self.call_id = call_id
         self.converter_format = "openai-pcmu" if fmt == "pcmu" else "openai"
         self.audio_format: oe.AudioFormat = fmt
-        self.log = get_logger("providers.openai").bind(call_id=call_id)
-        self._connect_timeout_s = connect_timeout_s
         # with server VAD's interrupt_response the server cancels the response itself on
         # speech_started; a second response.cancel from us would only earn an error
         self._server_cancels = interrupt_response
-        self._backoff = backoff or Backoff()
-        self._max_session_s = max_session_s
         self._grace_s = carry_over_grace_s
-        self._max_write_buffer = max_write_buffer
-        self._ping_interval_s = ping_interval_s
-        self._close_timeout_s = close_timeout_s
-        self._max_message_bytes = max_message_bytes
-        self._stall_timeout_s = stall_timeout_s or None  # None/0: no StallWatch
-        self._url = f"{config.url}?model={quote(config.model, safe='')}"
-        self._headers = {"Authorization": f"Bearer {config.api_key}"}
+        self._options = LinkOptions(
+            f"{config.url}?model={quote(config.model, safe='')}",
+            {"Authorization": f"Bearer {config.api_key}"}, timeout_s=connect_timeout_s,
+            ping_interval_s=ping_interval_s, close_timeout_s=close_timeout_s,
+            max_message_bytes=max_message_bytes, max_queue=64)
         vad = config.vad
         self._session_update = oc.session_update(
             instructions=config.instructions, voice=config.voice, audio_format=fmt,
@@ -200,22 +192,8 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             input_transcription_model=config.transcription_model or None,
             output_modalities=["audio"], tools=tools or None,
             tool_choice="auto" if tools else None)
-        self._listener: ProviderListener = _NullListener()  # type: ignore[assignment]
-        self._conn: _Connection | None = None
-        self._conns: set[_Connection] = set()
-        self._seq = 0
         self._ids = itertools.count(1)
-        self._connect_task: asyncio.Task[None] | None = None
-        self._replace_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._connected_once = False
-        self._closed = False
-        self._failed = False
-        # buffers while no session is usable
-        self._backlog = ChunkBacklog(max_buffered_audio_ms * oe.BYTES_PER_MS[fmt] * 4 // 3)
-        self._items_buf: deque[_Item] = deque()
-        self._max_items = max_pending_items
-        self._response_buffered = False
+        self._response_buffered = False  # a response.create waits with the kept items
         # what the listener has been told
         self._audio_item: str | None = None
         self._open_items: dict[str, None] = {}
@@ -230,12 +208,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._apology = config.failed_response_message
         self._max_failed = config.max_failed_responses
         self._failed_in_row = 0
-        #: per-provider counts (also in :mod:`metrics`), for the closing log line and tests
-        self.stats: dict[str, int] = {"reconnects": 0, "carry_overs": 0, "sessions": 0,
-                                      "audio_buffered_dropped": 0,
-                                      "audio_backpressure_dropped": 0, "errors": 0,
-                                      "responses_failed": 0, "stalls": 0}
-        self._handlers: dict[type, Callable[[_Connection, Any], None]] = {
+        self._handlers.update({
             oe.OutputAudioDelta: self._on_audio_delta,
             oe.OutputAudioDone: self._on_audio_done,
             oe.ResponseCreated: self._on_response_created,
@@ -249,64 +222,17 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             oe.InputTranscriptionFailed: self._on_transcription_failed,
             oe.FunctionCallArgumentsDone: self._on_function_call,
             oe.ErrorEvent: self._on_error,
-        }
+        })
+
+    # -- RealtimeProvider ------------------------------------------------------------------
 
     # -- RealtimeProvider ------------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        """A configured session is carrying the call right now."""
-        return self._conn is not None
-
-    @property
     def response_active(self) -> bool:
         """A response is in progress on the session carrying the call."""
-        conn = self._conn
+        conn = self._link
         return conn is not None and conn.state.active_response_id is not None
-
-    def attach(self, listener: ProviderListener) -> None:
-        self._listener = listener
-
-    async def connect(self) -> None:
-        """Open and configure the first session (idempotent, concurrency-safe).
-
-        Raises :class:`PeerUnavailableError` (``peer="openai"``) when the handshake or the
-        session configuration fails within ``connect_timeout_s``; a later call retries.
-        """
-        if self._closed:
-            raise PeerUnavailableError("provider is closed", peer=PEER)
-        if self._connected_once:
-            return
-        task = self._connect_task
-        if task is None or task.done():
-            task = self._connect_task = asyncio.get_running_loop().create_task(
-                self._first_connect())
-            task.add_done_callback(_retrieve)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or not current.cancelling()):
-                raise PeerUnavailableError("closed while connecting", peer=PEER) from None
-            raise
-
-    def send_audio(self, chunk_b64: str) -> None:
-        """Append caller audio (never awaits; buffered while reconnecting)."""
-        conn = self._conn
-        if conn is not None:
-            ws = conn.ws
-            if ws.protocol.state is State.OPEN:
-                transport = ws.transport
-                if transport.get_write_buffer_size() > self._max_write_buffer:
-                    self.stats["audio_backpressure_dropped"] += 1
-                    metrics.incr("openai.audio.backpressure_dropped")
-                    return
-                try:
-                    ws.write_text_now(_append(chunk_b64))
-                    return
-                except Exception as exc:
-                    self._write_failed(conn, exc)
-        self._buffer_audio(chunk_b64)
 
     def begin(self, *, speak_first: str | None) -> None:
         if not speak_first:
@@ -315,7 +241,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         self._send_items([("system", f"The call has connected. {speak_first}", "")])
 
     def interrupt(self, item_id: str | None, audio_end_ms: int | None) -> None:
-        conn = self._conn
+        conn = self._link
         if conn is None:
             metrics.incr("openai.interrupt.disconnected")
             self._response_buffered = False
@@ -347,61 +273,23 @@ class OpenAIRealtimeProvider(RealtimeProvider):
 
     def request_carry_over(self, reason: str = "manual") -> None:
         """Renew the session now (what the ``max_session_s`` timer does)."""
-        if self._conn is not None:
-            self.log.info("openai.carry_over.due", reason=reason, session=self._conn.seq)
-            self._ensure_replacing(reason, proactive=True)
+        if self._link is not None:
+            self.log.info("openai.carry_over.due", reason=reason, session=self._link.seq)
+            self._ensure_switching(reason, proactive=True)
 
-    async def close(self) -> None:
-        """Stop every task and close every socket; idempotent, never raises."""
-        if self._closed:
-            return
-        self._closed = True
-        conns: list[_Connection] = []
-        try:
-            me = asyncio.current_task()
-            tasks = [t for t in (self._connect_task, self._replace_task, *self._tasks)
-                     if t is not None and t is not me and not t.done()]
-            for task in tasks:
-                task.cancel()
-            conns = list(self._conns)
-            self._conns.clear()
-            self._conn = None
-            for conn in conns:
-                self._stop(conn)
-            readers = [c.reader for c in conns if c.reader is not None and c.reader is not me]
-            await asyncio.gather(*(self._close_ws(c.ws) for c in conns),
-                                 *tasks, *readers, return_exceptions=True)
-            self.log.info("openai.closed", **self.stats)
-        except Exception:
-            self.log.exception("openai.close_error")
-        finally:
-            self._release(conns)
+    # -- the connection policy: sessions and their carry-over --------------------------------
 
-    def _release(self, conns: Sequence[_Connection]) -> None:
-        """Break the reference cycles of a closed provider so it is freed at once, not by a
-        collector that may not run for thousands of calls: the handler table (bound methods
-        of self), the listener (the bridge, which holds us), the done tasks (their
-        exception's traceback holds the reader's frame, which holds the connection, which
-        holds the task) and each socket's message handler (a closure over the connection)."""
-        self._handlers.clear()
-        self._listener = _NullListener()  # type: ignore[assignment]
-        self._connect_task = self._replace_task = None
-        self._tasks.clear()
-        self._backlog.drain()
-        self._items_buf.clear()
-        for conn in conns:
-            conn.reader = None
-            conn.ws.set_handlers(None)
+    def _parser(self, link: _Connection) -> Callable[[bytes], Any]:
+        return link.state.receive
 
-    # -- sessions ----------------------------------------------------------------------------
+    def _may_retry(self, exc: PeerUnavailableError) -> bool:
+        return not isinstance(exc.__cause__, _Fatal)  # no retry fixes this
 
-    async def _first_connect(self) -> None:
-        conn = await self._open()
-        if self._closed:
-            self._discard(conn)
-            raise PeerUnavailableError("closed while connecting", peer=PEER)
-        self._install(conn)
-        self._connected_once = True
+    def _link_aged(self, link: _Connection) -> None:
+        self.request_carry_over("max_session")
+
+    def _release_more(self) -> None:
+        self._response_buffered = False
 
     async def _open(self) -> _Connection:
         """A new socket with its session configured (``session.updated`` received)."""
@@ -410,15 +298,10 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         started = time.perf_counter()
         conn: _Connection | None = None
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                ws = cast(FastClientConnection, await ws_connect(
-                    self._url, additional_headers=self._headers, compression=None,
-                    open_timeout=self._connect_timeout_s, close_timeout=self._close_timeout_s,
-                    ping_interval=self._ping_interval_s, ping_timeout=self._ping_interval_s,
-                    max_size=self._max_message_bytes, max_queue=64, write_limit=2**16,
-                    create_connection=FastClientConnection))
+            async with asyncio.timeout(self._options.timeout_s):
+                ws = await open_socket(self._options)
                 conn = _Connection(ws, oe.RealtimeState(self.audio_format), seq)
-                self._conns.add(conn)
+                self._links.add(conn)
                 first = conn.state.receive(await ws.recv())
                 if type(first) is oe.ErrorEvent:  # bad key, retired model, no quota...
                     raise self._refused(seq, first)
@@ -461,89 +344,29 @@ class OpenAIRealtimeProvider(RealtimeProvider):
         text = f"error {code}: {event.message[:300]}"
         return _Refused(text) if event.error_type == "server_error" else _Fatal(text)
 
-    def _install(self, conn: _Connection) -> None:
-        """Make ``conn`` the call's session: reader, session cap, then flush the buffers."""
-        self._conn = conn
-        conn.reader = asyncio.get_running_loop().create_task(self._read(conn))
-        if self._max_session_s is not None:
-            conn.timer = asyncio.get_running_loop().call_later(
-                self._max_session_s, self._session_cap, conn)
-        if self._stall_timeout_s is not None:
-            conn.watch = StallWatch(conn.ws, lambda why: self._stalled(conn, why),
-                                    timeout_s=self._stall_timeout_s,
-                                    max_buffer=self._max_write_buffer)
-            conn.watch.start()
-        self._update_idle()
-        self._flush(conn)
-
-    def _flush(self, conn: _Connection) -> None:
-        if self._backlog:
-            chunks = self._backlog.drain()
-            for chunk in chunks:
-                if not self._write(conn, _append(chunk)):
-                    break
-            self.log.info("openai.audio_flushed", chunks=len(chunks))
-        items, self._items_buf = list(self._items_buf), deque()
-        want, self._response_buffered = self._response_buffered, False
-        if items or want:
-            self._send_items(items, want_response=want)
-
-    def _session_cap(self, conn: _Connection) -> None:
-        conn.timer = None
-        if conn is self._conn and not self._closed:
-            self.request_carry_over("max_session")
-
-    def _ensure_replacing(self, reason: str, *, proactive: bool) -> None:
-        if self._closed or self._failed:
-            return
-        task = self._replace_task
-        if task is not None and not task.done():
-            return
-        self._replace_task = asyncio.get_running_loop().create_task(
-            self._replace(reason, proactive))
-        self._replace_task.add_done_callback(_retrieve)
-
-    async def _replace(self, reason: str, proactive: bool) -> None:
-        """Open a new session (with backoff) and switch the call to it."""
+    async def _switch(self, reason: str, proactive: bool) -> None:
+        """Open a new session (with backoff) and switch the call to it: at a quiet moment
+        (bounded by ``carry_over_grace_s``) when ``proactive``, else at once."""
         run = self._backoff.start()
-        last = reason
-        fatal = False
         while True:
-            new: _Connection | None = None
-            while new is None and not fatal:
-                delay = run.next_delay()
-                if delay is None:
-                    break
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                metrics.incr("openai.reconnect.attempts")
-                self.log.info("openai.reconnect.attempt", attempt=run.attempts, reason=reason)
-                try:
-                    new = await self._open()
-                except PeerUnavailableError as exc:
-                    last = str(exc)
-                    self.log.warning("openai.reconnect.attempt_failed", attempt=run.attempts,
-                                     error=last[:200])
-                    fatal = isinstance(exc.__cause__, _Fatal)  # no retry fixes this
+            new, last = await self._open_with_backoff(run, reason)
             if new is None:
-                if proactive and self._conn is not None:
+                if proactive and self._link is not None:
                     metrics.incr("openai.carry_over.failed")
                     self.log.warning("openai.carry_over.failed", error=last[:200])
                     return  # the old session still serves; its loss will retry
                 self._fail(f"reconnect failed after {run.attempts} attempt(s): {last}")
                 return
-            old = self._conn
-            if proactive and old is not None:
+            if proactive and self._link is not None:
                 try:
                     async with asyncio.timeout(self._grace_s):
                         await self._idle.wait()
                 except TimeoutError:
                     metrics.incr("openai.carry_over.forced")
-                old = self._conn
-            if not new.open:  # died while we waited: try again
-                self._discard(new)
-                continue
-            break
+            if new.open:
+                break
+            self._discard(new)  # died while we waited: try again
+        old = self._link
         summary = carry_over_summary(list(self._recent), self._opening)
         if summary is not None:
             self._write(new, oc.conversation_item_create_system_text(
@@ -552,151 +375,44 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             self._detach(old)
             self._retire(old)
         self._install(new)
-        kind = "carry_overs" if proactive else "reconnects"
-        self.stats[kind] += 1
-        metrics.incr(f"openai.{kind}")
-        self.log.info("openai.session_switched", kind=kind, reason=reason, session=new.seq,
-                      attempts=run.attempts, elapsed_s=round(run.elapsed, 3),
-                      seeded=summary is not None)
+        self._switched(new, "carry_overs" if proactive else "reconnects", reason, run,
+                       seeded=summary is not None)
 
-    def _lost(self, conn: _Connection, reason: str) -> None:
-        """The reader of ``conn`` ended. Only the current session's loss matters."""
-        self._stop_timer(conn)
-        if self._closed or conn is not self._conn:
-            return
-        metrics.incr("openai.connection_lost")
-        self.log.warning("openai.connection_lost", session=conn.seq, reason=reason)
-        self._detach(conn)
-        self._conns.discard(conn)
-        self._ensure_replacing(reason, proactive=False)
-
-    def _detach(self, conn: _Connection) -> None:
-        """``conn`` no longer carries the call: close open audio items, start buffering."""
-        if self._conn is conn:
-            self._conn = None
-        self._stop_timer(conn)
+    def _on_detach(self, link: _Connection) -> None:
+        """Close the open audio items (the bridge flushes them), forget who was speaking."""
         for item_id in list(self._open_items):
             self._close_item(item_id)
         self._audio_item = None
         self._user_speaking = False
         self._update_idle()
 
-    def _retire(self, conn: _Connection) -> None:
-        """Drop ``conn`` on purpose (carry-over, expiry): its reader stops, the socket closes."""
-        self._stop(conn)
-        self._conns.discard(conn)
-        self._spawn(self._close_ws(conn.ws))
-
-    def _discard(self, conn: _Connection) -> None:
-        conn.retired = True
-        self._conns.discard(conn)
-        conn.ws.transport.abort()
-
-    def _stop(self, conn: _Connection) -> None:
-        conn.retired = True
-        self._stop_timer(conn)
-        if conn.reader is not None and conn.reader is not asyncio.current_task():
-            conn.reader.cancel()
-
-    @staticmethod
-    def _stop_timer(conn: _Connection) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        if conn.watch is not None:
-            conn.watch.stop()
-            conn.watch = None
-
-    def _stalled(self, conn: _Connection, reason: str) -> None:
-        """The StallWatch saw the server stop reading: drop the socket, reconnect."""
-        self.stats["stalls"] += 1
-        metrics.incr("openai.stalled")
-        self.log.warning("openai.stalled", session=conn.seq, reason=reason)
-        self._lost(conn, f"stalled: {reason}")
-        self._stop(conn)
-        self._conns.discard(conn)
-        conn.ws.transport.abort()
-
-    async def _close_ws(self, ws: FastClientConnection) -> None:
-        try:
-            async with asyncio.timeout(self._close_timeout_s + 0.5):
-                await ws.close()
-        except Exception:
-            ws.transport.abort()
-
-    def _fail(self, reason: str) -> None:
-        if self._failed or self._closed:
-            return
-        self._failed = True
-        metrics.incr("openai.failed")
-        self.log.error("openai.failed", reason=reason[:300])
-        dropped = len(self._backlog.drain())
-        self._items_buf.clear()
-        if dropped:
-            metrics.incr("openai.audio.buffered_dropped", dropped)
-        for conn in list(self._conns):
-            self._retire(conn)
-        self._conn = None
-        self._listener.on_failed(reason)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _flush_items(self, link: _Connection) -> None:
+        self._update_idle()
+        items, self._items = list(self._items), deque()
+        want, self._response_buffered = self._response_buffered, False
+        if items or want:
+            self._send_items(items, want_response=want)
 
     # -- writing -----------------------------------------------------------------------------
 
     def _event_id(self, kind: str) -> str:
         return f"af_{kind}_{next(self._ids)}"
 
-    def _write(self, conn: _Connection, frame: str) -> bool:
-        """Write one frame now (no await); False if ``conn`` cannot take it."""
-        ws = conn.ws
-        if ws.protocol.state is not State.OPEN or conn.retired:
-            return False
-        try:
-            ws.write_text_now(frame)
-        except Exception as exc:
-            self._write_failed(conn, exc)
-            return False
-        return True
-
-    def _write_failed(self, conn: _Connection, exc: Exception) -> None:
-        metrics.incr("openai.write_failed")
-        self.log.warning("openai.write_failed", session=conn.seq, error=repr(exc)[:200])
-        self._lost(conn, "write_failed")
-
-    def _buffer_audio(self, chunk_b64: str) -> None:
-        if self._closed or self._failed:
-            metrics.incr("openai.audio.dropped_closed")
-            return
-        dropped = self._backlog.push(chunk_b64)
-        if dropped:
-            self.stats["audio_buffered_dropped"] += dropped
-            metrics.incr("openai.audio.buffered_dropped", dropped)
-
     def _send_items(self, items: Sequence[_Item], want_response: bool = True) -> None:
         """Conversation items then (at most) one response; buffered while no session."""
-        conn = self._conn
+        conn = self._link
         if conn is not None and conn.open:
             for item in items:
-                if not self._write(conn, self._render(conn, item)):
+                if not self._write(conn, self._render_item(conn, item)):
                     break
             else:
                 if want_response:
                     self._request_response(conn)
                 return
-        if self._closed or self._failed:
-            metrics.incr("openai.items.dropped_closed")
-            return
-        for item in items:
-            self._items_buf.append(item)
-            if len(self._items_buf) > self._max_items:
-                self._items_buf.popleft()
-                metrics.incr("openai.items.buffered_dropped")
-        self._response_buffered = self._response_buffered or want_response
+        if self._keep_items(items):
+            self._response_buffered = self._response_buffered or want_response
 
-    def _render(self, conn: _Connection, item: _Item) -> str:
+    def _render_item(self, conn: _Connection, item: _Item) -> str:
         kind, a, b = item
         eid = self._event_id("it")
         if kind == "tool":
@@ -718,60 +434,7 @@ class OpenAIRealtimeProvider(RealtimeProvider):
 
     # -- reading -----------------------------------------------------------------------------
 
-    async def _read(self, conn: _Connection) -> None:
-        """The socket's reader: turns the fast path on, drains what is queued, and reports
-        the close. Events arrive through ``deliver`` (see the module docstring)."""
-        ws = conn.ws
-        recv = ws.recv
-        deliver = self._deliverer(conn)
-        reason = "closed"
-        try:
-            # From here on whole text frames go straight to ``deliver`` from data_received;
-            # recv() still returns what was queued before (and anything not fast-pathed),
-            # which is delivered synchronously, in order (ws_client's ordering rule).
-            ws.set_handlers(deliver)
-            while not conn.retired:
-                deliver(await recv(decode=False))
-        except ConnectionClosed as exc:
-            close = exc.rcvd or exc.sent
-            reason = f"closed {close.code} {close.reason}".strip() if close else "closed 1006"
-        except Exception as exc:
-            reason = f"reader_error {exc!r:.100}"
-            self.log.exception("openai.reader_error", session=conn.seq)
-        finally:
-            if not conn.retired:  # else keep it: it drops everything, so the socket's close
-                ws.set_handlers(None)  # handshake is not stuck behind a full frame queue
-        self._lost(conn, reason)
-
-    def _deliverer(self, conn: _Connection) -> Callable[[bytes], None]:
-        """``deliver(frame)``: parse one server frame of ``conn`` and dispatch it; runs in
-        ``data_received`` (fast path) or in the reader (queued frames)."""
-        receive = conn.state.receive
-        handlers = self._handlers
-        log = self.log
-
-        def deliver(frame: bytes) -> None:  # HOT: one call per server event
-            if conn.retired:
-                return  # dropped on purpose: its events are ignored
-            try:
-                event = receive(frame)
-            except oe.OpenAIProtocolError as exc:
-                metrics.incr("openai.events.bad." + exc.reason)
-                self.log.warning("openai.event_bad", reason=exc.reason, field=exc.field,
-                                 detail=str(exc)[:200])
-                return
-            except Exception as exc:  # a parser bug: this socket can no longer be trusted
-                self._reader_failed(conn, exc)
-                return
-            dispatch_event(handlers, conn, event, log, "openai")
-
-        return deliver
-
-    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
-        """Reading ``conn`` failed unexpectedly: lose it (reconnect) and close it."""
-        self.log.exception("openai.reader_error", session=conn.seq)
-        self._lost(conn, f"reader_error {exc!r:.100}")
-        self._retire(conn)
+    # -- events ----------------------------------------------------------------------------
 
     def _on_audio_delta(self, conn: _Connection, event: oe.OutputAudioDelta) -> None:  # HOT
         if event.response_id == self._interrupted_response:
@@ -805,9 +468,9 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             self._tool_call(conn, call.call_id, call.name, call.arguments)
         if event.status == "completed":
             self._failed_in_row = 0
-        elif event.failed and conn is self._conn:
+        elif event.failed and conn is self._link:
             self._response_failed(conn, event)  # may request the apology's response
-        if conn.pending and conn is self._conn:
+        if conn.pending and conn is self._link:
             conn.pending = False
             if not conn.requested:  # else the response just requested covers the items
                 self._request_response(conn)
@@ -882,13 +545,13 @@ class OpenAIRealtimeProvider(RealtimeProvider):
             conn.requested = False
             if code == "conversation_already_has_active_response":
                 conn.pending = True  # retried when the active response is done
-        if code == "session_expired" and conn is self._conn:
+        if code == "session_expired" and conn is self._link:
             self._detach(conn)
             self._retire(conn)
-            self._ensure_replacing("session_expired", proactive=False)
+            self._ensure_switching("session_expired")
 
     def _update_idle(self) -> None:
-        conn = self._conn
+        conn = self._link
         busy = conn is not None and (self._user_speaking or conn.requested
                                      or conn.state.active_response_id is not None)
         if busy:
@@ -907,7 +570,25 @@ def _describe(exc: BaseException) -> str:
     return f"{exc!r:.200}"
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background task's exception as seen (callers get it through ``connect``)."""
-    if not task.cancelled():
-        task.exception()
+def build(config: Config, context: ProviderContext
+          ) -> Callable[[CallSession], RealtimeProvider]:
+    """:data:`registry.Builder` of ``openai`` and ``openai-pcmu``."""
+    if not config.openai_realtime.api_key:
+        raise ConfigError("openai_realtime.api_key is not set (audio.provider is "
+                          f"{config.audio.provider})", key="openai_realtime.api_key")
+    settings = config.openai_realtime
+    tools = context.tools or None
+    # a minimum barge-in speech duration needs us (not the server's VAD) to cancel
+    server_cancels = config.bridge.barge_in_min_speech_ms == 0
+
+    def make(session: CallSession) -> RealtimeProvider:
+        return OpenAIRealtimeProvider(settings, call_id=session.call_id,
+                                      connect_timeout_s=context.connect_timeout_s,
+                                      tools=tools, interrupt_response=server_cancels,
+                                      stall_timeout_s=context.stall_timeout_s)
+
+    return make
+
+
+register("openai", build)
+register("openai-pcmu", build)

@@ -1,11 +1,14 @@
-"""The Twilio Media Streams WebSocket: admission, authentication, and the read loop.
+"""A carrier's media stream WebSocket: admission, authentication, and the read loop.
 
-One :class:`MediaStreamHandler` serves every ``GET /twilio/media-stream`` upgrade (handed
-over by ``listener``; the socket itself is ``media_socket.MediaSocket``). Per socket:
+Carrier-neutral: one :class:`MediaStreamHandler` per carrier serves every upgrade of its
+``media_path`` (handed over by ``listener``; the socket itself is ``ws.server_socket.
+MediaSocket``); the carrier's :class:`~agentic_fast.carriers.base.MediaStreamProtocol`
+parses and checks the frames, its :class:`~agentic_fast.carriers.base.OutboundFrames` builds
+ours (resolved once per call). Counters are ``<carrier>.media.*``. Per socket:
 
 1. admission: total and per-address caps, checked before the 101 (refused: 503);
 2. ``connected`` + ``start`` must arrive within ``start_timeout_s``; ``start`` must carry a
-   valid, unused stream token for a known call, bound to that call's CallSid — otherwise the
+   valid, unused stream token for a known call, bound to that call's carrier call id — else the
    socket is closed with 1008 (policy violation) before any audio is touched;
 3. each message is handed, as it is parsed, to the call's :class:`MediaSink` (the bridge);
    malformed frames, unknown events and bad audio are counted and logged, never fatal;
@@ -18,25 +21,26 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from agentic_fast.call.manager import CallManager, CallSession
 from agentic_fast.call.stream_token import StreamTokenError, StreamTokenSigner
-from agentic_fast.carriers.twilio.media import (
-    Dtmf,
-    Mark,
-    Media,
-    Start,
-    Stop,
-    TwilioOutbound,
-    TwilioProtocolError,
-    TwilioStreamState,
+from agentic_fast.carriers.base import (
+    PCMU_8K,
+    Carrier,
+    EventKind,
+    LegFormat,
+    MediaStreamProtocol,
+    OutboundFrames,
+    StreamStart,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.errors import AudioFormatError, CarrierProtocolError, PeerUnavailableError
 from agentic_fast.core.log import BoundLogger, get_logger
+from agentic_fast.core.tasks import TaskSet
 from agentic_fast.ws.frames import OP_CLOSE, OP_TEXT
 from agentic_fast.ws.server_socket import (
     CLOSE_GOING_AWAY,
@@ -51,25 +55,35 @@ from agentic_fast.ws.upgrade import UpgradeRequest, http_error, switching_protoc
 
 log = get_logger("media_stream")
 
-#: ``<Parameter>`` names the webhook puts on the stream (see server.voice_webhook).
+#: Stream params the webhook puts on the stream (``StreamTarget.params``; Twilio: the
+#: ``<Parameter>`` names), returned in ``start``.
 PARAM_CALL_ID = "callId"
 PARAM_TOKEN = "streamToken"
 #: Per socket and reason, log the first few rejections, then every Nth (all are counted).
 _LOG_FIRST, _LOG_EVERY = 5, 500
+_MEDIA, _MARK, _DTMF, _STOP = EventKind.MEDIA, EventKind.MARK, EventKind.DTMF, EventKind.STOP
 
 
-class TwilioStreamSender:
-    """Writes our frames to one Media Stream (text frames only, streamSid fixed).
+class StreamSender:
+    """Writes our frames to one media stream (text frames only, stream id fixed).
 
     Synchronous: a frame goes straight to the socket's transport; ``send`` puts a tick's
-    frames and marks in one write."""
+    frames and marks in one write. ``build`` is the carrier's builder for this stream,
+    ``leg`` the stream's audio format (both from its ``start``)."""
 
-    __slots__ = ("_build", "_socket", "stream_sid")
+    __slots__ = ("_build", "_socket", "leg", "stream_id")
 
-    def __init__(self, socket: MediaSocket, stream_sid: str) -> None:
+    def __init__(self, socket: MediaSocket, build: OutboundFrames, stream_id: str,
+                 leg: LegFormat = PCMU_8K) -> None:
         self._socket = socket
-        self._build = TwilioOutbound(stream_sid)
-        self.stream_sid = stream_sid
+        self._build = build
+        self.stream_id = stream_id
+        self.leg = leg
+
+    @property
+    def stream_sid(self) -> str:
+        """``stream_id`` under its Twilio name (kept for existing readers)."""
+        return self.stream_id
 
     def write_buffer_size(self) -> int:
         """Bytes queued in the socket, not yet taken by the peer (a slow peer grows it)."""
@@ -108,10 +122,10 @@ class MediaSink(Protocol):
         """The stream is authenticated; audio may flow both ways from now on."""
 
     def on_media(self, payload_b64: str, timestamp_ms: int) -> None:
-        """One inbound ``media`` payload (base64 mu-law); raises AudioFormatError if bad."""
+        """One inbound ``media`` payload (base64, the leg's codec); AudioFormatError if bad."""
 
     def on_mark(self, name: str) -> None:
-        """Twilio reached (or flushed) one of our marks."""
+        """The carrier reached (or flushed) one of our marks."""
 
     def on_dtmf(self, digit: str) -> None:
         """The caller pressed a key."""
@@ -120,7 +134,7 @@ class MediaSink(Protocol):
         """The stream ended: release everything (idempotent)."""
 
 
-BridgeFactory = Callable[[CallSession, TwilioStreamSender], MediaSink]
+BridgeFactory = Callable[[CallSession, StreamSender], MediaSink]
 
 
 class ConnectionLimiter:
@@ -158,13 +172,13 @@ class _RejectionLog:
 
     __slots__ = ("_counts", "_log", "_prefix")
 
-    def __init__(self, bound_log: BoundLogger, prefix: str = "twilio.media.rejected") -> None:
+    def __init__(self, bound_log: BoundLogger, prefix: str) -> None:
         self._log = bound_log
-        self._prefix = prefix
+        self._prefix = prefix + ".rejected."
         self._counts: Counter[str] = Counter()
 
     def __call__(self, reason: str, detail: str) -> None:
-        metrics.incr(f"{self._prefix}.{reason}")
+        metrics.incr(self._prefix + reason)
         self._counts[reason] += 1
         n = self._counts[reason]
         if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
@@ -176,17 +190,17 @@ class _RejectionLog:
 
 
 class MediaStreamHandler:
-    """Serves ``/twilio/media-stream``: upgrades arrive from the listener (``upgrade``)."""
+    """Serves ``carrier.media_path``: upgrades arrive from the listener (``upgrade``)."""
 
-    #: first part of this handler's counter names (``<PEER>.media.connections``...)
-    PEER = "twilio"
-
-    def __init__(self, *, manager: CallManager, tokens: StreamTokenSigner,
+    def __init__(self, *, carrier: Carrier, manager: CallManager, tokens: StreamTokenSigner,
                  bridge_factory: BridgeFactory, limiter: ConnectionLimiter,
                  start_timeout_s: float, max_message_bytes: int, heartbeat_s: float,
                  record_dtmf: bool = True,
                  max_control_frames_per_s: int = DEFAULT_CONTROL_FRAMES_PER_S,
                  max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES) -> None:
+        self.carrier = carrier
+        #: metric prefix: ``twilio.media``, ``telnyx.media``...
+        self.prefix = f"{carrier.name}.media"
         self.manager = manager
         self.tokens = tokens
         self.bridge_factory = bridge_factory
@@ -198,7 +212,7 @@ class MediaStreamHandler:
         self.max_control_frames_per_s = max_control_frames_per_s
         self.max_write_buffer_bytes = max_write_buffer_bytes
         self._sockets: set[MediaSocket] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("twilio.media", log)
 
     @property
     def open_sockets(self) -> int:
@@ -209,13 +223,12 @@ class MediaStreamHandler:
         for sock in list(self._sockets):
             with contextlib.suppress(Exception):
                 await sock.close(CLOSE_GOING_AWAY, reason)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self._tasks.wait(timeout=5.0)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp route: reached only by a plain GET, or an upgrade that was not the
         first request of its connection (the listener takes those)."""
-        metrics.incr(f"{self.PEER}.media.not_upgraded")
+        metrics.incr(f"{self.prefix}.not_upgraded")
         return web.Response(status=426, text="media streams need a WebSocket upgrade as the "
                             "first request of a new connection\n",
                             headers={"Upgrade": "websocket", "Connection": "Upgrade"})
@@ -225,7 +238,7 @@ class MediaStreamHandler:
         """Admission, the 101, then the socket's own task (called by the listener)."""
         refused = self.limiter.acquire(remote)
         if refused is not None:
-            metrics.incr(f"{self.PEER}.media.refused.{refused}")
+            metrics.incr(f"{self.prefix}.refused.{refused}")
             log.warning("media.refused", reason=refused, remote=remote)
             transport.write(http_error(503, "too many media stream connections"))
             transport.close()
@@ -237,16 +250,15 @@ class MediaStreamHandler:
         transport.write(switching_protocols(request))
         sock.take_over(transport, leftover)
         self._sockets.add(sock)
-        metrics.incr(f"{self.PEER}.media.connections")
-        task = asyncio.get_running_loop().create_task(self._run(sock, remote))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        metrics.incr(f"{self.prefix}.connections")
+        query = dict(parse_qsl(request.query, max_num_fields=32))
+        self._tasks.spawn(self._run(sock, remote, query))
 
-    async def _run(self, sock: MediaSocket, address: str) -> None:
+    async def _run(self, sock: MediaSocket, address: str, query: dict[str, str]) -> None:
         try:
-            await self._serve(sock, address)
+            await self._serve(sock, address, query)
         except Exception:
-            metrics.incr(f"{self.PEER}.media.internal_error")
+            metrics.incr(f"{self.prefix}.internal_error")
             log.exception("media.internal_error", remote=address)
         finally:
             self._sockets.discard(sock)
@@ -255,18 +267,18 @@ class MediaStreamHandler:
                 with contextlib.suppress(Exception):
                     await sock.close()
 
-    async def _serve(self, sock: MediaSocket, address: str) -> None:
-        state = TwilioStreamState()
+    async def _serve(self, sock: MediaSocket, address: str, query: dict[str, str]) -> None:
+        state = self.carrier.open_stream(query)
         start = await self._await_start(sock, state, address)
         if start is None:
             return
         session = self._authenticate(start, address)
         if session is None:
-            metrics.incr("twilio.media.unauthenticated")
+            metrics.incr(f"{self.prefix}.unauthenticated")
             await sock.close(CLOSE_POLICY_VIOLATION, "stream not authorised")
             return
-        clog = session.log.bind(stream_sid=start.stream_sid)
-        sender = TwilioStreamSender(sock, start.stream_sid)
+        clog = session.log.bind(stream_sid=start.stream_id)
+        sender = StreamSender(sock, state.outbound(start), start.stream_id, start.leg)
         bridge = self.bridge_factory(session, sender)
         session.bridge = bridge
         reason = "socket-closed"
@@ -280,7 +292,7 @@ class MediaStreamHandler:
                 return
             clog.info("media.started", remote=address)
             reason = await _StreamReader(sock, state, session, bridge, clog,
-                                         self.record_dtmf).run()
+                                         self.record_dtmf, self.prefix).run()
         finally:
             with contextlib.suppress(Exception):
                 await bridge.close(reason)
@@ -291,8 +303,8 @@ class MediaStreamHandler:
             clog.info("media.ended", reason=reason, media=state.media_count,
                       seq_gaps=state.seq_gaps)
 
-    async def _await_start(self, sock: MediaSocket, state: TwilioStreamState,
-                           address: str) -> Start | None:
+    async def _await_start(self, sock: MediaSocket, state: MediaStreamProtocol,
+                           address: str) -> StreamStart | None:
         """``connected`` then ``start`` within the timeout; anything else closes with 1008."""
         try:
             async with asyncio.timeout(self.start_timeout_s):
@@ -301,41 +313,43 @@ class MediaStreamHandler:
                     if opcode != OP_TEXT:
                         if opcode == OP_CLOSE:
                             return None
-                        raise TwilioProtocolError("binary frame before start",
-                                                  reason="before_start")
+                        raise CarrierProtocolError("binary frame before start",
+                                                   peer=self.carrier.name, reason="before_start")
                     event = state.receive(data)
-                    if isinstance(event, Start):
+                    if event.kind is EventKind.START:
+                        assert isinstance(event, StreamStart)
                         return event
         except TimeoutError:
-            metrics.incr("twilio.media.start_timeout")
+            metrics.incr(f"{self.prefix}.start_timeout")
             log.warning("media.start_timeout", remote=address, timeout_s=self.start_timeout_s)
             await sock.close(CLOSE_POLICY_VIOLATION, "no start in time")
-        except TwilioProtocolError as exc:
-            metrics.incr(f"twilio.media.rejected_before_start.{exc.reason}")
+        except CarrierProtocolError as exc:
+            metrics.incr(f"{self.prefix}.rejected_before_start.{exc.reason}")
             log.warning("media.bad_handshake", remote=address, reason=exc.reason,
                         detail=str(exc)[:200])
             await sock.close(CLOSE_POLICY_VIOLATION, "protocol violation")
         return None
 
-    def _authenticate(self, start: Start, address: str) -> CallSession | None:
-        params = start.custom_parameters
+    def _authenticate(self, start: StreamStart, address: str) -> CallSession | None:
+        params = start.params
         token = params.get(PARAM_TOKEN, "")
+        carrier_call_id = start.carrier_call_id
         try:
-            claims = self.tokens.claims(token, start.call_sid)
+            claims = self.tokens.claims(token, carrier_call_id)
         except StreamTokenError as exc:
-            log.warning("media.token_rejected", reason=exc.reason, call_sid=start.call_sid,
+            log.warning("media.token_rejected", reason=exc.reason, call_sid=carrier_call_id,
                         remote=address)
-            metrics.incr(f"twilio.media.token.{exc.reason}")
+            metrics.incr(f"{self.prefix}.token.{exc.reason}")
             return None
         session = self.manager.get(claims.call_id)
         if session is None or session.ended:
-            log.warning("media.unknown_call", call_id=claims.call_id, call_sid=start.call_sid)
+            log.warning("media.unknown_call", call_id=claims.call_id, call_sid=carrier_call_id)
             return None
         if session.call_sid is None:  # outbound: the stream beat the REST answer
-            self.manager.attach_call_sid(session, start.call_sid)
-        elif session.call_sid != start.call_sid:
+            self.manager.attach_call_sid(session, carrier_call_id)
+        elif session.call_sid != carrier_call_id:
             log.warning("media.call_sid_mismatch", call_id=session.call_id,
-                        expected=session.call_sid, got=start.call_sid)
+                        expected=session.call_sid, got=carrier_call_id)
             return None
         if session.stream_started:
             log.warning("media.second_stream", call_id=session.call_id)
@@ -344,7 +358,7 @@ class MediaStreamHandler:
             self.tokens.used.consume(claims.nonce, claims.expires_at)
         except StreamTokenError as exc:
             log.warning("media.token_rejected", reason=exc.reason, call_id=session.call_id)
-            metrics.incr(f"twilio.media.token.{exc.reason}")
+            metrics.incr(f"{self.prefix}.token.{exc.reason}")
             return None
         if not self.manager.mark_stream_started(session):
             return None
@@ -357,15 +371,16 @@ class _StreamReader:
     __slots__ = ("_bridge", "_done", "_media", "_receive", "_record_dtmf", "_reject",
                  "_session", "_sock")
 
-    def __init__(self, sock: MediaSocket, state: TwilioStreamState, session: CallSession,
-                 bridge: MediaSink, clog: BoundLogger, record_dtmf: bool) -> None:
+    def __init__(self, sock: MediaSocket, state: MediaStreamProtocol, session: CallSession,
+                 bridge: MediaSink, clog: BoundLogger, record_dtmf: bool,
+                 prefix: str) -> None:
         self._sock = sock
         self._receive = state.receive
         self._session = session
         self._bridge = bridge
         self._media = bridge.on_media
         self._record_dtmf = record_dtmf
-        self._reject = _RejectionLog(clog)
+        self._reject = _RejectionLog(clog, prefix)
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> str:
@@ -381,19 +396,19 @@ class _StreamReader:
         if self._done.done():
             return
         try:
-            event = self._receive(data)
-            kind = type(event)
-            if kind is Media:
+            event: Any = self._receive(data)  # dispatched on kind: no isinstance per frame
+            kind = event.kind
+            if kind is _MEDIA:
                 self._media(event.payload, event.timestamp_ms)
-            elif kind is Mark:
+            elif kind is _MARK:
                 self._bridge.on_mark(event.name)
-            elif kind is Dtmf:
+            elif kind is _DTMF:
                 if self._record_dtmf:
                     self._session.add_dtmf(event.digit)
                 self._bridge.on_dtmf(event.digit)
-            elif kind is Stop:
+            elif kind is _STOP:
                 self._finish("stream-stopped")
-        except TwilioProtocolError as exc:
+        except CarrierProtocolError as exc:
             self._reject(exc.reason, str(exc))
         except AudioFormatError as exc:
             self._reject("bad_audio", str(exc))

@@ -1,0 +1,21 @@
+"""The converter for a call's phone leg (``carriers.base.LegFormat``) and provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentic_fast.audio import AudioConverter
+from agentic_fast.carriers.base import PCMU_8K, LegFormat
+from agentic_fast.core.errors import AudioFormatError
+
+__all__ = ["converter_for"]
+
+
+def converter_for(provider: str, leg: LegFormat, handoff_ms: int) -> Any:
+    """An ``AudioConverter`` between ``leg`` (the carrier's frames: ``leg.frame_bytes``
+    per 20 ms) and ``provider``'s format; ``AudioFormatError`` for a leg no converter
+    handles yet (today: mu-law 8 kHz, 160-byte frames)."""
+    if leg == PCMU_8K:
+        return AudioConverter(provider, handoff_ms=handoff_ms)
+    raise AudioFormatError(f"no audio converter for a {leg.codec} {leg.sample_rate} Hz leg "
+                           f"({leg.frame_bytes}-byte frames) to provider {provider!r}")

@@ -1,0 +1,151 @@
+"""Twilio behind the carrier interface (carriers/base.py): Media Streams, TwiML answers,
+X-Twilio-Signature webhooks, the Calls REST resource, CallStatus mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from agentic_fast.call.manager import CallStatus
+from agentic_fast.carriers.base import (
+    CallDesk,
+    RefusalKind,
+    Route,
+    StatusChange,
+    StreamTarget,
+    WebhookReply,
+    WebhookRequest,
+)
+from agentic_fast.carriers.registry import register
+from agentic_fast.carriers.twilio.form import JSON_TYPE
+from agentic_fast.carriers.twilio.media import TwilioStreamState
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
+from agentic_fast.carriers.twilio.signature import (
+    SETTINGS_HEADER,
+    SIGNATURE_HEADER,
+    SignatureCheck,
+    SignatureNotConfiguredError,
+    TwilioSignatureValidator,
+)
+from agentic_fast.carriers.twilio.status import map_call_status
+from agentic_fast.carriers.twilio.twiml import (
+    busy_twiml,
+    connect_stream_twiml,
+    reject_twiml,
+    say_hangup_twiml,
+)
+from agentic_fast.core.config import MEDIA_STREAM_PATH, Config
+
+__all__ = ["TwilioCarrier", "TwilioInboundAnswer", "TwilioWebhookVerifier"]
+
+XML_TYPE = "text/xml"
+
+
+class TwilioWebhookVerifier:
+    """``X-Twilio-Signature`` (HMAC-SHA1 over URL and form, or ``bodySHA256`` for JSON),
+    and SharedKey signatures named by ``X-Twilio-Webhooks-Signature-Settings``."""
+
+    __slots__ = ("validator",)
+
+    def __init__(self, validator: TwilioSignatureValidator) -> None:
+        self.validator = validator
+
+    def verify(self, request: WebhookRequest) -> SignatureCheck:
+        headers = request.headers
+        signature = headers.get(SIGNATURE_HEADER)
+        settings = headers.get(SETTINGS_HEADER)
+        if request.content_type == JSON_TYPE:
+            return self.validator.validate_json(request.raw_path, request.body, signature,
+                                                settings)
+        return self.validator.validate_form(request.raw_path, request.fields, signature,
+                                            settings)
+
+
+def _twiml(xml: str) -> WebhookReply:
+    return WebhookReply(xml, XML_TYPE)
+
+
+class TwilioInboundAnswer:
+    """Answers in the voice webhook's reply: TwiML (nothing is sent over REST)."""
+
+    __slots__ = ()
+
+    async def connect_stream(self, carrier_call_id: str, target: StreamTarget
+                             ) -> WebhookReply:
+        return _twiml(connect_stream_twiml(target.url, target.params,
+                                           status_callback=target.status_url,
+                                           fallback_say=target.fallback_say or None))
+
+    async def say_and_hang_up(self, carrier_call_id: str, text: str) -> WebhookReply:
+        return _twiml(say_hangup_twiml(text))
+
+    async def refuse(self, carrier_call_id: str, kind: RefusalKind,
+                     text: str | None = None) -> WebhookReply:
+        if kind == "busy" and text:
+            return _twiml(busy_twiml(text))
+        return _twiml(reject_twiml(kind))
+
+
+class TwilioCarrier:
+    """Twilio: one per server. ``rest`` overrides the REST client built from ``twilio.*``
+    (tests); a client built here is closed by :meth:`close`."""
+
+    name = "twilio"
+    media_path = MEDIA_STREAM_PATH
+
+    def __init__(self, config: Config, rest: TwilioRestClient | None = None) -> None:
+        tw = config.twilio
+        self.from_number = tw.from_number
+        self._owns_rest = False
+        if rest is None and tw.account_sid and tw.auth_token:
+            rest = TwilioRestClient(tw.account_sid, tw.auth_token, api_base=tw.api_base,
+                                    timeout_s=tw.request_timeout_s)
+            self._owns_rest = True
+        self._rest = rest
+        self._verifier: TwilioWebhookVerifier | None = None
+        self._problem: str | None = None
+        try:
+            self._verifier = TwilioWebhookVerifier(TwilioSignatureValidator(
+                tw.auth_token, config.server.public_url, tw.shared_keys))
+        except SignatureNotConfiguredError as exc:
+            self._problem = str(exc)
+        self._answer = TwilioInboundAnswer()
+
+    @classmethod
+    def from_config(cls, config: Config) -> TwilioCarrier:
+        return cls(config)
+
+    def open_stream(self, query: Mapping[str, str]) -> TwilioStreamState:
+        """Twilio returns our params in ``start.customParameters``: ``query`` is unused."""
+        return TwilioStreamState()
+
+    @property
+    def verifier(self) -> TwilioWebhookVerifier | None:
+        return self._verifier
+
+    @property
+    def verifier_problem(self) -> str | None:
+        return self._problem
+
+    @property
+    def control(self) -> TwilioRestClient | None:
+        return self._rest
+
+    @property
+    def answer(self) -> TwilioInboundAnswer:
+        return self._answer
+
+    def map_status(self, carrier_status: str) -> StatusChange:
+        mapped = map_call_status(carrier_status)
+        return StatusChange(CallStatus(mapped.status.value), mapped.reason, mapped.terminal)
+
+    def routes(self, desk: CallDesk) -> Sequence[Route]:
+        """Twilio's webhook routes are served by ``server/app.py`` (``/twilio/voice``,
+        ``/twilio/status``, ``/twilio/stream-status``), unchanged on the wire."""
+        return ()
+
+    async def close(self) -> None:
+        if self._owns_rest and self._rest is not None:
+            await self._rest.close()
+
+
+register("twilio", TwilioCarrier.from_config)
