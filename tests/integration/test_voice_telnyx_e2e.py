@@ -361,7 +361,7 @@ async def test_outbound_call_is_placed_through_call_control_and_speaks_first(
     assert body["stream_url"].endswith("/telnyx/media-stream")
     assert body["stream_bidirectional_mode"] == "rtp"
     assert body["webhook_url"] == f"http://127.0.0.1:{stack.port}/telnyx/webhook"
-    call = stack.telnyx.calls[created["call_control_id"]]
+    call = stack.telnyx.calls[created["call_sid"]]
     media = await call.wait_media()
     session = stack.services.manager.get(created["call_id"])
     await media.wait_for(lambda: session.stream_started)
@@ -380,7 +380,7 @@ async def test_busy_callee_fails_the_outbound_call(openai_pcmu: Stack) -> None:
     stack = openai_pcmu
     stack.telnyx.script_outcome("+15559998888", "busy")
     _, created = await _api(stack, "/calls", {"to": "+15559998888"})
-    call = stack.telnyx.calls[created["call_control_id"]]
+    call = stack.telnyx.calls[created["call_sid"]]
     await call.wait_hangup()
     session = stack.services.manager.get(created["call_id"])
     assert session.status is CallStatus.FAILED and session.reason == "busy"

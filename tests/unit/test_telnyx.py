@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agentic_fast.audio.l16 import L16_FRAME_BYTES, L16Converter
 from agentic_fast.call.manager import CallStatus
+from agentic_fast.carriers.base import L16_16K, EventKind
 from agentic_fast.carriers.telnyx.media import (
     CODECS,
     Dtmf,
@@ -25,12 +26,13 @@ from agentic_fast.carriers.telnyx.media import (
     TelnyxOutbound,
     TelnyxProtocolError,
     TelnyxStreamState,
+    decode_client_state,
+    encode_client_state,
     parse_telnyx_message,
 )
 from agentic_fast.carriers.telnyx.rest import StreamOptions, TelnyxApiError, TelnyxRestClient
 from agentic_fast.carriers.telnyx.signature import TelnyxSignatureVerifier
 from agentic_fast.carriers.telnyx.status import map_event, parse_webhook
-from agentic_fast.carriers.telnyx.stream_handler import client_state_for, parse_client_state
 from agentic_fast.core.config import Config
 from agentic_fast.core.errors import AudioFormatError, ConfigError
 
@@ -69,9 +71,12 @@ def test_a_stream_parses_in_order() -> None:
     mark = state.receive(_msg(event="mark", sequence_number="4", stream_id="S1",
                               mark={"name": "m1"}))
     assert isinstance(mark, Mark) and mark.name == "m1"
-    err = state.receive(_msg(event="error", sequence_number="5", stream_id="S1",
-                             payload={"code": 100003, "title": "malformed_frame",
-                                      "detail": "bad"}))
+    with pytest.raises(TelnyxProtocolError) as refused:  # Telnyx refused a frame of ours
+        state.receive(_msg(event="error", sequence_number="5", stream_id="S1",
+                           payload={"code": 100003, "title": "malformed_frame",
+                                    "detail": "bad"}))
+    assert refused.value.reason == "error_frame" and "100003" in str(refused.value)
+    err = parse_telnyx_message(_msg(event="error", payload={"code": 100003}))
     assert isinstance(err, StreamError) and err.code == 100003
     stop = state.receive(_msg(event="stop", sequence_number="7", stream_id="S1",
                               stop={"user_id": "u", "call_control_id": "v3:abc"}))
@@ -189,10 +194,27 @@ def test_events_map_to_call_status(event_type: str, payload: dict[str, object],
 
 
 def test_client_state_round_trips_and_foreign_ones_are_refused() -> None:
-    state = client_state_for("2b0d-call", "tok_en")
-    assert parse_client_state(state) == ("2b0d-call", "tok_en")
-    assert parse_client_state(base64.b64encode(b"no-space").decode()) is None
-    assert parse_client_state("%%%") is None and parse_client_state(None) is None
+    params = {"callId": "2b0d-call", "streamToken": "tok_en.x+/="}
+    state = encode_client_state(params)
+    assert decode_client_state(state) == params
+    assert decode_client_state(base64.b64encode(b"no-pairs").decode()) == {}
+    assert decode_client_state("%%%") == {} and decode_client_state(None) == {}
+
+
+def test_telnyx_events_are_the_neutral_events() -> None:
+    state = TelnyxStreamState(CODECS["L16"])
+    start = state.receive(START.replace(b'"PCMU", "sample_rate": 8000',
+                                        b'"L16", "sample_rate": 16000').replace(
+        b"c3RhdGU=", encode_client_state({"callId": "c1", "streamToken": "t"}).encode()))
+    assert isinstance(start, Start) and start.kind is EventKind.START
+    assert (start.carrier_call_id, start.stream_id, start.leg) == ("v3:abc", "S1", L16_16K)
+    assert start.params == {"callId": "c1", "streamToken": "t"}
+    media = state.receive(_media(2))
+    assert media.kind is EventKind.MEDIA and isinstance(media, Media)
+    with pytest.raises(TelnyxProtocolError) as exc:  # we asked for the inbound track only
+        state.receive(_media(3, track="outbound"))
+    assert exc.value.reason == "unexpected_track"
+    assert state.outbound(start).media("AAAA") == '{"event":"media","media":{"payload":"AAAA"}}'
 
 
 # -- L16 converter ----------------------------------------------------------------------------

@@ -590,8 +590,11 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
-    # the telephone carrier whose webhooks and media streams this server takes
+    # the default telephone carrier: outbound calls go through it unless ``numbers`` maps
+    # their from number to another one
     carrier: str = "twilio"
+    # our own E.164 numbers -> the carrier each one is on (POST /calls ``from``)
+    numbers: dict[str, str] = field(default_factory=dict)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
     telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
@@ -609,7 +612,17 @@ class Config:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}, got "
                               f"{self.carrier!r}{hint}", key="carrier")
-        if (self.carrier == "telnyx" and self.telnyx.codec == "L16"
+        for number, name in self.numbers.items():
+            key = f"numbers.{number}"
+            try:
+                _e164(number)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: the key must be one of our phone numbers in "
+                                  f"E.164 ({exc})", key=key) from None
+            if name not in CARRIERS:
+                raise ConfigError(f"{key}: must be one of {', '.join(CARRIERS)}, got "
+                                  f"{name!r}", key=key)
+        if (self.telnyx.codec == "L16" and "telnyx" in self.carriers_in_use()
                 and self.audio.provider == "openai-pcmu"):
             raise ConfigError("telnyx.codec: L16 needs a PCM16 provider leg, but "
                               "audio.provider is openai-pcmu (mu-law); use codec PCMU or "
@@ -650,6 +663,27 @@ class Config:
                   env: Mapping[str, str] = os.environ) -> Config:
         """Validate YAML ``text``; ``source`` names it in error messages."""
         return _Loader(text, source, env).load()
+
+    def carriers_in_use(self) -> tuple[str, ...]:
+        """The carriers whose webhook routes and media streams this server serves: the
+        ``carrier`` default, those ``numbers`` names, and any whose credentials are set
+        (``twilio.auth_token``; ``telnyx.api_key`` or ``telnyx.public_key``)."""
+        names = [self.carrier, *self.numbers.values()]
+        if self.twilio.auth_token:
+            names.append("twilio")
+        if self.telnyx.api_key or self.telnyx.public_key:
+            names.append("telnyx")
+        return tuple(dict.fromkeys(names))
+
+    def carrier_of(self, number: str) -> str | None:
+        """The carrier our number ``number`` is on (``numbers``, else the carrier whose
+        ``from_number`` it is), or None when it is not one of ours."""
+        if number in self.numbers:
+            return self.numbers[number]
+        for name in self.carriers_in_use():
+            if getattr(self, name).from_number == number:
+                return name
+        return None
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by ``mask_secret``."""
@@ -727,6 +761,8 @@ def _to_dict(obj: Any) -> dict[str, Any]:
                      else mask_secret(value))
         elif isinstance(value, tuple):
             value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
         out[f.name] = value
     return out
 
@@ -849,7 +885,22 @@ class _Loader:
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)
+        if get_origin(tp) is dict:
+            return self.string_map(node, key)
         return self.scalar(tp, node, key, secret)
+
+    def string_map(self, node: yaml.Node, key: str) -> dict[str, str]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(key, f"expected a mapping, got {_describe(node)}", node)
+        out: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            name = self.scalar(str, key_node, key)
+            sub = f"{key}.{name}"
+            if name in out:
+                raise self.error(sub, "duplicate key", key_node)
+            self.lines[sub] = _line(key_node)
+            out[name] = self.scalar(str, value_node, sub)
+        return out
 
     def string_list(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         if isinstance(node, yaml.SequenceNode):

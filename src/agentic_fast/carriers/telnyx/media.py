@@ -8,7 +8,13 @@ Telnyx connects to our ``stream_url`` and sends JSON text frames::
 numbers are JSON numbers. :func:`parse_telnyx_message` validates one message;
 :class:`TelnyxStreamState` adds the rules across messages (order, ``stream_id``, the codec
 we asked for). Violations raise :class:`TelnyxProtocolError` with a short ``reason`` for
-counters (``telnyx.media.rejected.<reason>``).
+counters (``telnyx.media.rejected.<reason>``). The events subclass the carrier-neutral ones
+(``carriers/base.py``), so the one stream handler dispatches them on ``kind``; Telnyx's
+``error`` frames (it refused something we sent) are counted here
+(``telnyx.media.error_frames.<code>``) and surface as a rejection (``error_frame``).
+
+Our stream params (call id, stream token) travel in ``client_state``:
+:func:`encode_client_state` / :func:`decode_client_state`.
 
 Outbound (bidirectional ``rtp`` mode): :class:`TelnyxOutbound` builds ``media`` (raw audio
 in the negotiated codec, base64), ``mark`` and ``clear`` frames. The media path is the hot
@@ -18,15 +24,31 @@ undecoded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.carriers.base import (
+    L16_16K,
+    PCMU_8K,
+    DtmfDigit,
+    LegFormat,
+    MediaChunk,
+    PlayoutMark,
+    StreamConnected,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+)
+from agentic_fast.core import metrics
+from agentic_fast.core.errors import CarrierProtocolError, LocalProtocolError
 
 __all__ = [
     "CODECS",
@@ -43,6 +65,8 @@ __all__ = [
     "TelnyxOutbound",
     "TelnyxProtocolError",
     "TelnyxStreamState",
+    "decode_client_state",
+    "encode_client_state",
     "parse_telnyx_message",
 ]
 
@@ -56,21 +80,46 @@ _B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 @dataclass(frozen=True, slots=True)
 class TelnyxCodec:
     """A phone-leg format we stream in both directions: the name Telnyx uses
-    (``stream_codec`` / ``stream_bidirectional_codec``), its rate and one 20 ms frame."""
+    (``stream_codec`` / ``stream_bidirectional_codec``) and our :class:`LegFormat`."""
 
     name: str
-    sample_rate: int
-    frame_bytes: int
+    leg: LegFormat
+
+    @property
+    def sample_rate(self) -> int:
+        return self.leg.sample_rate
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.leg.frame_bytes
 
 
 #: The codecs the bridge handles: G.711 mu-law 8 kHz and L16 16 kHz (big-endian).
 CODECS: dict[str, TelnyxCodec] = {
-    "PCMU": TelnyxCodec("PCMU", 8000, 160),
-    "L16": TelnyxCodec("L16", 16000, 640),
+    "PCMU": TelnyxCodec("PCMU", PCMU_8K),
+    "L16": TelnyxCodec("L16", L16_16K),
 }
+#: Longest ``client_state`` we send or take (base64 text).
+MAX_CLIENT_STATE = 2048
 
 
-class TelnyxProtocolError(RemoteProtocolError):
+def encode_client_state(params: Mapping[str, str]) -> str:
+    """``client_state`` carrying our stream params: base64 of their URL encoding."""
+    return base64.b64encode(urlencode(dict(params)).encode("utf-8")).decode("ascii")
+
+
+def decode_client_state(state: str | None) -> Mapping[str, str]:
+    """Our stream params from a ``client_state`` (empty when it is not one of ours)."""
+    if not state or len(state) > MAX_CLIENT_STATE:
+        return {}
+    try:
+        text = base64.b64decode(state, validate=True).decode("utf-8")
+        return dict(parse_qsl(text, strict_parsing=True, max_num_fields=16))
+    except (binascii.Error, ValueError):
+        return {}
+
+
+class TelnyxProtocolError(CarrierProtocolError):
     """Telnyx sent something that breaks its media streaming protocol.
 
     ``reason``: ``malformed_json``, ``not_object``, ``unknown_event``, ``missing_field``,
@@ -79,9 +128,7 @@ class TelnyxProtocolError(RemoteProtocolError):
     """
 
     def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
+        super().__init__(message, peer=PEER, reason=reason, field=field)
 
 
 # --------------------------------------------------------------------------- events
@@ -97,14 +144,14 @@ class MediaFormat:
 
 
 @dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(StreamConnected):
     """First frame after the upgrade."""
 
     version: str
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
+class Start(StreamStart):
     """Stream metadata; ``client_state`` is what our dial/answer set (base64 or None)."""
 
     sequence_number: int
@@ -117,9 +164,23 @@ class Start:
     custom_parameters: Mapping[str, str] = field(hash=False)
     media_format: MediaFormat
 
+    @property
+    def carrier_call_id(self) -> str:
+        return self.call_control_id
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """Our stream params, from ``client_state`` (see :func:`encode_client_state`)."""
+        return decode_client_state(self.client_state)
+
+    @property
+    def leg(self) -> LegFormat:
+        """The codec :class:`TelnyxStreamState` checked ``media_format`` against."""
+        return L16_16K if self.media_format.encoding.upper() == "L16" else PCMU_8K
+
 
 @dataclass(frozen=True, slots=True)
-class Media:
+class Media(MediaChunk):
     """One audio chunk; ``payload`` is the base64 text as received (RTP payload, no header)."""
 
     sequence_number: int
@@ -131,7 +192,7 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
-class Dtmf:
+class Dtmf(DtmfDigit):
     """The caller pressed a key."""
 
     sequence_number: int
@@ -140,7 +201,7 @@ class Dtmf:
 
 
 @dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(PlayoutMark):
     """A mark we sent has played (or was returned by ``clear``)."""
 
     sequence_number: int
@@ -149,7 +210,7 @@ class Mark:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamError:
+class StreamError(StreamEvent):
     """Telnyx rejected a frame we sent (``payload.code``/``title``/``detail``)."""
 
     sequence_number: int
@@ -160,7 +221,7 @@ class StreamError:
 
 
 @dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(StreamStop):
     """The stream ended (hang-up, ``streaming_stop``)."""
 
     sequence_number: int
@@ -369,7 +430,12 @@ class TelnyxStreamState:
     """Order rules of one stream: ``connected`` (optional, once) then ``start`` (whose
     ``media_format`` must be ``codec``), then media/dtmf/mark/error carrying the start's
     ``stream_id`` (when they carry one), then ``stop``. Frames arrive over TCP in order; the
-    ``sequence_number`` is counted, not enforced (gaps and regressions)."""
+    ``sequence_number`` is counted, not enforced (gaps and regressions).
+
+    The carrier's :class:`~agentic_fast.carriers.base.MediaStreamProtocol`: media of a track
+    other than ``inbound`` (we ask for ``inbound_track`` only) is refused
+    (``unexpected_track``), and an ``error`` frame is counted and refused (``error_frame``).
+    """
 
     __slots__ = ("_phase", "codec", "last_sequence", "media_count", "seq_gaps",
                  "seq_regressions", "start", "stream_id")
@@ -385,6 +451,10 @@ class TelnyxStreamState:
         self.seq_regressions = 0
 
     @property
+    def started(self) -> bool:
+        return self._phase == _STREAMING
+
+    @property
     def stopped(self) -> bool:
         return self._phase == _STOPPED
 
@@ -397,8 +467,17 @@ class TelnyxStreamState:
                 self._wrong_sid(sid)
             self._sequence(event.sequence_number)
             self.media_count += 1
+            if event.track != "inbound":
+                _fail("unexpected_track", f"media of track {event.track!r:.20} (we asked "
+                      "for inbound_track only)", "media.track")
             return event
         return self._check(event)
+
+    def receive_binary(self, data: bytes) -> TelnyxEvent:
+        _fail("binary_frame", f"binary frame of {len(data)} bytes (Telnyx sends text)")
+
+    def outbound(self, start: StreamStart) -> TelnyxOutbound:
+        return _OUTBOUND
 
     def _check(self, event: TelnyxEvent) -> TelnyxEvent:
         kind = type(event)
@@ -413,7 +492,7 @@ class TelnyxStreamState:
             fmt = event.media_format
             codec = self.codec
             if (fmt.encoding.upper(), fmt.sample_rate, fmt.channels) != (
-                    codec.name, codec.sample_rate, 1):
+                    codec.name, codec.leg.sample_rate, 1):
                 _fail("unsupported_media_format",
                       f"media format {fmt.encoding} {fmt.sample_rate} Hz {fmt.channels} ch "
                       f"(expected {codec.name} {codec.sample_rate} Hz mono)",
@@ -431,8 +510,15 @@ class TelnyxStreamState:
         self._sequence(event.sequence_number)
         if kind is Media:
             self.media_count += 1
+            assert isinstance(event, Media)
+            if event.track != "inbound":
+                _fail("unexpected_track", f"media of track {event.track!r:.20}", "media.track")
         elif kind is Stop:
             self._phase = _STOPPED
+        elif kind is StreamError:
+            assert isinstance(event, StreamError)
+            metrics.incr(f"telnyx.media.error_frames.{event.code}")
+            _fail("error_frame", f"Telnyx error {event.code} {event.title}: {event.detail}")
         return event
 
     def _sequence(self, seq: int) -> None:
@@ -488,6 +574,9 @@ class TelnyxOutbound:
     def clear(self) -> str:
         """``clear`` frame: stop playback, drop queued audio (queued marks come back)."""
         return self._CLEAR
+
+
+_OUTBOUND = TelnyxOutbound()
 
 
 def media_message(payload_b64: str) -> str:

@@ -5,7 +5,7 @@
 ``CallDialParams`` / ``Action*Params``. Every request is bounded by
 ``telnyx.request_timeout_s``. Every failure (network, timeout, Telnyx's error body
 ``{"errors": [{"code", "title", "detail"}]}``) becomes :class:`TelnyxApiError`, a
-``PeerUnavailableError(peer="telnyx")`` carrying Telnyx's ``code`` and the HTTP ``status``.
+``CarrierApiError(peer="telnyx")`` carrying Telnyx's ``code`` and the HTTP ``status``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 
 from agentic_fast.carriers.telnyx.media import CODECS
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import CarrierApiError
 from agentic_fast.core.log import get_logger
 
 __all__ = ["DEFAULT_API_BASE", "DialedCall", "StreamOptions", "TelnyxApiError",
@@ -31,18 +31,18 @@ _PEER: Final = "telnyx"
 _log = get_logger("telnyx.rest")
 
 
-class TelnyxApiError(PeerUnavailableError):
+class TelnyxApiError(CarrierApiError):
     """Telnyx could not be reached, timed out, or answered with an error.
 
     ``code``: Telnyx's first error code (a string, e.g. ``"10009"`` bad key, ``"90018"``
     call already ended); ``status``: the HTTP status; both None when Telnyx never answered.
     """
 
+    code: str | None
+
     def __init__(self, message: str, *, code: str | None = None,
                  status: int | None = None) -> None:
-        self.code = code
-        self.status = status
-        super().__init__(message, peer=_PEER)
+        super().__init__(message, peer=_PEER, code=code, status=status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class StreamOptions:
             "stream_bidirectional_codec": codec.name,
         }
         if codec.name == "L16":
-            out["stream_bidirectional_sampling_rate"] = codec.sample_rate
+            out["stream_bidirectional_sampling_rate"] = codec.leg.sample_rate
         return out
 
 

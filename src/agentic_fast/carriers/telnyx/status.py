@@ -15,30 +15,26 @@ busy / no answer / rejected / cancelled call *failed* with our unanswered reason
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from agentic_fast.call.manager import CallStatus
-from agentic_fast.core.errors import RemoteProtocolError
+from agentic_fast.carriers.base import StatusChange
+from agentic_fast.core.errors import CarrierProtocolError
 
-__all__ = ["StatusChange", "TelnyxWebhook", "TelnyxWebhookError", "decode_client_state",
-           "encode_client_state", "map_event", "parse_webhook"]
+__all__ = ["TelnyxWebhook", "TelnyxWebhookError", "map_event", "map_status", "parse_webhook"]
 
 _MAX_FIELD = 256
-_CALL_ID = re.compile(r"[A-Za-z0-9-]{1,64}", re.ASCII)
 
 
-class TelnyxWebhookError(RemoteProtocolError):
+class TelnyxWebhookError(CarrierProtocolError):
     """A webhook body we cannot use; ``field`` names the offending field."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        self.field = field
-        super().__init__(message, peer="telnyx")
+    def __init__(self, message: str, *, field: str | None = None,
+                 reason: str = "bad_body") -> None:
+        super().__init__(message, peer="telnyx", reason=reason, field=field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +52,6 @@ class TelnyxWebhook:
     hangup_source: str
     failure_reason: str
     payload: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    """What an event does to the call: move to ``status`` with ``reason``."""
-
-    status: CallStatus
-    reason: str | None = None
 
 
 def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:
@@ -118,31 +106,32 @@ def map_event(event: TelnyxWebhook, answered: bool) -> StatusChange | None:
     """The lifecycle change ``event`` means (``answered``: the call was already answered);
     ``None`` for events that do not move the call (streaming.*, recordings, ...)."""
     kind = event.event_type
-    if kind == "call.initiated":
-        return StatusChange(CallStatus.RINGING)
-    if kind == "call.answered":
-        return StatusChange(CallStatus.IN_PROGRESS)
     if kind == "call.hangup":
-        cause = event.hangup_cause or "normal_clearing"
-        if not answered and cause in _UNANSWERED:
-            return StatusChange(CallStatus.FAILED, _UNANSWERED[cause])
-        if not answered and cause != "normal_clearing":
-            return StatusChange(CallStatus.FAILED, f"hangup-{cause}"[:64])
-        return StatusChange(CallStatus.COMPLETED, f"hangup-{cause}"[:64])
-    return None
+        return _hangup(event.hangup_cause or "normal_clearing", answered)
+    return _PROGRESS.get(kind)
 
 
-def encode_client_state(call_id: str) -> str:
-    """``client_state`` for our calls: base64 of our call id (echoed in every webhook)."""
-    return base64.b64encode(call_id.encode("utf-8")).decode("ascii")
+_PROGRESS = {"call.initiated": StatusChange(CallStatus.RINGING, None, False),
+             "call.answered": StatusChange(CallStatus.IN_PROGRESS, None, False)}
 
 
-def decode_client_state(state: str | None) -> str | None:
-    """Our call id from a ``client_state``, or None if it is not one of ours."""
-    if not state:
-        return None
-    try:
-        text = base64.b64decode(state, validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    return text if _CALL_ID.fullmatch(text) else None
+def _hangup(cause: str, answered: bool) -> StatusChange:
+    if not answered and cause in _UNANSWERED:
+        return StatusChange(CallStatus.FAILED, _UNANSWERED[cause], True)
+    if not answered and cause != "normal_clearing":
+        return StatusChange(CallStatus.FAILED, f"hangup-{cause}"[:64], True)
+    return StatusChange(CallStatus.COMPLETED, f"hangup-{cause}"[:64], True)
+
+
+def map_status(carrier_status: str) -> StatusChange:
+    """``Carrier.map_status`` for Telnyx: ``call.initiated``, ``call.answered``, or
+    ``call.hangup:<hangup_cause>`` (as for a call not answered yet) -> our status;
+    :class:`TelnyxWebhookError` (reason ``unknown_call_status``) for anything else."""
+    kind, _, cause = carrier_status.partition(":")
+    if kind == "call.hangup":
+        return _hangup(cause or "normal_clearing", answered=False)
+    change = _PROGRESS.get(kind)
+    if change is None:
+        raise TelnyxWebhookError(f"unknown Telnyx call status {carrier_status!r:.60}",
+                                 field="event_type", reason="unknown_call_status")
+    return change
