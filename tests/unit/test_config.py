@@ -458,8 +458,10 @@ def test_masked_is_plain_data_of_the_effective_config():
     assert masked["openai_realtime"]["vad"]["silence_duration_ms"] == 500
     assert masked["openai_realtime"]["audio_format"] == "pcm16"
     assert masked["twilio"]["auth_token"] == "(unset)"
-    assert list(masked) == ["server", "carrier", "twilio", "openai_realtime", "gemini", "gateway",
-                            "brain", "audio", "bridge", "calls", "logging", "store", "notify"]
+    assert list(masked) == ["server", "carrier", "numbers", "twilio", "telnyx",
+                            "openai_realtime", "gemini", "gateway", "brain", "audio", "bridge",
+                            "calls", "logging", "store", "notify"]
+    assert masked["carrier"] == "twilio" and masked["telnyx"]["api_key"] == "(unset)"
 
 
 # -- model warnings -------------------------------------------------------------------------------

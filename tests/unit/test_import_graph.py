@@ -24,6 +24,8 @@ LAZY_IMPORTS: frozenset[tuple[str, str]] = frozenset({
     ("agentic_fast._audiocore.native", "agentic_fast"),
     ("agentic_fast._audiocore.active", "agentic_fast._audiocore"),
     ("agentic_fast._audiocore.active", "agentic_fast._audiocore.numpy_twin"),
+    # the L16 converter (Telnyx's 16 kHz leg) only when a call uses that leg
+    ("agentic_fast.audio.legs", "agentic_fast.audio.l16"),
     # the production wiring: only the configured provider, brain and gateway are imported
     ("agentic_fast.call.factory", "agentic_fast.brain"),
     ("agentic_fast.call.factory", "agentic_fast.gateway"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentic_fast.call.bridge import AudioBridge, BridgeSettings, ConversationSink
@@ -54,6 +54,7 @@ class AudioBridgeFactory:
         self.manager: CallManager | None = None
         #: the carrier's call control (REST), to end calls gracefully
         self.rest: CallControl | None = None
+        self.controls: dict[str, CallControl | None] = {}
         #: objects started with the app and closed with it (gateway client, brain)
         self.owned: list[Any] = []
 
@@ -61,6 +62,16 @@ class AudioBridgeFactory:
         """Called by ``create_app``: what the factory needs to end a call gracefully."""
         self.manager = manager
         self.rest = rest
+
+    def bind_carriers(self, controls: Mapping[str, CallControl | None]) -> None:
+        """Called by ``create_app``: each carrier's call control, by name (a call on a
+        carrier other than the default ends through its own)."""
+        self.controls = dict(controls)
+
+    def _control(self, session: CallSession) -> CallControl | None:
+        if session.carrier and session.carrier in self.controls:
+            return self.controls[session.carrier]
+        return self.rest
 
     # -- pre-warm ---------------------------------------------------------------------------
 
@@ -105,9 +116,10 @@ class AudioBridgeFactory:
         """The model cannot be reached: say so to the caller, then end the call cleanly."""
         if self.manager is not None and not session.ended:
             self.manager.fail(session, f"provider-unavailable: {reason}")
-        if self.rest is not None and session.call_sid:
+        rest = self._control(session)
+        if rest is not None and session.call_sid:
             try:
-                await self.rest.say_and_hang_up(session.call_sid,
+                await rest.say_and_hang_up(session.call_sid,
                                                 self.config.bridge.unavailable_message)
                 return
             except CarrierApiError as exc:
@@ -129,12 +141,13 @@ class AudioBridgeFactory:
         self._spawn(self._hang_up(session, reason, unsaid))
 
     async def _hang_up(self, session: CallSession, reason: str, unsaid: str | None) -> None:
-        if self.rest is not None and session.call_sid:
+        rest = self._control(session)
+        if rest is not None and session.call_sid:
             try:
                 if unsaid:  # the carrier says the goodbye the model did not
-                    await self.rest.say_and_hang_up(session.call_sid, unsaid)
+                    await rest.say_and_hang_up(session.call_sid, unsaid)
                 else:
-                    await self.rest.hang_up(session.call_sid)
+                    await rest.hang_up(session.call_sid)
                 session.log.info("call.hung_up", reason=reason, twilio_said_goodbye=bool(unsaid))
                 return
             except CarrierApiError as exc:

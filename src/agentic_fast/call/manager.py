@@ -106,6 +106,8 @@ class CallSession:
     clock: Clock = field(default=SYSTEM_CLOCK, repr=False)
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     call_sid: str | None = None
+    #: the carrier the call is on (``carriers.registry`` name); "" = the ``carrier:`` default
+    carrier: str = ""
     prompt: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     status: CallStatus = CallStatus.INITIATING

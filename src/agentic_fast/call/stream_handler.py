@@ -29,6 +29,8 @@ from aiohttp import web
 from agentic_fast.call.manager import CallManager, CallSession
 from agentic_fast.call.stream_token import StreamTokenSigner
 from agentic_fast.carriers.base import (
+    PARAM_CALL_ID,
+    PARAM_TOKEN,
     PCMU_8K,
     Carrier,
     EventKind,
@@ -60,10 +62,9 @@ from agentic_fast.ws.upgrade import UpgradeRequest, http_error, switching_protoc
 
 log = get_logger("media_stream")
 
-#: Stream params the webhook puts on the stream (``StreamTarget.params``; Twilio: the
-#: ``<Parameter>`` names), returned in ``start``.
-PARAM_CALL_ID = "callId"
-PARAM_TOKEN = "streamToken"
+__all__ = ["PARAM_CALL_ID", "PARAM_TOKEN", "BridgeFactory", "ConnectionLimiter", "MediaSink",
+           "MediaStreamHandler", "StreamSender"]
+
 #: Per socket and reason, log the first few rejections, then every Nth (all are counted).
 _LOG_FIRST, _LOG_EVERY = 5, 500
 _MEDIA, _MARK, _DTMF, _STOP = EventKind.MEDIA, EventKind.MARK, EventKind.DTMF, EventKind.STOP
@@ -217,7 +218,7 @@ class MediaStreamHandler:
         self.max_control_frames_per_s = max_control_frames_per_s
         self.max_write_buffer_bytes = max_write_buffer_bytes
         self._sockets: set[MediaSocket] = set()
-        self._tasks = TaskSet("twilio.media", log)
+        self._tasks = TaskSet(self.prefix, log)
 
     @property
     def open_sockets(self) -> int:

@@ -52,10 +52,13 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
+    from agentic_fast.call.manager import CallSession
 
 __all__ = [
     "FRAME_MS",
     "L16_16K",
+    "PARAM_CALL_ID",
+    "PARAM_TOKEN",
     "PCMU_8K",
     "AudioCodec",
     "CallControl",
@@ -335,6 +338,12 @@ class WebhookVerifier(Protocol):
 # --------------------------------------------------------------------------- answering
 
 
+#: The :class:`StreamTarget` params every stream carries back in ``start`` (Twilio: the
+#: ``<Parameter>`` names; Telnyx: inside ``client_state``): our call id, the stream token.
+PARAM_CALL_ID = "callId"
+PARAM_TOKEN = "streamToken"
+
+
 @dataclass(frozen=True, slots=True)
 class StreamTarget:
     """Where a call's media stream should connect, and what it must carry back to us
@@ -461,9 +470,29 @@ class CallDesk(Protocol):
         """Answering failed after ``incoming`` created the call: free its slot."""
 
     def status(self, carrier_call_id: str, change: StatusChange,
-               sequence: int | None = None) -> bool:
+               sequence: int | None = None, call_id: str | None = None) -> bool:
         """A status webhook: apply it to the call (out of order and repeats tolerated);
-        whether it changed anything."""
+        whether it changed anything. ``call_id``: ours, when the carrier echoes it (an
+        outbound call's first events may overtake the answer that names its call id)."""
+
+    def find(self, carrier_call_id: str, call_id: str | None = None) -> CallSession | None:
+        """The call a webhook is about, by the carrier's id (or ours, as for ``status``)."""
+
+    def stream_failed(self, carrier_call_id: str, error: str, *, code: str | None = None,
+                      stream_id: str | None = None) -> bool:
+        """The carrier could not open (or lost) the call's media stream: record it on the
+        call (fails it before its stream started); False for an unknown call."""
+
+    def end_stream(self, carrier_call_id: str) -> None:
+        """The call is over at the carrier: close its media stream now (if still open)."""
+
+    def seen(self, carrier: str, key: str) -> bool:
+        """Whether the webhook ``key`` (a CallSid, an event id...) was taken before;
+        remembers it (the replay guard, which survives a restart with ``server.state_dir``)."""
+
+    @property
+    def draining(self) -> bool:
+        """The server is draining: new calls are refused."""
 
 
 #: A carrier's webhook route: (HTTP method, path, aiohttp handler).
@@ -507,6 +536,14 @@ class Carrier(Protocol):
     @property
     def answer(self) -> InboundAnswer:
         """How its inbound calls are answered."""
+
+    def stream_target(self, params: Mapping[str, str]) -> StreamTarget:
+        """Where this carrier should open a call's media stream (our public URL of
+        ``media_path``), carrying ``params`` back to us."""
+
+    @property
+    def status_url(self) -> str:
+        """Our URL for an outbound call's status webhooks on this carrier."""
 
     def map_status(self, carrier_status: str) -> StatusChange:
         """One of the carrier's call statuses as ours; raises

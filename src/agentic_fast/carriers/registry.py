@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 from agentic_fast.carriers.base import Carrier
 from agentic_fast.core.config import CARRIERS, Config
@@ -16,8 +17,9 @@ from agentic_fast.core.errors import ConfigError
 
 __all__ = ["CarrierBuilder", "build_carrier", "register", "registered"]
 
-#: Builds a carrier from the whole config (its own section, ``server.public_url``...).
-CarrierBuilder = Callable[[Config], Carrier]
+#: Builds a carrier from the whole config (its own section, ``server.public_url``...);
+#: a built-in also takes a ready REST client as a second argument (tests, fakes).
+CarrierBuilder = Callable[..., Carrier]
 
 _BUILDERS: dict[str, CarrierBuilder] = {}
 
@@ -50,7 +52,9 @@ def _load(name: str, key: str) -> CarrierBuilder:
     return builder
 
 
-def build_carrier(name: str, config: Config, key: str = "carrier") -> Carrier:
-    """The carrier ``name`` built from ``config``; ``ConfigError`` naming ``key`` when
-    no such carrier exists."""
-    return _load(name, key)(config)
+def build_carrier(name: str, config: Config, key: str = "carrier", rest: Any = None
+                  ) -> Carrier:
+    """The carrier ``name`` built from ``config`` (with ``rest`` as its REST client when
+    given); ``ConfigError`` naming ``key`` when no such carrier exists."""
+    builder = _load(name, key)
+    return builder(config) if rest is None else builder(config, rest)

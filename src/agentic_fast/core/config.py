@@ -21,6 +21,8 @@ Rules, in the order the loader applies them:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import ipaddress
 import math
@@ -46,6 +48,8 @@ _SectionT = TypeVar("_SectionT", bound="DataclassInstance")
 
 MEDIA_STREAM_PATH = "/twilio/media-stream"
 """Route of the Twilio Media Streams WebSocket; ``ServerConfig.stream_url`` points here."""
+TELNYX_MEDIA_STREAM_PATH = "/telnyx/media-stream"
+"""Route of the Telnyx media streaming WebSocket (``stream_url`` of answer and dial)."""
 
 CARRIERS = ("twilio", "telnyx")
 """Values of ``carrier`` (see ``agentic_fast.carriers.registry``)."""
@@ -182,6 +186,18 @@ def _shared_keys(value: tuple[str, ...]) -> tuple[str, ...]:
         seen.add(key_id)
         out.append(f"{key_id}={secret}")
     return tuple(out)
+
+
+def _ed25519_public_key(value: str) -> str:
+    """Base64 of a 32-byte Ed25519 public key (Telnyx's webhook signing key)."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be the base64 of a 32-byte Ed25519 public key (Telnyx "
+                         "Mission Control: Keys & Credentials, Public Key)") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, this one decodes to {len(raw)}")
+    return value.strip()
 
 
 def _ip_network(value: str) -> str:
@@ -340,6 +356,30 @@ class TwilioConfig(_Section):
     def shared_keys(self) -> dict[str, str]:
         """``webhook_shared_keys`` as SharedKey id -> secret."""
         return dict(entry.split("=", 1) for entry in self.webhook_shared_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class TelnyxConfig(_Section):
+    """Telnyx account (Call Control v2 REST, webhook public key) and the media codec."""
+
+    PATH: ClassVar[str] = "telnyx"
+    api_key: str = field(default="", metadata=_m(secret=True))
+    api_base_url: str = field(default="https://api.telnyx.com/v2",
+                              metadata=_m(check=_url("https", "http")))
+    # the Call Control Application (its id) whose webhooks and numbers the server uses
+    connection_id: str = ""
+    # verifies telnyx-signature-ed25519 on every webhook (base64, 32 bytes)
+    public_key: str = field(default="", metadata=_m(check=_optional(_ed25519_public_key)))
+    from_number: str = field(default="", metadata=_m(check=_optional(_e164)))
+    # media both ways: PCMU (8 kHz mu-law) or L16 (16 kHz linear PCM; Gemini input as is)
+    codec: str = field(default="PCMU", metadata=_m(choices=("PCMU", "L16")))
+    # a webhook whose telnyx-timestamp is further than this from now is refused
+    webhook_tolerance_s: float = field(default=300.0, metadata=_m(gt=0, hi=3600))
+    request_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    # where Telnyx opens media streams and posts a dialled call's webhooks; "": from
+    # server.public_url (wss://<host>/telnyx/media-stream, https://<host>/telnyx/webhook)
+    stream_url: str = field(default="", metadata=_m(check=_optional(_url("wss", "ws"))))
+    webhook_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,9 +754,13 @@ class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
-    # the telephone carrier whose webhooks and media streams this server takes
+    # the default telephone carrier: outbound calls go through it unless ``numbers`` maps
+    # their from number to another one
     carrier: str = "twilio"
+    # our own E.164 numbers -> the carrier each one is on (POST /calls ``from``)
+    numbers: dict[str, str] = field(default_factory=dict)
     twilio: TwilioConfig = field(default_factory=TwilioConfig)
+    telnyx: TelnyxConfig = field(default_factory=TelnyxConfig)
     openai_realtime: OpenAIRealtimeConfig = field(default_factory=OpenAIRealtimeConfig)
     gemini: GeminiConfig = field(default_factory=GeminiConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -734,6 +778,21 @@ class Config:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"carrier: must be one of {', '.join(CARRIERS)}, got "
                               f"{self.carrier!r}{hint}", key="carrier")
+        for number, name in self.numbers.items():
+            key = f"numbers.{number}"
+            try:
+                _e164(number)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: the key must be one of our phone numbers in "
+                                  f"E.164 ({exc})", key=key) from None
+            if name not in CARRIERS:
+                raise ConfigError(f"{key}: must be one of {', '.join(CARRIERS)}, got "
+                                  f"{name!r}", key=key)
+        if (self.telnyx.codec == "L16" and "telnyx" in self.carriers_in_use()
+                and self.audio.provider == "openai-pcmu"):
+            raise ConfigError("telnyx.codec: L16 needs a PCM16 provider leg, but "
+                              "audio.provider is openai-pcmu (mu-law); use codec PCMU or "
+                              "audio.provider openai/gemini", key="telnyx.codec")
         provider, fmt = self.audio.provider, self.openai_realtime.audio_format
         wanted = "pcmu" if provider == "openai-pcmu" else "pcm16"
         if fmt and provider != "gemini" and fmt != wanted:
@@ -771,6 +830,27 @@ class Config:
         """Validate YAML ``text``; ``source`` names it in error messages."""
         return _Loader(text, source, env).load()
 
+    def carriers_in_use(self) -> tuple[str, ...]:
+        """The carriers whose webhook routes and media streams this server serves: the
+        ``carrier`` default, those ``numbers`` names, and any whose credentials are set
+        (``twilio.auth_token``; ``telnyx.api_key`` or ``telnyx.public_key``)."""
+        names = [self.carrier, *self.numbers.values()]
+        if self.twilio.auth_token:
+            names.append("twilio")
+        if self.telnyx.api_key or self.telnyx.public_key:
+            names.append("telnyx")
+        return tuple(dict.fromkeys(names))
+
+    def carrier_of(self, number: str) -> str | None:
+        """The carrier our number ``number`` is on (``numbers``, else the carrier whose
+        ``from_number`` it is), or None when it is not one of ours."""
+        if number in self.numbers:
+            return self.numbers[number]
+        for name in self.carriers_in_use():
+            if getattr(self, name).from_number == number:
+                return name
+        return None
+
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets replaced by ``mask_secret``."""
         return _to_dict(self)
@@ -782,9 +862,14 @@ class Config:
         out = []
         if not self.server.public_url:
             out.append("server.public_url is not set: no webhook or media stream URL for Twilio")
-        for key in ("account_sid", "auth_token"):
-            if not getattr(self.twilio, key):
-                out.append(f"twilio.{key} is not set: Twilio calls will be refused")
+        if self.carrier == "telnyx":
+            for key in ("api_key", "connection_id", "public_key"):
+                if not getattr(self.telnyx, key):
+                    out.append(f"telnyx.{key} is not set: Telnyx calls will be refused")
+        else:
+            for key in ("account_sid", "auth_token"):
+                if not getattr(self.twilio, key):
+                    out.append(f"twilio.{key} is not set: Twilio calls will be refused")
         provider = "gemini" if self.audio.provider == "gemini" else "openai_realtime"
         if not getattr(self, provider).api_key:
             out.append(f"{provider}.api_key is not set (audio.provider is {self.audio.provider})")
@@ -843,6 +928,8 @@ def _to_dict(obj: Any) -> dict[str, Any]:
                      else mask_secret(value))
         elif isinstance(value, tuple):
             value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
         out[f.name] = value
     return out
 
@@ -965,7 +1052,22 @@ class _Loader:
             return self.section(tp, node, key)
         if get_origin(tp) is tuple:
             return self.string_list(node, key)
+        if get_origin(tp) is dict:
+            return self.string_map(node, key)
         return self.scalar(tp, node, key, secret)
+
+    def string_map(self, node: yaml.Node, key: str) -> dict[str, str]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(key, f"expected a mapping, got {_describe(node)}", node)
+        out: dict[str, str] = {}
+        for key_node, value_node in node.value:
+            name = self.scalar(str, key_node, key)
+            sub = f"{key}.{name}"
+            if name in out:
+                raise self.error(sub, "duplicate key", key_node)
+            self.lines[sub] = _line(key_node)
+            out[name] = self.scalar(str, value_node, sub)
+        return out
 
     def string_list(self, node: yaml.Node, key: str) -> tuple[str, ...]:
         if isinstance(node, yaml.SequenceNode):

@@ -27,7 +27,9 @@ and h11's Local/RemoteProtocolError::
         │   └── RemoteProtocolError             the peer broke its protocol (reason, field)
         │       ├── MessageError                one peer's JSON message refused (reason, field)
         │       │   ├── CarrierProtocolError    a carrier's media stream / webhook (peer named)
-        │       │   │   └── TwilioProtocolError Media Streams / status callbacks (twilio)
+        │       │   │   ├── TwilioProtocolError Media Streams / status callbacks (twilio)
+    │       │   │   ├── TelnyxProtocolError media streaming (telnyx)
+    │       │   │   └── TelnyxWebhookError  a Call Control webhook body (telnyx)
         │       │   ├── WebhookBodyError        a webhook body (HTTP status 415/400)
         │       │   ├── OpenAIProtocolError     Realtime server events (openai)
         │       │   ├── GeminiProtocolError     Live server messages (gemini)
@@ -38,7 +40,8 @@ and h11's Local/RemoteProtocolError::
             ├── StreamTokenError                a stream token refused (reason)
             └── PeerUnavailableError            unreachable, timed out, or answered an error
                 ├── CarrierApiError             a carrier's call-control REST (code, status)
-                │   └── TwilioApiError          Twilio's REST (twilio)
+                │   ├── TwilioApiError          Twilio's REST (twilio)
+                │   └── TelnyxApiError          Telnyx Call Control v2 (telnyx)
                 ├── SetupRejected               Gemini closed instead of setupComplete
                 ├── ProviderUnreachableError    the provider at stream start
                 ├── ClassifierError             the intent classifier model
@@ -94,6 +97,9 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StreamTokenError",
+    "TelnyxApiError",
+    "TelnyxProtocolError",
+    "TelnyxWebhookError",
     "TwilioApiError",
     "TwilioProtocolError",
     "WebSocketProtocolError",
@@ -244,6 +250,23 @@ class TwilioProtocolError(CarrierProtocolError):
     PEER = "twilio"
 
 
+class TelnyxProtocolError(CarrierProtocolError):
+    """Telnyx sent something that breaks its media streaming protocol (``reason`` as for
+    :class:`CarrierProtocolError`, plus ``wrong_stream_id``, ``unexpected_track``)."""
+
+    PEER = "telnyx"
+
+
+class TelnyxWebhookError(CarrierProtocolError):
+    """A Telnyx webhook body we cannot use; ``field`` names the offending field."""
+
+    PEER = "telnyx"
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 reason: str = "bad_body") -> None:
+        super().__init__(message, reason=reason, field=field)
+
+
 class WebhookBodyError(MessageError):
     """A webhook body we refuse: answer ``status`` (415 or 400), count ``reason``."""
 
@@ -337,6 +360,20 @@ class TwilioApiError(CarrierApiError):
     def __init__(self, message: str, *, code: int | None = None,
                  status: int | None = None) -> None:
         super().__init__(message, peer="twilio", code=code, status=status)
+
+
+class TelnyxApiError(CarrierApiError):
+    """Telnyx could not be reached, timed out, or answered with an error.
+
+    ``code``: Telnyx's first error code (a string, e.g. ``"10009"`` bad key, ``"90018"``
+    call already ended); ``status``: the HTTP status; both None when Telnyx never answered.
+    """
+
+    code: str | None
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message, peer="telnyx", code=code, status=status)
 
 
 class SetupRejected(PeerUnavailableError):

@@ -15,12 +15,13 @@ import hmac
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from agentic_fast.call.admission import Admission, Refusal, caller_tag, mask_number
+from agentic_fast.call.admission import Admission
 from agentic_fast.call.manager import (
     TRANSCRIPT_PAGE_DEFAULT,
     TRANSCRIPT_PAGE_MAX,
@@ -28,8 +29,6 @@ from agentic_fast.call.manager import (
     CallSession,
 )
 from agentic_fast.call.stream_handler import (
-    PARAM_CALL_ID,
-    PARAM_TOKEN,
     BridgeFactory,
     ConnectionLimiter,
     MediaStreamHandler,
@@ -39,36 +38,12 @@ from agentic_fast.carriers.base import (
     CallControl,
     Carrier,
     OutboundCall,
-    StreamTarget,
-    WebhookRequest,
     WebhookVerifier,
 )
 from agentic_fast.carriers.registry import build_carrier
-from agentic_fast.carriers.twilio.carrier import TwilioCarrier
-from agentic_fast.carriers.twilio.form import JSON_TYPE, check_content_type, parse_webhook_body
-from agentic_fast.carriers.twilio.rest import TwilioRestClient
-from agentic_fast.carriers.twilio.signature import SETTINGS_HEADER
-from agentic_fast.carriers.twilio.status import (
-    map_call_status,
-    parse_status_callback,
-    parse_stream_status_callback,
-)
-from agentic_fast.carriers.twilio.twiml import (
-    busy_twiml,
-    connect_stream_twiml,
-    reject_twiml,
-    say_hangup_twiml,
-)
 from agentic_fast.core import metrics
-from agentic_fast.core.config import Config
-from agentic_fast.core.errors import (
-    CallLimitError,
-    CallRefusedError,
-    CarrierApiError,
-    ConfigError,
-    ProtocolError,
-    WebhookBodyError,
-)
+from agentic_fast.core.config import CARRIERS, Config
+from agentic_fast.core.errors import CallRefusedError, CarrierApiError, ConfigError
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import (
     TRUSTED_PROXIES,
@@ -76,26 +51,21 @@ from agentic_fast.server.client_address import (
     came_through_proxy,
     client_address,
 )
+from agentic_fast.server.desk import BUSY_TEXT, DRAINING_TEXT, REPLAYED_TEXT, ServerDesk
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
 
 log = get_logger("server")
 
-VOICE_PATH = "/twilio/voice"
-STATUS_PATH = "/twilio/status"
-STREAM_STATUS_PATH = "/twilio/stream-status"
-_STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
-#: A Twilio error code (Media Streams: 319xx) at the start of, or inside, ``StreamError``.
-_ERROR_CODE = re.compile(r"\b(3[0-9]{4})\b", re.ASCII)
 #: E.164 in ASCII digits only (``\d`` would take any Unicode digit, e.g. Arabic-Indic).
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 _TOKEN_DOMAIN = b"agentic-fast/stream-token/v1"
 #: Seconds an outbound call may ring: its stream token must outlive the ringing.
 _RING_MARGIN_S = 15
 
-BUSY_TEXT = "Sorry, all our assistants are busy right now. Please call again later."
-DRAINING_TEXT = "Sorry, this line is restarting. Please call again in a minute."
-REPLAYED_TEXT = "This call is already connected."
+__all__ = ["BUSY_TEXT", "DRAINING_TEXT", "REPLAYED_TEXT", "SERVICES", "Services",
+           "begin_drain", "create_app", "drain", "listener_limits", "require_public_config",
+           "start_site", "stream_token_secret"]
 SERVICES: web.AppKey[Services] = web.AppKey("services")
 
 
@@ -122,7 +92,12 @@ class Services:
     bridge_factory: BridgeFactory
     admission: Admission
     replays: ReplayGuard
+    #: the default carrier (``carrier:``): outbound calls without ``from``/``carrier``
     carrier: Carrier
+    desk: ServerDesk
+    #: every carrier in use, by name, and the media stream handler of each
+    carriers: dict[str, Carrier] = field(default_factory=dict)
+    handlers: dict[str, MediaStreamHandler] = field(default_factory=dict)
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -133,240 +108,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str, /, **extra: Any) -> web.Response:
     return _json({"error": message, **extra}, status=status)
-
-
-def _twiml(xml: str) -> web.Response:
-    return web.Response(text=xml, content_type="text/xml")
-
-
-# -- Twilio webhooks ------------------------------------------------------------------------
-
-async def _signed_form(request: web.Request, svc: Services) -> dict[str, list[str]] | None:
-    """The webhook's form fields if its X-Twilio-Signature is valid, else None (logged).
-
-    The body is read once and parsed here (never again by aiohttp); a body type Twilio
-    does not send is a 415, a body or field over its bounds a 400 (raised as aiohttp's
-    ``HTTPException``, logged and counted), before anything else looks at it.
-    """
-    if svc.validator is None:
-        metrics.incr("twilio.webhook.refused.not_configured")
-        log.error("webhook.refused", reason="not_configured", detail=svc.validator_problem,
-                  path=request.path)
-        return None
-    content_type = request.content_type
-    try:
-        check_content_type(content_type, request.charset)
-        body = await request.read()
-        fields = parse_webhook_body(body, content_type)
-    except WebhookBodyError as exc:
-        raise _body_refused(request, exc) from None
-    remote = client_address(request)
-    ok = svc.validator.verify(WebhookRequest(
-        request.raw_path, request.headers, body, content_type,
-        None if content_type == JSON_TYPE else fields, remote or ""))
-    if not ok:
-        metrics.incr(f"twilio.webhook.rejected.{ok.reason}")
-        log.warning("webhook.rejected", reason=ok.reason, path=request.path, remote=remote,
-                    key_id=getattr(ok, "key_id", None),
-                    algorithm=(getattr(ok, "algorithm", None)
-                               if request.headers.get(SETTINGS_HEADER) else None))
-        return None
-    return fields
-
-
-def _body_refused(request: web.Request, exc: WebhookBodyError) -> web.HTTPException:
-    """The 4xx for a webhook body we do not take (counted and logged, never a 500)."""
-    metrics.incr(f"twilio.webhook.rejected.{exc.reason}")
-    log.warning("webhook.rejected", reason=exc.reason, path=request.path,
-                remote=client_address(request), field=exc.field, detail=str(exc)[:200])
-    cls = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPBadRequest
-    return cls(text=orjson.dumps({"error": exc.detail}).decode(), content_type="application/json")
-
-
-def _first(fields: dict[str, list[str]], key: str) -> str:
-    values = fields.get(key)
-    return values[0] if values else ""
-
-
-#: Answered to Twilio when the voice webhook fails unexpectedly: valid TwiML, never a 500
-#: (Twilio would play its own "application error" message and retry the webhook).
-VOICE_FAILED_TWIML = ('<?xml version="1.0" encoding="UTF-8"?><Response><Say>Sorry, the '
-                      'assistant is not available right now. Goodbye.</Say><Hangup/></Response>')
-
-
-async def voice_webhook(request: web.Request) -> web.StreamResponse:
-    """Incoming call: register it, answer ``<Connect><Stream>`` with a one-time token.
-
-    Whatever fails while answering (building the TwiML included) is logged, counted and
-    answered with a spoken apology and ``<Hangup/>``: Twilio never gets a 500.
-    """
-    try:
-        return await _answer_voice(request)
-    except (asyncio.CancelledError, web.HTTPException):
-        raise  # an HTTPException is aiohttp's own 4xx answer (e.g. a body over the limit)
-    except Exception:
-        metrics.incr("twilio.webhook.voice.failed")
-        log.exception("webhook.voice_failed", path=request.path)
-        return _twiml(VOICE_FAILED_TWIML)
-
-
-async def _answer_voice(request: web.Request) -> web.StreamResponse:
-    svc = request.app[SERVICES]
-    fields = await _signed_form(request, svc)
-    if fields is None:
-        return _error(403, "forbidden")
-    call_sid = _first(fields, "CallSid")
-    if not call_sid:
-        metrics.incr("twilio.webhook.rejected.no_call_sid")
-        return _error(400, "CallSid missing")
-    known = svc.manager.get_by_sid(call_sid) is not None
-    if not known and svc.replays.seen(call_sid, "voice"):
-        # answered before, and the call has left memory (history, restart): no new call
-        metrics.incr("twilio.webhook.replayed")
-        log.warning("webhook.replayed", call_sid=call_sid, remote=client_address(request),
-                    source="replay_guard")
-        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
-    if svc.draining:
-        metrics.incr("calls.refused.draining")
-        log.info("call.refused", reason="draining", call_sid=call_sid)
-        return _twiml(say_hangup_twiml(DRAINING_TEXT))
-    refused = _inbound_refusal(svc, call_sid, _first(fields, "From"))
-    if refused is not None:
-        return refused
-    try:
-        session = svc.manager.create_inbound(call_sid, _first(fields, "From"),
-                                             _first(fields, "To"))
-    except CallLimitError:
-        log.warning("call.refused", reason="limit", call_sid=call_sid)
-        return _twiml(busy_twiml(BUSY_TEXT))
-    except CallRefusedError as exc:
-        log.info("call.refused", reason=exc.reason, call_sid=call_sid)
-        return _twiml(say_hangup_twiml(DRAINING_TEXT))
-    if not known:
-        svc.replays.remember(call_sid, "voice")
-    if session.ended or session.stream_started:
-        # a replay of a webhook we already answered: create nothing, connect nothing
-        metrics.incr("twilio.webhook.replayed")
-        log.warning("webhook.replayed", call_id=session.call_id, call_sid=call_sid)
-        return _twiml(say_hangup_twiml(REPLAYED_TEXT))
-    try:
-        twiml = _stream_twiml(svc, session, call_sid)
-    except Exception:
-        svc.manager.fail(session, "webhook-error")  # frees the call's slot at once
-        metrics.incr("twilio.webhook.voice.failed")
-        session.log.exception("webhook.voice_failed", reason="twiml")
-        return _twiml(VOICE_FAILED_TWIML)
-    try:
-        _prewarm(svc, session)
-    except Exception:  # only a head start: the bridge connects when the stream opens
-        metrics.incr("bridge.prewarm.failed")
-        session.log.exception("bridge.prewarm_failed")
-    return _twiml(twiml)
-
-
-def _inbound_refusal(svc: Services, call_sid: str, caller: str) -> web.Response | None:
-    """The answer refusing a new inbound call that ``calls.inbound`` / ``calls.rate_limits``
-    do not admit (logged and counted, caller masked), else None. A webhook for a call
-    already known (a replay) is left to the replay handling."""
-    if svc.manager.get_by_sid(call_sid) is not None:
-        return None
-    refusal: Refusal | None = svc.admission.admit(caller)
-    if refusal is None:
-        return None
-    metrics.incr(f"calls.refused.{refusal.reason}")
-    emit = log.warning if refusal.busy else log.info
-    emit("call.refused", reason=refusal.reason, call_sid=call_sid,
-         caller=mask_number(caller), caller_tag=caller_tag(svc.admission.tag_key, caller))
-    calls = svc.config.calls
-    if calls.refuse_with == "say":
-        return _twiml(say_hangup_twiml(calls.refuse_message))
-    return _twiml(reject_twiml("busy" if refusal.busy else "rejected"))
-
-
-def _prewarm(svc: Services, session: CallSession) -> None:
-    """Open the model's socket now, while Twilio sets up the media stream."""
-    prewarm = getattr(svc.bridge_factory, "prewarm", None)
-    if prewarm is not None:
-        prewarm(session)
-
-
-def _stream_target(svc: Services, session: CallSession, call_sid: str | None
-                   ) -> StreamTarget:
-    """Where the call's media stream connects, with its call id and one-time token."""
-    token = svc.tokens.issue(session.call_id, call_sid)
-    server = svc.config.server
-    return StreamTarget(server.stream_url, {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token},
-                        status_url=server.webhook_url(STREAM_STATUS_PATH),
-                        fallback_say="Sorry, the assistant could not be reached. Goodbye.")
-
-
-def _stream_twiml(svc: Services, session: CallSession, call_sid: str | None) -> str:
-    target = _stream_target(svc, session, call_sid)
-    return connect_stream_twiml(target.url, target.params, status_callback=target.status_url,
-                                fallback_say=target.fallback_say)
-
-
-async def status_callback(request: web.Request) -> web.StreamResponse:
-    """Call progress: drive the session's lifecycle (out-of-order and repeats tolerated)."""
-    svc = request.app[SERVICES]
-    fields = await _signed_form(request, svc)
-    if fields is None:
-        return _error(403, "forbidden")
-    try:
-        cb = parse_status_callback({k: v[0] for k, v in fields.items() if v})
-        mapped = map_call_status(cb.call_status)
-    except ProtocolError as exc:
-        metrics.incr("twilio.status.rejected")
-        log.warning("status.rejected", detail=str(exc)[:200])
-        return _error(400, str(exc))
-    applied = svc.manager.apply_status(cb.call_sid, mapped.status, reason=mapped.reason,
-                                       sequence=cb.sequence_number)
-    log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
-             applied=applied)
-    return web.Response(status=204)
-
-
-async def stream_status_callback(request: web.Request) -> web.StreamResponse:
-    """``<Stream statusCallback>``: the only report of a failed stream (e.g. handshake).
-
-    ``stream-error`` is logged with the call, counted (in total and per Twilio error code)
-    and recorded on the session; before the stream started it also fails the call.
-    """
-    svc = request.app[SERVICES]
-    fields = await _signed_form(request, svc)
-    if fields is None:
-        return _error(403, "forbidden")
-    try:
-        cb = parse_stream_status_callback({k: v[0] for k, v in fields.items() if v})
-    except ProtocolError as exc:
-        metrics.incr("twilio.stream_status.rejected.bad_form")
-        log.warning("stream_status.rejected", reason="bad_form", detail=str(exc)[:200])
-        return _error(400, str(exc))
-    session = svc.manager.get_by_sid(cb.call_sid)
-    if session is None:
-        metrics.incr("twilio.stream_status.rejected.unknown_call")
-        log.warning("stream_status.rejected", reason="unknown_call", call_sid=cb.call_sid,
-                    stream_sid=cb.stream_sid, stream_event=cb.stream_event)
-        return _error(404, "unknown call")
-    if cb.stream_event not in _STREAM_EVENTS:
-        metrics.incr("twilio.stream_status.unknown_event")
-        session.log.warning("stream.unknown_event", stream_event=cb.stream_event[:40],
-                            stream_sid=cb.stream_sid)
-        return web.Response(status=204)
-    metrics.incr(f"twilio.stream_status.{cb.stream_event}")
-    if cb.stream_event != "stream-error":
-        session.log.info("stream.status", stream_event=cb.stream_event,
-                         stream_sid=cb.stream_sid)
-        return web.Response(status=204)
-    error = cb.stream_error or "(no StreamError given)"
-    found = _ERROR_CODE.search(error)
-    code = found.group(1) if found else None
-    if code is not None:
-        metrics.incr(f"twilio.stream_error.{code}")
-    session.log.warning("stream.error", stream_sid=cb.stream_sid, code=code,
-                        error=error[:200], stream_started=session.stream_started)
-    svc.manager.stream_error(session, error, code=code, stream_sid=cb.stream_sid)
-    return web.Response(status=204)
 
 
 # -- the /calls API -------------------------------------------------------------------------
@@ -389,7 +130,7 @@ def _api_allowed(request: web.Request, svc: Services) -> bool:
 
 
 @web.middleware
-async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+async def api_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/calls" or request.path.startswith("/calls/"):
         svc = request.app[SERVICES]
         if not _api_allowed(request, svc):
@@ -400,14 +141,49 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     return await handler(request)
 
 
-def _rest_or_error(svc: Services) -> CallControl | web.Response:
-    if svc.rest is None:
-        return _error(503, "Twilio REST is not configured (twilio.account_sid / auth_token)")
-    return svc.rest
+#: What each carrier's REST client needs (the 503 when it is not configured).
+_REST_KEYS = {"twilio": "twilio.account_sid / auth_token", "telnyx": "telnyx.api_key"}
+
+
+def _rest_or_error(carrier: Carrier) -> CallControl | web.Response:
+    if carrier.control is None:
+        keys = _REST_KEYS.get(carrier.name, f"{carrier.name}.*")
+        return _error(503, f"{carrier.name.capitalize()} REST is not configured ({keys})")
+    return carrier.control
+
+
+def _outbound_carrier(svc: Services, body: dict[str, Any]) -> tuple[Carrier, str] | str:
+    """The carrier and caller id of a ``POST /calls``: ``carrier`` and/or ``from`` (one of
+    our numbers: ``numbers``, or a carrier's ``from_number``), else the ``carrier:`` default;
+    or what is wrong with them (the 400 message)."""
+    cfg = svc.config
+    name, number = body.get("carrier"), body.get("from")
+    if name is not None and (not isinstance(name, str) or name not in svc.carriers):
+        in_use = ", ".join(svc.carriers)
+        known = name in CARRIERS if isinstance(name, str) else False
+        why = "is not configured on this server" if known else "is not a carrier"
+        return (f"'carrier' {name!r:.40} {why} (in use: {in_use})")
+    if number is not None:
+        if not isinstance(number, str) or not _E164.fullmatch(number):
+            return ("'from' must be an E.164 number in ASCII digits like "
+                "+15551230000")
+        owner = cfg.carrier_of(number)
+        if owner is None:
+            return (f"'from' {number} is not one of our numbers (config "
+                "numbers:, or a carrier's from_number)")
+        if name is not None and name != owner:
+            return (f"'from' {number} is on carrier {owner} (numbers:), not "
+                f"{name}")
+        if owner not in svc.carriers:
+            return (f"'from' {number} is on carrier {owner}, which is not "
+                "configured on this server")
+        return svc.carriers[owner], number
+    carrier = svc.carriers[name] if name is not None else svc.carrier
+    return carrier, carrier.from_number
 
 
 async def create_call(request: web.Request) -> web.StreamResponse:
-    """Place an outbound call: REST create with inline ``<Connect><Stream>`` TwiML."""
+    """Place an outbound call through its carrier, with our media stream."""
     svc = request.app[SERVICES]
     try:
         body = orjson.loads(await request.read())
@@ -417,33 +193,39 @@ async def create_call(request: web.Request) -> web.StreamResponse:
         return _error(400, "body must be a JSON object")
     to, prompt, metadata = body.get("to"), body.get("prompt"), body.get("metadata") or {}
     problem = _call_request_problem(to, prompt, metadata)
-    if problem is not None:
+    picked = _outbound_carrier(svc, body) if problem is None else problem
+    if isinstance(picked, str):
         metrics.incr("api.rejected.bad_request")
-        log.warning("api.rejected", path=request.path, reason="bad_request", detail=problem)
-        return _error(400, problem)
-    rest = _rest_or_error(svc)
+        log.warning("api.rejected", path=request.path, reason="bad_request", detail=picked)
+        return _error(400, picked)
+    carrier, from_number = picked
+    to = cast(str, to)  # _call_request_problem checked it
+    rest = _rest_or_error(carrier)
     if isinstance(rest, web.Response):
         return rest
     cfg = svc.config
-    if not cfg.twilio.from_number or not cfg.server.public_url:
-        return _error(503, "twilio.from_number and server.public_url must be configured")
+    if not from_number or not cfg.server.public_url:
+        return _error(503, f"{carrier.name}.from_number and server.public_url must be "
+                           "configured")
     if svc.draining:
         return _error(503, "draining: not placing new calls")
     try:
-        session = svc.manager.create_outbound(to, prompt, metadata,
-                                              from_number=cfg.twilio.from_number)
+        session = svc.manager.create_outbound(to, prompt, metadata, from_number=from_number)
     except CallRefusedError as exc:
         return _error(503, str(exc), reason=exc.reason)
+    session.carrier = carrier.name
     ring_s = max(5, int(svc.tokens.ttl_s) - _RING_MARGIN_S)
     try:
         call_sid = await rest.place_call(OutboundCall(
-            to, cfg.twilio.from_number, _stream_target(svc, session, None),
-            cfg.server.webhook_url(STATUS_PATH), ring_s))
+            to, from_number, svc.desk.stream_target(carrier.name, session, None),
+            carrier.status_url, ring_s))
     except CarrierApiError as exc:
-        svc.manager.fail(session, f"twilio-error-{exc.code or 'network'}")
-        return _error(502, "Twilio refused the call", code=exc.code, detail=str(exc))
-    svc.manager.attach_call_sid(session, call_sid)
-    _prewarm(svc, session)
+        svc.manager.fail(session, f"{carrier.name}-error-{exc.code or 'network'}")
+        return _error(502, f"{carrier.name.capitalize()} refused the call", code=exc.code,
+                      detail=str(exc))
+    if session.call_sid is None:  # an early webhook may have attached it already
+        svc.manager.attach_call_sid(session, call_sid)
+    svc.desk.answered(session.call_id)
     return _json({"call_id": session.call_id, "call_sid": call_sid,
                   "status": session.status.value}, status=201)
 
@@ -548,13 +330,15 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
         return _error(409, "call already ended", status=session.status.value)
     if not session.call_sid:
         return _error(409, "call has no CallSid yet")
-    rest = _rest_or_error(svc)
+    carrier = svc.carriers.get(session.carrier) or svc.carrier
+    rest = _rest_or_error(carrier)
     if isinstance(rest, web.Response):
         return rest
     try:
         await rest.hang_up(session.call_sid)
     except CarrierApiError as exc:
-        return _error(502, "Twilio refused the hang-up", code=exc.code, detail=str(exc))
+        return _error(502, f"{carrier.name.capitalize()} refused the hang-up", code=exc.code,
+                      detail=str(exc))
     session.log.info("call.hangup_requested")
     return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
 
@@ -570,8 +354,9 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     problems = []
     if svc.draining:
         problems.append("draining")
-    if svc.validator is None:
-        problems.append(f"twilio webhooks disabled: {svc.validator_problem}")
+    for carrier in svc.carriers.values():
+        if carrier.verifier is None:
+            problems.append(f"{carrier.name} webhooks disabled: {carrier.verifier_problem}")
     if problems:
         return _json({"status": "not-ready", "problems": problems}, status=503)
     return _json({"status": "ready", "active_calls": svc.manager.active_count})
@@ -580,23 +365,28 @@ async def readyz(request: web.Request) -> web.StreamResponse:
 # -- app ------------------------------------------------------------------------------------
 
 def create_app(config: Config, *, bridge_factory: BridgeFactory,
-               rest_client: TwilioRestClient | None = None,
+               rest_client: CallControl | None = None,
+               telnyx_rest: Any = None,
                manager: CallManager | None = None,
                replays: ReplayGuard | None = None,
                carrier: Carrier | None = None) -> web.Application:
     """Build the aiohttp application; nothing touches the network until it starts.
 
-    ``carrier`` defaults to the one ``carrier:`` names (Twilio with ``rest_client`` when
-    that is given); ``replays`` to a guard on ``server.state_dir`` (memory-only when unset)."""
+    Every carrier in use (``Config.carriers_in_use``) is built through the registry and
+    gets its webhook routes and media stream; ``rest_client`` / ``telnyx_rest`` are
+    Twilio's / Telnyx's REST clients (tests), ``carrier`` replaces the ``carrier:`` default.
+    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
     server = config.server
-    if carrier is None:
-        carrier = (TwilioCarrier(config, rest_client) if rest_client is not None
-                   else build_carrier(config.carrier, config))
-    validator, problem = carrier.verifier, carrier.verifier_problem
-    rest_client = carrier.control
-    # without an auth token nothing is signed and the Twilio routes refuse; the token
+    rests: dict[str, Any] = {"twilio": rest_client, "telnyx": telnyx_rest}
+    carriers: dict[str, Carrier] = {}
+    for name in config.carriers_in_use():
+        carriers[name] = (carrier if carrier is not None and carrier.name == name
+                          else build_carrier(name, config, rest=rests.get(name)))
+    default = carriers[config.carrier]
+    # without a carrier secret nothing is signed and the webhook routes refuse; the token
     # signer still needs a key, so use a random one that no webhook can ever reach
-    secret = (stream_token_secret(config.twilio.auth_token) if config.twilio.auth_token
+    token_key = config.twilio.auth_token or config.telnyx.api_key
+    secret = (stream_token_secret(token_key) if token_key
               else hashlib.sha256(repr(id(config)).encode() + b"unconfigured").digest())
     tokens = StreamTokenSigner(secret, ttl_s=int(server.stream_token_ttl_s))
     if manager is None:
@@ -611,32 +401,38 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
                 conversation.on_call_end(session)
 
         manager.on_end = on_end
-    media = MediaStreamHandler(
-        carrier=carrier, manager=manager, tokens=tokens, bridge_factory=bridge_factory,
-        limiter=ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip),
-        start_timeout_s=server.start_timeout_s, max_message_bytes=server.ws_max_message_bytes,
-        heartbeat_s=server.ws_heartbeat_s,
+    limiter = ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip)
+    handlers = {name: MediaStreamHandler(
+        carrier=c, manager=manager, tokens=tokens, bridge_factory=bridge_factory,
+        limiter=limiter, start_timeout_s=server.start_timeout_s,
+        max_message_bytes=server.ws_max_message_bytes, heartbeat_s=server.ws_heartbeat_s,
         record_dtmf=not config.brain.pin,  # a PIN must not end up in /calls or the logs
         max_control_frames_per_s=server.ws_max_control_frames_per_s,
         max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
-    )
+    ) for name, c in carriers.items()}
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
-        bind(manager, rest_client)
+        bind(manager, default.control)
+    bind_carriers = getattr(bridge_factory, "bind_carriers", None)
+    if bind_carriers is not None:
+        bind_carriers({name: c.control for name, c in carriers.items()})
     admission = Admission(config.calls, clock=manager.clock.monotonic,
                           tag_key=hashlib.sha256(b"agentic-fast/caller-tag/v1" + secret).digest())
     if replays is None:
         replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
                               max_entries=server.replay_max_entries)
-    svc = Services(config, manager, media, rest_client, validator, problem, tokens,
-                   bridge_factory, admission, replays, carrier)
+    desk = ServerDesk(config, manager, admission, replays, tokens, carriers,
+                      prewarm=getattr(bridge_factory, "prewarm", None))
+    svc = Services(config, manager, handlers[config.carrier], default.control,
+                   default.verifier, default.verifier_problem, tokens, bridge_factory,
+                   admission, replays, default, desk, carriers, handlers)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
-    app.router.add_post(VOICE_PATH, voice_webhook)
-    app.router.add_post(STATUS_PATH, status_callback)
-    app.router.add_post(STREAM_STATUS_PATH, stream_status_callback)
-    app.router.add_get(carrier.media_path, media.handle)
+    for name, c in carriers.items():
+        for method, path, handler in c.routes(desk):
+            app.router.add_route(method, path, handler)
+        app.router.add_get(c.media_path, handlers[name].handle)
     app.router.add_post("/calls", create_call)
     app.router.add_get("/calls", list_calls)
     app.router.add_get("/calls/{call_id}", get_call)
@@ -646,8 +442,9 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
-    if problem:
-        log.error("server.twilio_disabled", detail=problem)
+    for c in carriers.values():
+        if c.verifier_problem:
+            log.error(f"server.{c.name}_disabled", detail=c.verifier_problem)
     return app
 
 
@@ -661,8 +458,9 @@ async def _on_startup(app: web.Application) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     svc = app[SERVICES]
-    svc.draining = True
-    await svc.media.close_all()
+    svc.draining = svc.desk.draining = True
+    for handler in svc.handlers.values():
+        await handler.close_all()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -671,7 +469,9 @@ async def _on_cleanup(app: web.Application) -> None:
     close_factory = getattr(svc.bridge_factory, "close", None)
     if close_factory is not None:
         await close_factory()
-    await svc.carrier.close()
+    await svc.desk.close()
+    for carrier in svc.carriers.values():
+        await carrier.close()
     svc.replays.close()
 
 
@@ -679,7 +479,8 @@ async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerS
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
     WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
     svc = runner.app[SERVICES]
-    site = CallServerSite(runner, host, port, routes={svc.carrier.media_path: svc.media},
+    routes = {svc.carriers[name].media_path: handler for name, handler in svc.handlers.items()}
+    site = CallServerSite(runner, host, port, routes=routes,
                           limits=listener_limits(svc.config),
                           trusted=runner.app[TRUSTED_PROXIES])
     await site.start()
@@ -699,7 +500,7 @@ def begin_drain(app: web.Application) -> None:
     """Stop taking calls: /readyz fails, webhooks answer a polite refusal."""
     svc = app[SERVICES]
     if not svc.draining:
-        svc.draining = True
+        svc.draining = svc.desk.draining = True
         svc.manager.drain()
         log.info("server.draining", active_calls=svc.manager.active_count)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -141,7 +141,7 @@ class FrontProtocol(asyncio.Protocol):
     size), then routes the connection to a WebSocket route or to aiohttp."""
 
     def __init__(self, http_factory: Callable[[], asyncio.Protocol],
-                 routes: dict[str, UpgradeHandler],
+                 routes: Mapping[str, UpgradeHandler],
                  limits: ListenerLimits | None = None,
                  pending: PendingConnections | None = None,
                  trusted: TrustedProxies | None = None) -> None:
@@ -300,7 +300,7 @@ class CallServerSite(web.BaseSite):
     """A TCP site whose connections start with :class:`FrontProtocol`."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
-                 routes: dict[str, UpgradeHandler], backlog: int = 1024,
+                 routes: Mapping[str, UpgradeHandler], backlog: int = 1024,
                  limits: ListenerLimits | None = None,
                  trusted: TrustedProxies | None = None) -> None:
         super().__init__(runner, backlog=backlog)

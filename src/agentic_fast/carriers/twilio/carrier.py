@@ -18,6 +18,7 @@ from agentic_fast.carriers.registry import register
 from agentic_fast.carriers.twilio.form import JSON_TYPE
 from agentic_fast.carriers.twilio.media import TwilioStreamState
 from agentic_fast.carriers.twilio.rest import TwilioRestClient
+from agentic_fast.carriers.twilio.routes import STATUS_PATH, STREAM_STATUS_PATH, twilio_routes
 from agentic_fast.carriers.twilio.signature import (
     SETTINGS_HEADER,
     SIGNATURE_HEADER,
@@ -108,6 +109,7 @@ class TwilioCarrier:
         except SignatureNotConfiguredError as exc:
             self._problem = str(exc)
         self._answer = TwilioInboundAnswer()
+        self._server = config.server
 
     @classmethod
     def from_config(cls, config: Config) -> TwilioCarrier:
@@ -136,14 +138,25 @@ class TwilioCarrier:
     def map_status(self, carrier_status: str) -> StatusChange:
         return map_call_status(carrier_status)
 
+    def stream_target(self, params: Mapping[str, str]) -> StreamTarget:
+        """``<Connect><Stream>`` to ``server.stream_url``, its status reports to
+        ``/twilio/stream-status``."""
+        server = self._server
+        return StreamTarget(server.stream_url, params,
+                            status_url=server.webhook_url(STREAM_STATUS_PATH),
+                            fallback_say="Sorry, the assistant could not be reached. Goodbye.")
+
+    @property
+    def status_url(self) -> str:
+        return self._server.webhook_url(STATUS_PATH)
+
     def routes(self, desk: CallDesk) -> Sequence[Route]:
-        """Twilio's webhook routes are served by ``server/app.py`` (``/twilio/voice``,
-        ``/twilio/status``, ``/twilio/stream-status``), unchanged on the wire."""
-        return ()
+        """``/twilio/voice``, ``/twilio/status``, ``/twilio/stream-status``."""
+        return twilio_routes(self, desk)
 
     async def close(self) -> None:
         if self._owns_rest and self._rest is not None:
             await self._rest.close()
 
 
-register("twilio", TwilioCarrier.from_config)
+register("twilio", TwilioCarrier)
