@@ -131,7 +131,8 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         try:
             await resp.prepare(request)
             active = [s.summary() for s in request.app[_MANAGER].active_sessions()]
-            snapshot = hub.make("calls.snapshot", None, {"active": active, **request.app[_INFO]})
+            info: dict[str, Any] = request.app[_INFO]
+            snapshot = hub.make("calls.snapshot", None, {"active": active, **info})
             await resp.write(b"retry: 2000\n\n" + _frame(snapshot.id, snapshot.type,
                                                           snapshot.json))
             while True:
@@ -204,7 +205,8 @@ async def call_history(request: web.Request) -> web.StreamResponse:
         calls.append(session.summary())
         if len(calls) == wanted["limit"]:
             break
-    return _json({"calls": calls, **request.app[_INFO]})
+    info: dict[str, Any] = request.app[_INFO]
+    return _json({"calls": calls, **info})
 
 
 # -- GET /dashboard -----------------------------------------------------------------------
@@ -232,7 +234,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
         api_token = request.app[_TOKEN]
         if not api_token or not hmac.compare_digest(token.encode(), api_token.encode()):
             return _refused(request)
-        resp = web.HTTPSeeOther(DASHBOARD_PATH, headers=_page_headers())
+        resp = web.Response(status=303, headers={**_page_headers(), "Location": DASHBOARD_PATH})
         secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
         resp.set_cookie(COOKIE_NAME, cookie_value(api_token), httponly=True, samesite="Strict",
                         secure=secure, path="/")
