@@ -143,7 +143,8 @@ async def test_dashboard_token_becomes_an_httponly_strict_cookie(harness: Harnes
     assert page.status == 200 and page.content_type == "text/html"
     assert page.headers["Content-Security-Policy"].startswith("default-src 'self'")
     for name in ("dashboard.js", "dashboard.css"):
-        assert (await harness.http.get(f"{base}/dashboard/static/{name}", headers=jar)).status == 200
+        static = await harness.http.get(f"{base}/dashboard/static/{name}", headers=jar)
+        assert static.status == 200
     assert (await harness.http.get(f"{base}/calls", headers=jar)).status == 200
     # the cookie does not let another site's page change anything
     cross = await harness.http.post(f"{base}/calls/x/hangup",
