@@ -28,7 +28,8 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from agentic_fast.call.manager import CallDirection, CallManager, CallStatus
+from agentic_fast.call.manager import CallDirection, CallManager
+from agentic_fast.call.status import CallStatus
 from agentic_fast.core import metrics
 from agentic_fast.core.events import EventHub, TooManySubscribersError
 from agentic_fast.core.log import get_logger
