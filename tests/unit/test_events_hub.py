@@ -9,7 +9,8 @@ import pytest
 
 from agentic_fast.call.manager import CallManager
 from agentic_fast.core import metrics
-from agentic_fast.core.events import EventHub, TooManySubscribersError
+from agentic_fast.core.errors import SubscriberLimitError
+from agentic_fast.core.events import EventHub
 
 
 def _read_ready(sub) -> list[dict]:
@@ -70,7 +71,7 @@ def test_closing_ends_a_waiting_reader_and_forgets_the_subscriber() -> None:
 def test_subscribers_are_bounded() -> None:
     hub = EventHub(max_subscribers=1)
     hub.subscribe()
-    with pytest.raises(TooManySubscribersError):
+    with pytest.raises(SubscriberLimitError):
         hub.subscribe()
 
 

@@ -214,7 +214,7 @@ def run_calls(args: argparse.Namespace, base_url: str, api_token: str,
         return asyncio.run(_calls(args, CallsApi(base_url, api_token,
                                                  timeout_s=args.timeout), out))
     except ApiError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {exc.detail}", file=err)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -340,7 +340,7 @@ def run_call_wait(base_url: str, api_token: str, to: str, prompt: str | None,
         return asyncio.run(place_and_follow(CallsApi(base_url, api_token, timeout_s=timeout_s),
                                             to, prompt, out))
     except ApiError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {exc.detail}", file=err)
         return 1
     except StopAsyncIteration:
         print("error: the server closed the event stream", file=err)

@@ -1,7 +1,8 @@
 """A client of the running server's call API for ``agentic-fast calls`` and ``call --wait``.
 
-Every failure is an ``ApiError`` with one readable line (HTTP status and the server's
-message, connection refused, a bad token): the commands print it, never a traceback.
+Every failure is an ``ApiError`` (``core.errors.CallsApiError``) whose ``detail`` is one
+line (HTTP status and the server's message, connection refused, a bad token): the commands
+print it, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 
+from agentic_fast.core.errors import CallsApiError as ApiError
 
-class ApiError(Exception):
-    """A request to the server failed; ``str()`` is the line to print."""
+__all__ = ["ApiError", "CallsApi", "http_error"]
 
 
 class CallsApi:

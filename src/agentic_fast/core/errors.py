@@ -14,6 +14,7 @@ and h11's Local/RemoteProtocolError::
     │   ├── CallRefusedError                    a new call refused (reason)
     │   │   ├── CallLimitError                  max_concurrent_calls reached
     │   │   └── DrainingError                   shutting down
+    │   ├── SubscriberLimitError                too many live-event watchers (SSE)
     │   └── LocalProtocolError (ProtocolError)  we were about to send what the peer rejects
     │       └── GatewayPayloadTooLargeError     a frame above the gateway's maxPayload
     └── PeerError                               names ``peer``
@@ -41,7 +42,8 @@ and h11's Local/RemoteProtocolError::
                 ├── GatewayError                an error ``res`` (code, details_code)
                 ├── GatewayConnectionError      no usable gateway connection
                 │   └── GatewayBusyError        a local bound hit: shed load
-                └── GatewayTimeoutError (TimeoutError)
+                ├── GatewayTimeoutError (TimeoutError)
+                └── CallsApiError               our own server's API, as the CLI sees it
 
 ``RemoteProtocolError`` is both a ``ProtocolError`` and a ``RemoteError``; ``LocalProtocolError``
 both a ``ProtocolError`` and a ``LocalError``. Branch on the class and on ``reason`` (a short
@@ -58,6 +60,7 @@ __all__ = [
     "BadRequestHead",
     "CallLimitError",
     "CallRefusedError",
+    "CallsApiError",
     "CarrierApiError",
     "CarrierProtocolError",
     "ClassifierError",
@@ -84,6 +87,7 @@ __all__ = [
     "SetupRejected",
     "SignatureNotConfiguredError",
     "StreamTokenError",
+    "SubscriberLimitError",
     "TwilioApiError",
     "TwilioProtocolError",
     "WebSocketProtocolError",
@@ -406,3 +410,15 @@ class GatewayPayloadTooLargeError(LocalProtocolError):
         self.size = size
         self.limit = limit
         super().__init__(message, peer="openclaw")
+
+
+class SubscriberLimitError(LocalError):
+    """The live event hub already has its most subscribers (``GET /calls/events``: 503)."""
+
+
+class CallsApiError(PeerUnavailableError):
+    """A running server's ``/calls`` API, called by the command line, answered an error or
+    could not be reached; ``detail`` is the one line to print."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, peer="call-server")

@@ -28,6 +28,7 @@ from typing import Any, Final
 import orjson
 
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import SubscriberLimitError
 from agentic_fast.core.log import get_logger
 
 log = get_logger("events")
@@ -47,10 +48,6 @@ class Event:
     id: int
     type: str
     json: bytes
-
-
-class TooManySubscribersError(RuntimeError):
-    """``max_subscribers`` are already watching."""
 
 
 class Subscription:
@@ -138,7 +135,7 @@ class EventHub:
         """A new subscriber (use as a context manager, or ``close`` it)."""
         if len(self._subscribers) >= self.max_subscribers:
             metrics.incr("events.subscribe.refused")
-            raise TooManySubscribersError(
+            raise SubscriberLimitError(
                 f"{self.max_subscribers} event subscribers already connected")
         sub = Subscription(self, self.queue_size)
         self._subscribers.append(sub)

@@ -31,7 +31,8 @@ from aiohttp import web
 from agentic_fast.call.manager import CallDirection, CallManager
 from agentic_fast.call.status import CallStatus
 from agentic_fast.core import metrics
-from agentic_fast.core.events import EventHub, TooManySubscribersError
+from agentic_fast.core.errors import SubscriberLimitError
+from agentic_fast.core.events import EventHub
 from agentic_fast.core.log import get_logger
 
 log = get_logger("server.ops")
@@ -120,7 +121,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     hub = request.app[EVENT_HUB]
     try:
         sub = hub.subscribe()
-    except TooManySubscribersError as exc:
+    except SubscriberLimitError as exc:
         log.warning("events.refused", reason="too_many_subscribers", remote=request.remote)
         return _json({"error": str(exc)}, status=503)
     resp = web.StreamResponse(headers={
