@@ -129,6 +129,7 @@ class AudioBridge(ProviderListener):
         self._item_open = False  # the current item's audio is still arriving
         self._cancelled: deque[str] = deque(maxlen=8)
         self._speech_timer: asyncio.TimerHandle | None = None
+        self._started_at = clock()  # when the model session began (first-audio latency)
         self._closed = False
         self._tasks = TaskSet("bridge", self.log)
         # counters for the closing log line and tests
@@ -163,6 +164,7 @@ class AudioBridge(ProviderListener):
                 await self._run_failed(reason)
             raise ProviderUnreachableError(reason, peer="provider") from exc
         self.provider.begin(speak_first=self.speak_first)
+        self._started_at = self._clock()
         self.pacer.register(self)
         self._start_timers()
 
@@ -232,6 +234,9 @@ class AudioBridge(ProviderListener):
         self._enqueue(frames, item_id)
 
     def _new_item(self, item_id: str) -> None:
+        if self._current_item is None:  # the call's first assistant audio
+            self.session.emit("call.first_audio", {
+                "after_start_ms": round((self._clock() - self._started_at) * 1000.0, 1)})
         self._current_item = item_id
         self._item_open = True
         for table in (self._item_sent_ms, self._item_heard_ms, self._item_audio_ms):
@@ -481,6 +486,8 @@ class AudioBridge(ProviderListener):
             self.conversation.on_barge_in(self.session)
         self.log.info("bridge.barge_in", item_id=item, audio_end_ms=heard,
                       dropped_frames=dropped)
+        self.session.emit("call.barge_in", {"audio_end_ms": heard, "dropped_frames": dropped,
+                                            "reaction_ms": self.barge_in_latencies_ms[-1]})
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro)

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 from agentic_fast.call.status import CallStatus, Transition, check_transition
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import CallLimitError, DrainingError
+from agentic_fast.core.events import EventHub
 from agentic_fast.core.log import BoundLogger, get_logger
 
 _log = get_logger("calls")
@@ -136,6 +137,8 @@ class CallSession:
     log: BoundLogger = field(default=_log, repr=False)
     #: Registration order in the manager (the ``GET /calls`` paging cursor).
     serial: int = field(default=0, repr=False)
+    #: Where this call's live events go (``GET /calls/events``); set by the manager.
+    events: EventHub | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.created_at = self.clock.time()
@@ -154,6 +157,11 @@ class CallSession:
     def ended(self) -> bool:
         return self.status.terminal
 
+    def emit(self, type_: str, data: dict[str, Any]) -> None:
+        """Publish a live event about this call (a no-op without watchers)."""
+        if self.events is not None:
+            self.events.publish(type_, self.call_id, data)
+
     def add_transcript(self, role: str, text: str) -> None:
         """Append an utterance (bounded: the oldest entries go first, counted)."""
         if len(self.transcript) == TRANSCRIPT_LIMIT:
@@ -161,7 +169,9 @@ class CallSession:
         if len(text) > TRANSCRIPT_TEXT_CHARS:
             metrics.incr("calls.transcript.truncated")
             text = text[:TRANSCRIPT_TEXT_CHARS]
-        self.transcript.append(TranscriptEntry(role, text, self.clock.time()))
+        entry = TranscriptEntry(role, text, self.clock.time())
+        self.transcript.append(entry)
+        self.emit("call.transcript", {"role": role, "text": text, "ts": _iso(entry.ts)})
 
     def add_dtmf(self, digits: str) -> None:
         """Record pressed keys: the latest ``DTMF_LIMIT`` are kept, older ones counted."""
@@ -178,6 +188,7 @@ class CallSession:
         if len(self.commands) == COMMANDS_LIMIT:
             metrics.incr("calls.commands.dropped")
         self.commands.append(command)
+        self.emit("call.command", command)
 
     def add_stream_error(self, error: str, *, code: str | None = None,
                          stream_sid: str | None = None) -> None:
@@ -272,6 +283,8 @@ class CallManager:
         #: More end listeners (e.g. the post-call notifier), called once per call after
         #: ``on_end``, each under the same never-raise rule; they must return at once.
         self.on_call_ended: list[EndCallback] = []
+        #: The live event hub (``GET /calls/events``), or None: calls publish nothing.
+        self.events: EventHub | None = None
         self._active: dict[str, CallSession] = {}
         self._history: OrderedDict[str, CallSession] = OrderedDict()
         self._by_sid: dict[str, CallSession] = {}
@@ -325,6 +338,11 @@ class CallManager:
     def active_sessions(self) -> list[CallSession]:
         return list(self._active.values())
 
+    def recent_sessions(self) -> list[CallSession]:
+        """Every call still known (active, and ended ones in the history), newest first."""
+        return sorted([*self._active.values(), *self._history.values()],
+                      key=lambda s: s.serial, reverse=True)
+
     def active_page(self, after: int, limit: int) -> tuple[list[CallSession], int | None]:
         """Up to ``limit`` active calls registered after the one with serial ``after``
         (oldest first), and the cursor of the next page (``None`` on the last one).
@@ -370,6 +388,7 @@ class CallManager:
         if session.call_sid:
             self._by_sid[session.call_sid] = session
         self._idle.clear()
+        session.events = self.events
 
     def create_inbound(self, call_sid: str, from_number: str, to_number: str, *,
                        prompt: str | None = None,
@@ -391,6 +410,7 @@ class CallManager:
         session.deadline_mono = session.created_mono + self.stream_timeout_s
         self._register(session)
         metrics.incr("calls.created.inbound")
+        session.emit("call.created", session.summary())
         session.log.info("call.created", direction="inbound", status=session.status.value)
         return session
 
@@ -408,6 +428,7 @@ class CallManager:
         session.deadline_mono = session.created_mono + self.answer_timeout_s
         self._register(session)
         metrics.incr("calls.created.outbound")
+        session.emit("call.created", session.summary())
         session.log.info("call.created", direction="outbound", status=session.status.value)
         return session
 
@@ -421,6 +442,7 @@ class CallManager:
         session.log = _log.bind(call_id=session.call_id, call_sid=call_sid)
         self._by_sid[call_sid] = session
         session.log.info("call.sid_attached")
+        session.emit("call.updated", session.summary())
 
     def bind_stream_token(self, session: CallSession, token_id: str) -> None:
         """Index ``session`` under the id of the stream token issued for it."""
@@ -485,6 +507,7 @@ class CallManager:
         if target.terminal:
             session.reason = reason
             self._on_ended(session)
+        session.emit("call.status", session.summary())
         return True
 
     def apply_status(self, call_sid: str, status: CallStatus | str, *,
@@ -509,6 +532,7 @@ class CallManager:
         session.stream_started = True
         session.deadline_mono = None
         session.log.info("call.stream_started")
+        session.emit("call.updated", session.summary())
         if session.status is not CallStatus.IN_PROGRESS:
             self.transition(session, CallStatus.IN_PROGRESS)
         return True

@@ -121,6 +121,9 @@ def _add_call(sub: Any) -> None:
     parser.add_argument("--server", metavar="URL",
                         help="server base URL (default: http://server.host:server.port)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    parser.add_argument("--wait", action="store_true",
+                        help="follow the call through its statuses; print its transcript "
+                             "when it ends (exit 1 unless it completed)")
 
 
 def _run_call(args: argparse.Namespace, env: Env) -> int:
@@ -130,10 +133,41 @@ def _run_call(args: argparse.Namespace, env: Env) -> int:
 
     config = _load_config(args, env)
     base = args.server or f"http://{config.server.host}:{config.server.port}"
+    if args.wait:
+        from agentic_fast.cli.calls import run_call_wait
+
+        return run_call_wait(base, config.server.api_token, args.to, args.prompt, args.timeout)
     ok, text = asyncio.run(place_call(base, args.to, args.prompt, config.server.api_token,
                                       timeout_s=args.timeout))
     print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+# -- calls ---------------------------------------------------------------------------------------
+
+def _add_calls_common(parser: argparse.ArgumentParser) -> None:
+    _add_config_option(parser)
+    parser.add_argument("--server", metavar="URL",
+                        help="server base URL (default: http://server.host:server.port)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+
+
+def _add_calls(sub: Any) -> None:
+    from agentic_fast.cli.calls import add_calls_arguments
+
+    parser = sub.add_parser(
+        "calls", help="call history and control on a running server (list, show, tail, hangup)",
+        description="Read and control calls through a running server's API "
+                    "(bearer server.api_token).")
+    add_calls_arguments(parser, _add_calls_common)
+
+
+def _run_calls(args: argparse.Namespace, env: Env) -> int:
+    from agentic_fast.cli.calls import run_calls
+
+    config = _load_config(args, env)
+    base = args.server or f"http://{config.server.host}:{config.server.port}"
+    return run_calls(args, base, config.server.api_token)
 
 
 # -- bench ---------------------------------------------------------------------------------------
@@ -170,6 +204,7 @@ _COMMANDS: dict[str, Command] = {
     "demo": (_add_demo, _run_demo),
     "serve": (_add_serve, _run_serve),
     "call": (_add_call, _run_call),
+    "calls": (_add_calls, _run_calls),
     "bench": (_add_bench, _run_bench),
 }
 _PASSTHROUGH = frozenset({"demo", "bench"})  # commands that take their arguments verbatim

@@ -19,6 +19,7 @@ and h11's Local/RemoteProtocolError::
     │   ├── CallRefusedError                    a new call refused (reason)
     │   │   ├── CallLimitError                  max_concurrent_calls reached
     │   │   └── DrainingError                   shutting down
+    │   ├── SubscriberLimitError                too many live-event watchers (SSE)
     │   └── LocalProtocolError (ProtocolError)  we were about to send what the peer rejects
     │       └── GatewayPayloadTooLargeError     a frame above the gateway's maxPayload
     └── PeerError                               names ``peer``
@@ -49,7 +50,8 @@ and h11's Local/RemoteProtocolError::
                 ├── GatewayError                an error ``res`` (code, details_code)
                 ├── GatewayConnectionError      no usable gateway connection
                 │   └── GatewayBusyError        a local bound hit: shed load
-                └── GatewayTimeoutError (TimeoutError)
+                ├── GatewayTimeoutError (TimeoutError)
+                └── CallsApiError               our own server's API, as the CLI sees it
 
 ``RemoteProtocolError`` is both a ``ProtocolError`` and a ``RemoteError``; ``LocalProtocolError``
 both a ``ProtocolError`` and a ``LocalError``. Branch on the class and on ``reason`` (a short
@@ -66,6 +68,7 @@ __all__ = [
     "BadRequestHead",
     "CallLimitError",
     "CallRefusedError",
+    "CallsApiError",
     "CarrierApiError",
     "CarrierProtocolError",
     "ClassifierError",
@@ -97,6 +100,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StreamTokenError",
+    "SubscriberLimitError",
     "TelnyxApiError",
     "TelnyxProtocolError",
     "TelnyxWebhookError",
@@ -478,3 +482,15 @@ class SignatureError(AgenticFastError, ValueError):
 
 class OutboxFullError(LocalError):
     """``notify.max_pending`` deliveries are already waiting."""
+
+
+class SubscriberLimitError(LocalError):
+    """The live event hub already has its most subscribers (``GET /calls/events``: 503)."""
+
+
+class CallsApiError(PeerUnavailableError):
+    """A running server's ``/calls`` API, called by the command line, answered an error or
+    could not be reached; ``detail`` is the one line to print."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, peer="call-server")

@@ -52,6 +52,7 @@ from agentic_fast.server.client_address import (
     client_address,
 )
 from agentic_fast.server.desk import BUSY_TEXT, DRAINING_TEXT, REPLAYED_TEXT, ServerDesk
+from agentic_fast.server.ops import cookie_allows, setup_ops
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
 
@@ -126,7 +127,8 @@ def _api_allowed(request: web.Request, svc: Services) -> bool:
         return (not server.api_exposed() and _is_loopback(request.remote)
                 and not came_through_proxy(request.headers))
     given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    return (hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+            or cookie_allows(request, token))  # the dashboard's own requests
 
 
 @web.middleware
@@ -340,6 +342,7 @@ async def hangup_call(request: web.Request) -> web.StreamResponse:
         return _error(502, f"{carrier.name.capitalize()} refused the hang-up", code=exc.code,
                       detail=str(exc))
     session.log.info("call.hangup_requested")
+    svc.manager.complete(session, reason="hangup-api")  # the record says who ended it
     return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
 
 
@@ -439,6 +442,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.router.add_post("/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    setup_ops(app, manager, lambda r: _api_allowed(r, svc), api_token=server.api_token,
+              provider=config.audio.provider, carrier=config.carrier)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -26,12 +26,11 @@ from agentic_fast.carriers.base import PARAM_CALL_ID, CallDesk, Route, WebhookRe
 from agentic_fast.carriers.telnyx.media import decode_client_state
 from agentic_fast.carriers.telnyx.status import (
     TelnyxWebhook,
-    TelnyxWebhookError,
     map_event,
     parse_webhook,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import TelnyxApiError
+from agentic_fast.core.errors import TelnyxApiError, TelnyxWebhookError
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import client_address
 
