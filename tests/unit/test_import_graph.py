@@ -35,6 +35,7 @@ LAZY_IMPORTS: frozenset[tuple[str, str]] = frozenset({
     # the CLI imports a subcommand's world only when it runs
     ("agentic_fast.cli.commands", "agentic_fast.audio.demo"),
     ("agentic_fast.cli.commands", "agentic_fast.cli.api_client"),
+    ("agentic_fast.cli.commands", "agentic_fast.demo.run"),
     ("agentic_fast.cli.commands", "agentic_fast.server.runner"),
 })
 

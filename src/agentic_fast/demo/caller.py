@@ -238,7 +238,10 @@ class DemoCaller:
     def audio_after(self, t: float) -> asyncio.Future[float]:
         """The loop time of the first assistant frame received after loop time ``t``."""
         fut: asyncio.Future[float] = self._loop.create_future()
-        self._waiters.append((t, fut))
+        if self.frames_in and self.stretch_start > t:  # it has already begun
+            fut.set_result(self.stretch_start)
+        else:
+            self._waiters.append((t, fut))
         return fut
 
     async def listen(self, ms: float) -> None:

@@ -23,12 +23,16 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from agentic_fast.call.factory import make_bridge_factory
 from agentic_fast.core.config import Config
+from agentic_fast.core.log import configure
 from agentic_fast.demo import voice
 from agentic_fast.demo.agent import DemoAgent
 from agentic_fast.demo.caller import CallerSettings, DemoCaller, DemoCallError
 from agentic_fast.demo.model import DemoModel
 from agentic_fast.demo.timeline import Timeline
+from agentic_fast.server.app import create_app, start_site
+from agentic_fast.server.runner import make_runner
 
 PUBLIC_URL = "https://demo.agentic-fast.invalid"  # only signed for, never connected to
 CALLER = "+15551230000"
@@ -77,10 +81,6 @@ class _Step:
 async def run_demo(out: TextIO | None = sys.stdout, *,
                    timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, Timeline]:
     """Run the call; (exit status, timeline). Failures are reported on stderr."""
-    from agentic_fast.call.factory import make_bridge_factory
-    from agentic_fast.server.app import create_app, start_site
-    from agentic_fast.server.runner import make_runner
-
     timeline = Timeline(out)
     step = _Step()
     keys = {"model_key": "demo-" + secrets.token_hex(8),
@@ -111,7 +111,10 @@ async def run_demo(out: TextIO | None = sys.stdout, *,
                                         timeline, http)
                     await _call(caller, timeline, http, base, step)
             except TimeoutError:
-                _fail(f"timed out after {timeout_s:g} s waiting for {step.name}")
+                if caller is not None and caller.error is not None:  # why it never came
+                    _fail(f"{step.name}: {caller.error}")
+                else:
+                    _fail(f"timed out after {timeout_s:g} s waiting for {step.name}")
                 return 1, timeline
             except (DemoCallError, aiohttp.ClientError, OSError) as exc:
                 _fail(f"{step.name}: {exc}")
@@ -210,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="also print the server's logs")
     args = parser.parse_args(argv)
     if args.verbose:
-        from agentic_fast.core.log import configure
-
         configure("INFO")
     code, _ = asyncio.run(run_demo(timeout_s=args.timeout))
     return code
