@@ -28,14 +28,16 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from agentic_fast.core.errors import RemoteProtocolError
 from agentic_fast.demo import voice
 from agentic_fast.demo.timeline import Timeline
 
 _QUIET_S = 0.1  # a drained playout this long is the end of the assistant's turn
 
 
-class DemoCallError(Exception):
+def unexpected(message: str) -> RemoteProtocolError:
     """The server answered the simulated caller in a way the demo did not expect."""
+    return RemoteProtocolError(message, peer="call server")
 
 
 def new_sid(prefix: str) -> str:
@@ -83,7 +85,7 @@ class DemoCaller:
         self.frames_in = 0
         self.clears = 0
         self.closed = asyncio.Event()
-        self.error: DemoCallError | None = None
+        self.error: RemoteProtocolError | None = None
 
     # -- webhooks ------------------------------------------------------------------------------
 
@@ -103,10 +105,10 @@ class DemoCaller:
             "Caller": self.s.from_number, "Called": self.s.to_number})
         body = await resp.text()
         if resp.status != 200:
-            raise DemoCallError(f"voice webhook answered HTTP {resp.status}: {body[:200]}")
+            raise unexpected(f"voice webhook answered HTTP {resp.status}: {body[:200]}")
         stream = ET.fromstring(body).find("./Connect/Stream")
         if stream is None:
-            raise DemoCallError(f"voice webhook TwiML has no <Connect><Stream>: {body[:200]}")
+            raise unexpected(f"voice webhook TwiML has no <Connect><Stream>: {body[:200]}")
         params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
         self.stream_url = stream.get("url", "")
         self.call_id = params.get("callId", "")
@@ -180,14 +182,14 @@ class DemoCaller:
             async for raw in self.ws:
                 msg = json.loads(raw)
                 if msg.get("streamSid") != self.s.stream_sid:
-                    raise DemoCallError(f"message for another stream: {str(raw)[:120]}")
+                    raise unexpected(f"message for another stream: {str(raw)[:120]}")
                 handler = getattr(self, "_on_" + str(msg.get("event")), None)
                 if handler is None:
-                    raise DemoCallError(f"unexpected message: {str(raw)[:120]}")
+                    raise unexpected(f"unexpected message: {str(raw)[:120]}")
                 handler(msg)
         except ConnectionClosed:
             pass
-        except DemoCallError as exc:
+        except RemoteProtocolError as exc:
             self.error = exc
         finally:
             self.closed.set()
@@ -274,7 +276,7 @@ class DemoCaller:
             "Direction": "inbound", "From": self.s.from_number, "To": self.s.to_number,
             "SequenceNumber": "3"})
         if resp.status >= 300:
-            raise DemoCallError(f"status callback answered HTTP {resp.status}")
+            raise unexpected(f"status callback answered HTTP {resp.status}")
 
     async def close(self) -> None:
         self._stopped = True

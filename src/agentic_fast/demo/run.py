@@ -25,10 +25,11 @@ import aiohttp
 
 from agentic_fast.call.factory import make_bridge_factory
 from agentic_fast.core.config import Config
+from agentic_fast.core.errors import RemoteProtocolError
 from agentic_fast.core.log import configure
 from agentic_fast.demo import voice
 from agentic_fast.demo.agent import DemoAgent
-from agentic_fast.demo.caller import CallerSettings, DemoCaller, DemoCallError
+from agentic_fast.demo.caller import CallerSettings, DemoCaller, unexpected
 from agentic_fast.demo.model import DemoModel
 from agentic_fast.demo.timeline import Timeline
 from agentic_fast.server.app import create_app, start_site
@@ -116,7 +117,7 @@ async def run_demo(out: TextIO | None = sys.stdout, *,
                 else:
                     _fail(f"timed out after {timeout_s:g} s waiting for {step.name}")
                 return 1, timeline
-            except (DemoCallError, aiohttp.ClientError, OSError) as exc:
+            except (RemoteProtocolError, aiohttp.ClientError, OSError) as exc:
                 _fail(f"{step.name}: {exc}")
                 return 1, timeline
             finally:
@@ -167,10 +168,10 @@ async def _call(caller: DemoCaller, timeline: Timeline, http: aiohttp.ClientSess
     step.name = "the final record"
     async with http.get(f"{base}/calls/{caller.call_id}") as resp:
         if resp.status != 200:
-            raise DemoCallError(f"GET /calls/{caller.call_id} answered HTTP {resp.status}")
+            raise unexpected(f"GET /calls/{caller.call_id} answered HTTP {resp.status}")
         record = await resp.json()
     if record.get("status") != "completed":
-        raise DemoCallError(f"the call ended {record.get('status')!r} "
+        raise unexpected(f"the call ended {record.get('status')!r} "
                             f"({record.get('reason')}), not 'completed'")
     commands = record.get("commands") or []
     timeline.mark("record", f"GET /calls/{caller.call_id}: status {record['status']}, "
