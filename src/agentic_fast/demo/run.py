@@ -113,12 +113,12 @@ async def run_demo(out: TextIO | None = sys.stdout, *,
                     await _call(caller, timeline, http, base, step)
             except TimeoutError:
                 if caller is not None and caller.error is not None:  # why it never came
-                    _fail(f"{step.name}: {caller.error}")
+                    _report_failure(f"{step.name}: {caller.error}")
                 else:
-                    _fail(f"timed out after {timeout_s:g} s waiting for {step.name}")
+                    _report_failure(f"timed out after {timeout_s:g} s waiting for {step.name}")
                 return 1, timeline
             except (RemoteProtocolError, aiohttp.ClientError, OSError) as exc:
-                _fail(f"{step.name}: {exc}")
+                _report_failure(f"{step.name}: {exc}")
                 return 1, timeline
             finally:
                 await _close(caller, runner, model, agent)
@@ -198,7 +198,7 @@ async def _close(caller: DemoCaller | None, runner: Any, model: DemoModel,
             await agent.close()
 
 
-def _fail(message: str) -> None:
+def _report_failure(message: str) -> None:
     print(f"demo failed: {message}", file=sys.stderr, flush=True)
 
 
