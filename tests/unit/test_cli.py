@@ -139,7 +139,7 @@ def test_demo_passes_its_arguments_through(monkeypatch):
     fake = types.ModuleType("agentic_fast.audio.demo")
     fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "agentic_fast.audio.demo", fake)
-    assert main(["demo", "--seconds", "2", "--help", "in.wav"], env={}) == 3
+    assert main(["demo", "--audio", "--seconds", "2", "--help", "in.wav"], env={}) == 3
     assert seen == [["--seconds", "2", "--help", "in.wav"]]
 
 
@@ -150,7 +150,27 @@ def test_demo_exit_status_is_returned_not_raised(monkeypatch):
     fake = types.ModuleType("agentic_fast.audio.demo")
     fake.main = fake_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "agentic_fast.audio.demo", fake)
-    assert main(["demo", "--help"], env={}) == 0
+    assert main(["demo", "--audio", "--help"], env={}) == 0
+
+
+def test_demo_without_audio_is_the_call_demo(monkeypatch):
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        return 1
+
+    fake = types.ModuleType("agentic_fast.demo.run")
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "agentic_fast.demo.run", fake)
+    assert main(["demo", "--timeout", "5"], env={}) == 1
+    assert seen == [["--timeout", "5"]]
+
+
+def test_demo_audio_runs_the_audio_path_demo(capsys):
+    assert main(["demo", "--audio", "--seconds", "0.5"], env={}) == 0
+    out = capsys.readouterr().out
+    assert "implementation" in out and "back to the caller" in out
 
 
 def test_python_dash_m_runs_main(monkeypatch, capsys):

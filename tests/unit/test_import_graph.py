@@ -41,6 +41,7 @@ LAZY_IMPORTS: frozenset[tuple[str, str]] = frozenset({
     ("agentic_fast.cli.commands", "agentic_fast.audio.demo"),
     ("agentic_fast.cli.commands", "agentic_fast.cli.api_client"),
     ("agentic_fast.cli.commands", "agentic_fast.cli.calls"),
+    ("agentic_fast.cli.commands", "agentic_fast.demo.run"),
     ("agentic_fast.cli.commands", "agentic_fast.server.runner"),
 })
 

@@ -82,14 +82,23 @@ def _run_check_config(args: argparse.Namespace, env: Env) -> int:
 
 def _add_demo(sub: Any) -> None:
     sub.add_parser(
-        "demo", add_help=False, help="audio path demo (arguments pass through; demo --help)",
-        description="Runs agentic_fast.audio.demo; every argument after 'demo' is its own.")
+        "demo", add_help=False,
+        help="one simulated phone call on loopback, no keys needed (demo --help); "
+             "demo --audio: the audio path demo",
+        description="Runs agentic_fast.demo.run (or agentic_fast.audio.demo with --audio); "
+                    "every argument after 'demo' is its own.")
 
 
 def _run_demo(args: argparse.Namespace, env: Env) -> int:
-    from agentic_fast.audio.demo import main as demo_main  # lazy: pulls in numpy and the codec
+    argv = list(args.passthrough)
+    if "--audio" in argv:  # the audio converter demo
+        argv.remove("--audio")
+        from agentic_fast.audio.demo import main as audio_demo  # lazy: numpy and the codec
 
-    return int(demo_main(args.passthrough) or 0)
+        return int(audio_demo(argv) or 0)
+    from agentic_fast.demo.run import main as call_demo  # lazy: the server and the stand-ins
+
+    return int(call_demo(argv) or 0)
 
 
 # -- serve ---------------------------------------------------------------------------------------
