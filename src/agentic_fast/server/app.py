@@ -70,12 +70,14 @@ from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
 from agentic_fast.core.errors import CarrierApiError, ConfigError, ProtocolError
 from agentic_fast.core.log import get_logger
+from agentic_fast.server import readiness
 from agentic_fast.server.client_address import (
     TRUSTED_PROXIES,
     TrustedProxies,
     came_through_proxy,
     client_address,
 )
+from agentic_fast.server.observability import METRICS_PATH, setup_observability
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
 
@@ -390,7 +392,7 @@ def _api_allowed(request: web.Request, svc: Services) -> bool:
 
 @web.middleware
 async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    if request.path == "/calls" or request.path.startswith("/calls/"):
+    if request.path in ("/calls", METRICS_PATH) or request.path.startswith("/calls/"):
         svc = request.app[SERVICES]
         if not _api_allowed(request, svc):
             metrics.incr("api.rejected.auth")
@@ -566,15 +568,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    svc = request.app[SERVICES]
-    problems = []
-    if svc.draining:
-        problems.append("draining")
-    if svc.validator is None:
-        problems.append(f"twilio webhooks disabled: {svc.validator_problem}")
-    if problems:
-        return _json({"status": "not-ready", "problems": problems}, status=503)
-    return _json({"status": "ready", "active_calls": svc.manager.active_count})
+    active = request.app[SERVICES].manager.active_count
+    return await readiness.readyz(request, {"active_calls": active})
 
 
 # -- app ------------------------------------------------------------------------------------
@@ -643,6 +638,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.router.add_post("/calls/{call_id}/hangup", hangup_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    setup_observability(app, svc)  # GET /metrics, the /readyz checks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
