@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from agentic_fast.core import metrics_export
 from agentic_fast.core.log import get_logger
@@ -57,8 +57,7 @@ def gauges(svc: Services) -> list[GaugeSpec]:
 def readiness_checks(svc: Services) -> list[ReadinessCheck]:
     """The built-in checks: draining, carrier webhooks, provider credentials, gateway."""
     def draining() -> Check:
-        return Check("draining", not svc.draining, "draining: not taking calls"
-                     if svc.draining else "")
+        return Check("draining", not svc.draining, "not taking calls" if svc.draining else "")
 
     def webhooks() -> Check:
         if svc.validator is None:
@@ -91,8 +90,10 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     sync = request.app[_SYNC]
     if sync is not None:
         sync.sync()
-    body = generate_latest(request.app[_REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # the text format, or OpenMetrics when the scraper asks for it (Accept)
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(request.app[_REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _sync_starter(sync: MultiProcessSync, period_s: float
