@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from agentic_fast.providers import health
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.openclaw_real import OpenClawInstall, OpenClawUnavailable, ensure_installed
+from tests.fakes.redis_server import RedisServer, RedisUnavailable
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, start_harness
 
@@ -63,3 +65,19 @@ async def gateway() -> AsyncIterator[FakeOpenClawGateway]:
     async with FakeOpenClawGateway(token="gw-token",
                                    default_script=ChatScript(noise=False)) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port for the whole session (tests isolate
+    themselves by key prefix); skips, with the reason, when redis-server is missing."""
+    directory: Path = tmp_path_factory.mktemp("redis")
+    try:
+        server = RedisServer(directory)
+        server.start()
+    except RedisUnavailable as exc:
+        pytest.skip(f"real Redis unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

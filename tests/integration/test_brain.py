@@ -20,17 +20,12 @@ from typing import Any
 
 import pytest
 
-from agentic_fast.brain import (
-    ChatModelClassifier,
-    ClassifierError,
-    ConversationBrain,
-    InvalidClassificationError,
-    Phrases,
-)
+from agentic_fast.brain import ChatModelClassifier, ConversationBrain, Phrases
 from agentic_fast.brain.turns import MemoryTurn
 from agentic_fast.call.manager import CallManager, CallSession
 from agentic_fast.core import metrics
 from agentic_fast.core.config import BrainConfig
+from agentic_fast.core.errors import ClassifierError, InvalidClassificationError
 from agentic_fast.gateway import Backoff, GatewayClient, load_or_create_identity
 from agentic_fast.gateway.protocol import voice_session_key
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider

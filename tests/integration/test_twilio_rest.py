@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agentic_fast.carriers.twilio.rest import TwilioApiError, TwilioRestClient
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.carriers.twilio.rest import TwilioRestClient
+from agentic_fast.core.errors import PeerUnavailableError, TwilioApiError
 from tests.fakes.twilio_rest import FakeTwilioRest
 
 TO = "+15557654321"

@@ -11,9 +11,7 @@ from agentic_fast.brain.intent import (
     CHAT,
     MAX_COMMAND_CHARS,
     ChatModelClassifier,
-    ClassifierError,
     Intent,
-    InvalidClassificationError,
     _content_of,
     build_messages,
     parse_classification,
@@ -21,6 +19,7 @@ from agentic_fast.brain.intent import (
 )
 from agentic_fast.brain.turns import ASSISTANT, CALLER, MemoryTurn
 from agentic_fast.core.config import ClassifierConfig
+from agentic_fast.core.errors import ClassifierError, InvalidClassificationError
 
 
 @pytest.mark.parametrize("turn", [

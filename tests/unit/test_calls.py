@@ -10,20 +10,20 @@ from agentic_fast.call.manager import (
     DTMF_LIMIT,
     STREAM_ERROR_CHARS,
     STREAM_ERRORS_LIMIT,
-    TERMINAL_STATES,
     TRANSCRIPT_TEXT_CHARS,
-    TRANSITIONS,
     CallDirection,
-    CallLimitError,
     CallManager,
-    CallRefusedError,
     CallSession,
+)
+from agentic_fast.call.status import (
+    TERMINAL_STATES,
+    TRANSITIONS,
     CallStatus,
-    DrainingError,
     Transition,
     check_transition,
 )
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import CallLimitError, CallRefusedError, DrainingError
 
 S = CallStatus
 

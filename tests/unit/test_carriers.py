@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agentic_fast.call.manager import CallStatus
+from agentic_fast.call.status import CallStatus
 from agentic_fast.carriers.base import L16_16K, PCMU_8K, AudioCodec, EventKind, LegFormat
 from agentic_fast.carriers.registry import build_carrier, register, registered
 from agentic_fast.carriers.twilio.carrier import TwilioCarrier

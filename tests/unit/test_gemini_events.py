@@ -14,14 +14,13 @@ from google.genai import types
 
 from agentic_fast.brain.intent import run_command_declaration
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import GeminiProtocolError, LocalProtocolError, RemoteProtocolError
 from agentic_fast.providers.gemini import events as g
 from agentic_fast.providers.gemini.events import (
     AudioChunk,
     ContextCompression,
     FunctionCall,
     FunctionResponse,
-    GeminiProtocolError,
     GeminiSetup,
     GenerationComplete,
     GoAway,

@@ -13,8 +13,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from agentic_fast.core.errors import BadRequestHead
 from agentic_fast.ws.upgrade import (
-    BadRequestHead,
     UpgradeRequest,
     accept_key,
     handshake_problem,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import RemoteProtocolError
+from agentic_fast.core.errors import OpenAIProtocolError, RemoteProtocolError
 from agentic_fast.providers.openai import events as oe
 from agentic_fast.providers.openai.commands import truncate_at
 from tests.fakes.openai_realtime import SERVER_MODELS
@@ -224,7 +224,7 @@ def test_malformed_input_is_remote_protocol_error(text: bytes, reason: str,
     with pytest.raises(RemoteProtocolError) as info:
         oe.parse_server_event(text)
     err = info.value
-    assert isinstance(err, oe.OpenAIProtocolError)
+    assert isinstance(err, OpenAIProtocolError)
     assert err.peer == "openai" and err.reason == reason
     if fld is not None:
         assert err.field is not None and err.field.endswith(fld)

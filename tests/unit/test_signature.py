@@ -14,10 +14,10 @@ from twilio.request_validator import RequestValidator, get_signature_algorithm
 from agentic_fast.carriers.twilio.signature import (
     HMAC_SHA1,
     HMAC_SHA256,
-    SignatureNotConfiguredError,
     TwilioSignatureValidator,
     parse_signature_settings,
 )
+from agentic_fast.core.errors import SignatureNotConfiguredError
 from tests.fakes.twilio_webhooks import (
     incoming_call_form,
     new_shared_key,

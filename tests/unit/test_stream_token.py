@@ -6,13 +6,8 @@ import base64
 
 import pytest
 
-from agentic_fast.call.stream_token import (
-    MAX_TOKEN_CHARS,
-    StreamTokenError,
-    StreamTokenSigner,
-    UsedTokenSet,
-)
-from agentic_fast.core.errors import ConfigError
+from agentic_fast.call.stream_token import MAX_TOKEN_CHARS, StreamTokenSigner, UsedTokenSet
+from agentic_fast.core.errors import ConfigError, StreamTokenError
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 CA = "CA0123456789abcdef0123456789abcdef"

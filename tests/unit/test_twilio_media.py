@@ -18,14 +18,13 @@ from agentic_fast.carriers.twilio.media import (
     Start,
     Stop,
     TwilioOutbound,
-    TwilioProtocolError,
     TwilioStreamState,
     clear_message,
     mark_message,
     media_message,
     parse_twilio_message,
 )
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError, TwilioProtocolError
 
 AC = "AC00000000000000000000000000000001"
 MZ = "MZ00000000000000000000000000000001"

@@ -6,18 +6,19 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agentic_fast.carriers.twilio.media import TwilioProtocolError
+from agentic_fast.call.status import CallStatus
+from agentic_fast.carriers.twilio import status as twilio_status
 from agentic_fast.carriers.twilio.status import (
-    LifecycleStatus,
     map_call_status,
     parse_status_callback,
     parse_stream_status_callback,
     should_apply,
 )
+from agentic_fast.core.errors import TwilioProtocolError
 from tests.fakes.twilio_webhooks import status_callback_form, stream_status_form
 
 CA = "CA00000000000000000000000000000002"
-L = LifecycleStatus
+L = CallStatus
 
 
 @pytest.mark.parametrize(("twilio", "status", "reason", "terminal"), [
@@ -32,10 +33,17 @@ L = LifecycleStatus
     ("canceled", L.FAILED, "canceled", True),
     ("failed", L.FAILED, "failed", True),
 ])
-def test_mapping(twilio: str, status: LifecycleStatus, reason: str | None,
+def test_mapping(twilio: str, status: CallStatus, reason: str | None,
                  terminal: bool) -> None:
     mapping = map_call_status(twilio)
     assert (mapping.status, mapping.reason, mapping.terminal) == (status, reason, terminal)
+
+
+def test_twilio_maps_into_the_one_call_status() -> None:
+    """One CallStatus: Twilio's mapping yields the manager's enum members, no look-alike."""
+    assert not hasattr(twilio_status, "LifecycleStatus")
+    for value in twilio_status.TWILIO_CALL_STATUSES:
+        assert type(map_call_status(value).status) is CallStatus
 
 
 def test_lifecycle_values_are_plain_strings() -> None:

@@ -11,10 +11,10 @@ from agentic_fast.carriers.twilio.form import (
     FORM_TYPE,
     JSON_TYPE,
     MAX_FIELDS,
-    WebhookBodyError,
     check_content_type,
     parse_webhook_body,
 )
+from agentic_fast.core.errors import WebhookBodyError
 from tests.fakes.twilio_webhooks import incoming_call_form
 
 

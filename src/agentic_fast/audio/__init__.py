@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agentic_fast._audiocore.api import AudioImplementation
-from agentic_fast._audiocore.native import load_native
+from agentic_fast._audiocore.active import implementation_module
 from agentic_fast._audiocore.spec import PROVIDER_FORMATS, TWILIO_FRAME_BYTES, TWILIO_RATE
 from agentic_fast._audiocore.tables import FIR_DESIGNS
+from agentic_fast.audio.resample import Resampler
 from agentic_fast.core.errors import AudioFormatError
 
 __all__ = [
@@ -48,16 +48,7 @@ __all__ = [
 ]
 
 
-def _select() -> AudioImplementation:
-    native = load_native()
-    if native is not None:
-        return native
-    from agentic_fast._audiocore import numpy_twin as _numpy_twin
-
-    return _numpy_twin
-
-
-_impl = _select()
+_impl = implementation_module()
 IMPLEMENTATION: Literal["native", "python"] = _impl.IMPLEMENTATION
 
 ulaw_decode = _impl.ulaw_decode
@@ -65,11 +56,3 @@ ulaw_encode = _impl.ulaw_encode
 alaw_decode = _impl.alaw_decode
 alaw_encode = _impl.alaw_encode
 AudioConverter = _impl.AudioConverter
-
-
-def implementation_module() -> AudioImplementation:
-    """The module behind the public names (``agentic_fast._audio`` or the numpy twin)."""
-    return _impl
-
-
-from agentic_fast.audio.resample import Resampler  # noqa: E402  (needs _impl)

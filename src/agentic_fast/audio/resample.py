@@ -9,10 +9,10 @@ import numpy.typing as npt
 import soxr
 
 from agentic_fast._audiocore import buffers as _buffers
+from agentic_fast._audiocore.active import implementation_module
 from agentic_fast._audiocore.api import FirResampler
 from agentic_fast._audiocore.spec import odd_pcm
 from agentic_fast._audiocore.tables import FIR_DESIGNS
-from agentic_fast.audio import implementation_module
 
 
 class _SoxrStream(Protocol):

@@ -17,10 +17,8 @@ from agentic_fast.brain.intent import (
     CHAT,
     RUN_COMMAND,
     ChatModelClassifier,
-    ClassifierError,
     Intent,
     IntentClassifier,
-    InvalidClassificationError,
     parse_classification,
     parse_tool_arguments,
     rule_intent,
@@ -29,6 +27,7 @@ from agentic_fast.brain.intent import (
 from agentic_fast.brain.policy import CallerPolicy, PinCheck, PinResult, command_key
 from agentic_fast.brain.speech import Phrases, speakable
 from agentic_fast.brain.turns import ConversationMemory, MemoryTurn, TurnAssembler
+from agentic_fast.core.errors import ClassifierError, InvalidClassificationError
 
 __all__ = [
     "ACTION",

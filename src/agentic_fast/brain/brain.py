@@ -32,10 +32,8 @@ from agentic_fast.brain.intent import (
     MAX_COMMAND_CHARS,
     RUN_COMMAND,
     ChatModelClassifier,
-    ClassifierError,
     Intent,
     IntentClassifier,
-    InvalidClassificationError,
     parse_tool_arguments,
     rule_intent,
     run_command_declaration,
@@ -64,7 +62,13 @@ from agentic_fast.brain.turns import (
 from agentic_fast.call.admission import mask_number
 from agentic_fast.call.manager import CallSession
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AgenticFastError, GatewayTimeoutError, PeerUnavailableError
+from agentic_fast.core.errors import (
+    AgenticFastError,
+    ClassifierError,
+    GatewayTimeoutError,
+    InvalidClassificationError,
+    PeerUnavailableError,
+)
 from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.protocol import ABORTED, FINAL, voice_session_key
 

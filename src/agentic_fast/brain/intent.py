@@ -30,13 +30,16 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import aiohttp
 
 from agentic_fast.brain.turns import ASSISTANT, MemoryTurn
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import (
+    ClassifierError,
+    InvalidClassificationError,
+)
 
 if TYPE_CHECKING:
     from agentic_fast.core.config import ClassifierConfig
 
-__all__ = ["ACTION", "CHAT", "RUN_COMMAND", "ChatModelClassifier", "ClassifierError", "Intent",
-           "IntentClassifier", "InvalidClassificationError", "build_messages",
+__all__ = ["ACTION", "CHAT", "RUN_COMMAND", "ChatModelClassifier", "Intent",
+           "IntentClassifier", "build_messages",
            "parse_classification", "parse_tool_arguments", "rule_intent",
            "run_command_declaration"]
 
@@ -70,17 +73,6 @@ class IntentClassifier(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class ClassifierError(PeerUnavailableError):
-    """The classifier model could not give an answer (network, timeout, HTTP error)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, peer=PEER)
-
-
-class InvalidClassificationError(ClassifierError):
-    """The classifier answered, but not with the strict JSON we asked for."""
 
 
 # -- rule layer ---------------------------------------------------------------------------

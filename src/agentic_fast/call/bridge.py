@@ -33,12 +33,15 @@ from agentic_fast.call.stream_handler import StreamSender
 from agentic_fast.call.timers import CallLimits, CallTimers, Scheduler
 from agentic_fast.carriers.base import FRAME_MS, PCMU_8K, LegFormat
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AudioFormatError, PeerUnavailableError
+from agentic_fast.core.errors import (
+    AudioFormatError,
+    PeerUnavailableError,
+    ProviderUnreachableError,
+)
 from agentic_fast.core.tasks import TaskSet
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 
-__all__ = ["FRAME_MS", "AudioBridge", "BridgeSettings", "ConversationSink",
-           "ProviderUnreachableError"]
+__all__ = ["FRAME_MS", "AudioBridge", "BridgeSettings", "ConversationSink"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +61,6 @@ class BridgeSettings:
     max_write_buffer: int = 64 * 1024
     #: bound on reaching the provider when the stream starts (beyond: spoken fallback)
     connect_timeout_s: float = 10.0
-
-
-class ProviderUnreachableError(PeerUnavailableError):
-    """The provider could not be reached when the call's stream started."""
 
 
 class ConversationSink(Protocol):
@@ -420,11 +419,11 @@ class AudioBridge(ProviderListener):
         whenever the timer wobbled by a millisecond, ~20 ms of jitter each time. The
         first burst is the same (``lead_ms`` worth); the lead runs up to one frame longer."""
         pacer = self.pacer
-        tick = getattr(pacer, "next_tick", None)
+        tick: float | None = getattr(pacer, "next_tick", None)
         if tick is None:
             return now
         frame_s = FRAME_MS / 1000.0
-        half_tick = getattr(pacer, "tick_s", frame_s) / 2
+        half_tick: float = getattr(pacer, "tick_s", frame_s) / 2
         return now - (now - tick + half_tick) % frame_s
 
     def _new_mark(self, item: str, item_ms: int) -> str:

@@ -3,7 +3,8 @@
 The manager owns every call from the moment we accept it (inbound webhook, or an outbound
 request before the REST create) until it ends, then keeps it in a bounded history so
 ``GET /calls/{id}`` still answers for a while. It parses no wire format: the server maps
-Twilio's ``CallStatus`` to our ``CallStatus`` values and calls ``apply_status``.
+the carrier's call status into :class:`~agentic_fast.call.status.CallStatus` and calls
+``apply_status``; the lifecycle table lives in ``call/status.py``.
 """
 
 from __future__ import annotations
@@ -19,25 +20,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
+from agentic_fast.call.status import CallStatus, Transition, check_transition
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AgenticFastError
+from agentic_fast.core.errors import CallLimitError, DrainingError
 from agentic_fast.core.log import BoundLogger, get_logger
 
 _log = get_logger("calls")
-
-
-class CallStatus(StrEnum):
-    """Our lifecycle states (not Twilio's resource statuses; see ``carriers/twilio/status.py``)."""
-
-    INITIATING = "initiating"
-    RINGING = "ringing"
-    IN_PROGRESS = "in-progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATES
 
 
 class CallDirection(StrEnum):
@@ -45,103 +33,9 @@ class CallDirection(StrEnum):
     OUTBOUND = "outbound"
 
 
-# ---------------------------------------------------------------------------------------------
-# Lifecycle theory (after h11's _state.py).
-#
-# A call moves forward only: INITIATING -> RINGING -> IN_PROGRESS -> {COMPLETED, FAILED}.
-# Every forward move may skip states, because the evidence for a state can be missing or late:
-# a call answered before its "ringing" callback arrived jumps INITIATING -> IN_PROGRESS; a
-# "completed" callback that overtook "answered" jumps RINGING -> COMPLETED. The two terminal
-# states are absorbing.
-#
-# Twilio delivers status callbacks at least once and not in order (protocols.md 1.7, 1.9), so a
-# status that is not ahead of the current one is *stale*: a duplicate or a late arrival. It is
-# logged and counted, never raised into the web handler. A move that goes forward but is not
-# in the table is *invalid* (today: an answered call cannot end as busy/no-answer/canceled);
-# it is logged at warning level and counted, and the state does not change.
-#
-# The table below is the whole policy; ``check_transition`` only reads it.
-# ---------------------------------------------------------------------------------------------
-
-TERMINAL_STATES: Final = frozenset({CallStatus.COMPLETED, CallStatus.FAILED})
-
-TRANSITIONS: Final[dict[CallStatus, frozenset[CallStatus]]] = {
-    CallStatus.INITIATING: frozenset({
-        CallStatus.RINGING, CallStatus.IN_PROGRESS, CallStatus.COMPLETED, CallStatus.FAILED,
-    }),
-    CallStatus.RINGING: frozenset({
-        CallStatus.IN_PROGRESS, CallStatus.COMPLETED, CallStatus.FAILED,
-    }),
-    CallStatus.IN_PROGRESS: frozenset({CallStatus.COMPLETED, CallStatus.FAILED}),
-    CallStatus.COMPLETED: frozenset(),
-    CallStatus.FAILED: frozenset(),
-}
-
-# Failure reasons that mean "never answered": valid only from states before IN_PROGRESS.
-UNANSWERED_REASONS: Final = frozenset({"busy", "no-answer", "canceled"})
-_BEFORE_ANSWER: Final = frozenset({CallStatus.INITIATING, CallStatus.RINGING})
-
 # End reasons of calls our side ends on a limit (``CallSession.reason``; see call/timers.py).
 END_MAX_DURATION: Final = "max-duration"
 END_SILENCE_TIMEOUT: Final = "silence-timeout"
-
-# Progress rank, used only to tell a stale status (not ahead) from an invalid one.
-_RANK: Final = {
-    CallStatus.INITIATING: 0,
-    CallStatus.RINGING: 1,
-    CallStatus.IN_PROGRESS: 2,
-    CallStatus.COMPLETED: 3,
-    CallStatus.FAILED: 3,
-}
-
-
-class Transition(StrEnum):
-    """What ``check_transition`` decided."""
-
-    APPLY = "apply"
-    STALE = "stale"  # duplicate or late: ignore quietly
-    INVALID = "invalid"  # forward but not allowed: ignore loudly
-
-
-def check_transition(current: CallStatus, target: CallStatus,
-                     reason: str | None = None) -> Transition:
-    """Classify ``current -> target`` (with a failure ``reason``) against ``TRANSITIONS``."""
-    if target in TRANSITIONS[current]:
-        if (target is CallStatus.FAILED and reason in UNANSWERED_REASONS
-                and current not in _BEFORE_ANSWER):
-            return Transition.INVALID
-        return Transition.APPLY
-    if current.terminal or _RANK[target] <= _RANK[current]:
-        return Transition.STALE
-    return Transition.INVALID  # pragma: no cover - every forward move is in the table today
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors (subclasses of the project tree; refusals are not bugs, the server answers 503).
-# ---------------------------------------------------------------------------------------------
-
-
-class CallRefusedError(AgenticFastError):
-    """A new call was refused; ``reason`` is ``"limit"`` or ``"draining"``."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        self.reason = reason
-        super().__init__(message)
-
-
-class CallLimitError(CallRefusedError):
-    """``max_concurrent_calls`` calls are already active."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"call limit reached: max_concurrent_calls={limit}", reason="limit")
-
-
-class DrainingError(CallRefusedError):
-    """The server is draining (shutting down gracefully) and accepts no new calls."""
-
-    def __init__(self) -> None:
-        super().__init__("server is draining: no new calls", reason="draining")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from agentic_fast.call.manager import CallManager, CallSession
-from agentic_fast.call.stream_token import StreamTokenError, StreamTokenSigner
+from agentic_fast.call.stream_token import StreamTokenSigner
 from agentic_fast.carriers.base import (
     PCMU_8K,
     Carrier,
@@ -38,7 +38,12 @@ from agentic_fast.carriers.base import (
     StreamStart,
 )
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import AudioFormatError, CarrierProtocolError, PeerUnavailableError
+from agentic_fast.core.errors import (
+    AudioFormatError,
+    CarrierProtocolError,
+    PeerUnavailableError,
+    StreamTokenError,
+)
 from agentic_fast.core.log import BoundLogger, get_logger
 from agentic_fast.core.tasks import TaskSet
 from agentic_fast.ws.frames import OP_CLOSE, OP_TEXT

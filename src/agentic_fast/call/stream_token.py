@@ -28,11 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agentic_fast.core.errors import AgenticFastError, ConfigError
+from agentic_fast.core.errors import ConfigError, StreamTokenError
 
 __all__ = [
     "StreamTokenClaims",
-    "StreamTokenError",
     "StreamTokenSigner",
     "UsedTokenSet",
 ]
@@ -44,15 +43,6 @@ _MAC_BYTES = 16
 _MIN_SECRET = 16
 #: Keeps a token far below the 500-character ``<Parameter>`` limit.
 MAX_TOKEN_CHARS = 400
-
-
-class StreamTokenError(AgenticFastError):
-    """A stream token was refused. ``reason``: ``malformed``, ``bad_signature``,
-    ``expired``, ``wrong_call``, ``replayed`` or ``replay_cache_full``."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        self.reason = reason
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ The pieces, in the order a call meets them:
 - **Call control** (:class:`CallControl`): place, hang up, redirect, record, and "say this,
   then hang up" (the graceful end when the model is gone or a time limit is reached).
 - **Status mapping** (:meth:`Carrier.map_status`): the carrier's call statuses -> our one
-  :class:`~agentic_fast.call.manager.CallStatus`.
+  :class:`~agentic_fast.call.status.CallStatus`.
 
 Hot path: a stream's events are dispatched on their class attribute ``kind`` (no per-frame
 conversion: a carrier's own event classes subclass the neutral ones and add their wire
@@ -45,12 +45,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
+from agentic_fast.call.status import CallStatus
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from aiohttp import web
 
-    from agentic_fast.call.manager import CallStatus
 
 __all__ = [
     "FRAME_MS",

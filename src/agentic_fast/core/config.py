@@ -545,6 +545,64 @@ class LoggingConfig(_Section):
     format: str = field(default="text", metadata=_m(choices=("text", "json")))
 
 
+def _redis_url(value: str) -> str:
+    """``redis://[user:password@]host[:port][/db]`` or ``rediss://`` (TLS)."""
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL with a host "
+                         "(like redis://127.0.0.1:6379/0)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the path must be a database number (like /0), got {parts.path!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig(_Section):
+    """The shared call store (``agentic_fast.store``): records, transcripts, stream-token
+    nonces and live-call ownership; SQLite on one machine, Redis across machines."""
+
+    PATH: ClassVar[str] = "store"
+    backend: str = field(default="sqlite", metadata=_m(choices=("sqlite", "redis")))
+    path: str = field(default="~/.agentic_fast/calls.db", metadata=_m(check=_nonempty))
+    url: str = field(default="redis://127.0.0.1:6379/0",
+                     metadata=_m(check=_redis_url, secret=True))  # may hold a password
+    key_prefix: str = field(default="agentic_fast:", metadata=_m(check=_nonempty))
+    retention_days: float = field(default=30.0, metadata=_m(lo=0, hi=36_500))  # 0: forever
+    prune_interval_s: float = field(default=3600.0, metadata=_m(lo=1, hi=7 * 86_400))
+    queue_size: int = field(default=10_000, metadata=_m(lo=1, hi=10_000_000))
+    batch_max: int = field(default=500, metadata=_m(lo=1, hi=100_000))
+    batch_interval_s: float = field(default=0.05, metadata=_m(gt=0, hi=60))
+    retry_initial_s: float = field(default=0.1, metadata=_m(gt=0, hi=60))
+    retry_max_s: float = field(default=5.0, metadata=_m(gt=0, hi=600))
+    max_attempts: int = field(default=3, metadata=_m(lo=1, hi=1000))
+    timeout_s: float = field(default=2.0, metadata=_m(gt=0, hi=120))
+    connect_timeout_s: float = field(default=2.0, metadata=_m(gt=0, hi=120))
+    lease_s: float = field(default=15.0, metadata=_m(gt=0, hi=3600))
+    shutdown_timeout_s: float = field(default=5.0, metadata=_m(lo=0, hi=600))
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if self.retry_max_s < self.retry_initial_s:
+            raise ConfigError(f"store.retry_max_s: must be >= store.retry_initial_s "
+                              f"({self.retry_initial_s}), got {self.retry_max_s}",
+                              key="store.retry_max_s")
+        if self.batch_max > self.queue_size:
+            raise ConfigError(f"store.batch_max: must be <= store.queue_size "
+                              f"({self.queue_size}), got {self.batch_max}",
+                              key="store.batch_max")
+
+    @property
+    def file(self) -> Path:
+        """``path`` with ``~`` expanded."""
+        return Path(self.path).expanduser()
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig(_Section):
     """Prometheus ``/metrics`` (see ``agentic_fast.core.metrics_export``)."""
@@ -575,6 +633,7 @@ class Config:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     calls: CallsConfig = field(default_factory=CallsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:

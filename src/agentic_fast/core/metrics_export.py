@@ -29,6 +29,8 @@ brain.command.<outcome>                   agent_command_results {status}
 brain.<event>                             brain_events {event}
 gateway.<event>                           gateway_events {event}
 api.rejected.<reason>                     api_rejected {reason}
+store.<event>                             store_events {event}
+notify.<event>                            notify_events {event}
 <component>.<event> (ws, listener...)     server_events {component, event}
 anything else                             events {name}
 ========================================  ============================================
@@ -124,6 +126,10 @@ RULES: tuple[Rule, ...] = (
     _rule(r"brain\.(?P<event>.+)", "brain_events", "ConversationBrain events."),
     _rule(r"gateway\.(?P<event>.+)", "gateway_events", "OpenClaw gateway client events."),
     _rule(r"api\.rejected\.(?P<reason>.+)", "api_rejected", "API requests rejected, by reason."),
+    _rule(r"store\.(?P<event>.+)", "store_events",
+          "Call store events (batches written, drops, prune failures...)."),
+    _rule(r"notify\.(?P<event>.+)", "notify_events",
+          "Post-call delivery events (webhook, Telegram)."),
     _rule("(?P<component>" + _COMPONENTS + r")\.(?P<event>.+)",
           "server_events", "Server plumbing events (listener, WebSocket, pacer...)."),
 )

@@ -253,13 +253,18 @@ class GatewayClient:
     # --- requests ---------------------------------------------------------------------------
 
     async def request(self, method: str, params: dict[str, Any], *,
-                      timeout: float | None = None) -> Any:
+                      timeout: float | None = None,
+                      on_ok: Callable[[Any], None] | None = None,
+                      send_session: str | None = None) -> Any:
         """Send one request and return its ``payload``; retries retryable errors (bounded).
 
+        ``on_ok`` runs in the reader with the payload, before any later frame is handled;
+        ``send_session`` keeps that session's early ``chat`` events until the answer.
         Raises :class:`GatewayError` (error answer), :class:`GatewayConnectionError` (link
         lost), :class:`GatewayTimeoutError`, :class:`GatewayPayloadTooLargeError`.
         """
-        return await self._request(method, params, timeout=timeout)
+        return await self._request(method, params, timeout=timeout, on_ok=on_ok,
+                                   send_session=send_session)
 
     def run(self, session_key: str, message: str, *, deadline_s: float,
             queue_mode: str | None = None, thinking: str | None = None) -> ChatRun:
@@ -286,7 +291,7 @@ class GatewayClient:
                     timeout: float | None = None) -> Any:
         """``chat.abort`` of ``run_id`` (or the session's active run)."""
         if run_id is not None:
-            self._close_route(run_id)
+            self.close_route(run_id)
         return await self._request("chat.abort", chat_abort_params(
             session_key=session_key, run_id=run_id), timeout=timeout)
 
@@ -367,12 +372,34 @@ class GatewayClient:
             entry.on_done()
         return entry
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task the client keeps (and waits for, bounded, on close)."""
         return self._tasks.spawn(coro)
 
-    # --- internals: runs --------------------------------------------------------------------
+    # --- the run host (run.RunHost): what ChatRun uses -------------------------------------
 
-    def _open_route(self, run_id: str, session_key: str) -> RunRoute:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the client runs on (``None`` before ``start``)."""
+        return self._loop
+
+    @property
+    def abort_timeout(self) -> float:
+        """Bound in seconds on a best-effort ``chat.abort``."""
+        return self._abort_timeout
+
+    @property
+    def max_runs(self) -> int:
+        """Most runs active at once."""
+        return self._max_runs
+
+    @property
+    def active_runs(self) -> int:
+        """Runs routed now."""
+        return len(self._routes)
+
+    def open_route(self, run_id: str, session_key: str) -> RunRoute:
+        """Route ``run_id``'s events (with any that arrived early) to a queue."""
         route = self._routes.get(run_id)
         if route is None:
             route = RunRoute(run_id, self._run_queue_size)
@@ -381,16 +408,17 @@ class GatewayClient:
             route.push(event)
         return route
 
-    def _close_route(self, run_id: str | None) -> None:
+    def close_route(self, run_id: str | None) -> None:
+        """Stop routing ``run_id`` (``None``: nothing)."""
         if run_id is not None:
             self._routes.pop(run_id, None)
 
-    def _abort_orphan(self, session_key: str, run_id: str) -> None:
+    def abort_orphan(self, session_key: str, run_id: str) -> None:
         """A run object was dropped unfinished (no ``async with``): abort it anyway."""
         if self._closing or run_id not in self._routes:
             return
-        self._close_route(run_id)
-        self._spawn(abort_quietly(self, session_key, run_id, "dropped"))
+        self.close_route(run_id)
+        self.spawn(abort_quietly(self, session_key, run_id, "dropped"))
 
     # --- internals: connection --------------------------------------------------------------
 

@@ -25,7 +25,13 @@ from typing import Any, Protocol
 
 import orjson
 
-from agentic_fast.core.errors import GatewayError, LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import (
+    GatewayError,
+    GatewayProtocolError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
     "CLIENT_ID",
@@ -77,8 +83,12 @@ TERMINAL_STATES = frozenset({FINAL, ERROR, ABORTED})
 CHAT_STATES = frozenset({STATUS, DELTA}) | TERMINAL_STATES
 
 
-def _bad(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(message, peer=PEER)
+_FIELDS = JsonFields(GatewayProtocolError)
+
+
+def _bad(message: str, reason: str = "bad_value",
+         field: str | None = None) -> GatewayProtocolError:
+    return GatewayProtocolError(message, reason=reason, field=field)
 
 
 # --- frames -----------------------------------------------------------------------------------
@@ -144,52 +154,44 @@ class Event:
 Frame = Request | Response | Event
 
 
-def _nonempty_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise _bad(f"{where}: {key} must be a non-empty string, got {value!r:.60}")
-    return value
+_nonempty_str = _FIELDS.get_nonempty_str
 
 
-def _opt_int(obj: Mapping[str, Any], key: str, where: str) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise _bad(f"{where}: {key} must be a non-negative integer, got {value!r:.40}")
-    return value
+def _opt_int(obj: dict[str, Any], key: str, where: str) -> int | None:
+    """A non-negative integer or absent."""
+    return _FIELDS.get_opt_int(obj, key, where, minimum=0)
 
 
 def _parse_error(obj: Any) -> ErrorShape:
     if not isinstance(obj, dict):
-        raise _bad("res: error must be an object")
+        raise _bad("res: error must be an object", "bad_type", "error")
     retryable = obj.get("retryable")
     if retryable is not None and not isinstance(retryable, bool):
-        raise _bad("res: error.retryable must be a boolean")
+        raise _bad("res: error.retryable must be a boolean", "bad_type", "error.retryable")
     message = obj.get("message")
-    return ErrorShape(code=_nonempty_str(obj, "code", "res.error"),
+    return ErrorShape(code=_nonempty_str(obj, "code", "res.error."),
                       message=message if isinstance(message, str) else "",
                       details=obj.get("details"), retryable=retryable,
-                      retry_after_ms=_opt_int(obj, "retryAfterMs", "res.error"))
+                      retry_after_ms=_opt_int(obj, "retryAfterMs", "res.error."))
 
 
 def _parse_res(obj: dict[str, Any]) -> Response:
-    rid = _nonempty_str(obj, "id", "res")
+    rid = _nonempty_str(obj, "id", "res.")
     ok = obj.get("ok")
     if not isinstance(ok, bool):
-        raise _bad(f"res {rid}: ok must be a boolean")
+        raise _bad(f"res {rid}: ok must be a boolean", "bad_type", "ok")
     if ok:
         return Response(rid, True, obj.get("payload"))
     return Response(rid, False, obj.get("payload"), _parse_error(obj.get("error")))
 
 
 def _parse_event(obj: dict[str, Any]) -> Event:
-    return Event(_nonempty_str(obj, "event", "event"), obj.get("payload"),
-                 _opt_int(obj, "seq", "event"))
+    return Event(_nonempty_str(obj, "event", "event."), obj.get("payload"),
+                 _opt_int(obj, "seq", "event."))
 
 
 def _parse_req(obj: dict[str, Any]) -> Request:
-    return Request(_nonempty_str(obj, "id", "req"), _nonempty_str(obj, "method", "req"),
+    return Request(_nonempty_str(obj, "id", "req."), _nonempty_str(obj, "method", "req."),
                    obj.get("params"))
 
 
@@ -205,12 +207,12 @@ def parse_frame(data: str | bytes) -> Frame:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise _bad(f"frame is not JSON: {exc}") from exc
+        raise _bad(f"frame is not JSON: {exc}", "malformed_json") from exc
     if not isinstance(obj, dict):
-        raise _bad(f"frame is not a JSON object: {type(obj).__name__}")
+        raise _bad(f"frame is not a JSON object: {type(obj).__name__}", "not_object")
     parser = _FRAME_PARSERS.get(obj.get("type"))  # type: ignore[arg-type]
     if parser is None:
-        raise _bad(f"unknown frame type {obj.get('type')!r:.40}")
+        raise _bad(f"unknown frame type {obj.get('type')!r:.40}", "unknown_type", "type")
     return parser(obj)
 
 
@@ -323,7 +325,8 @@ class HelloOk:
 def _positive(obj: Mapping[str, Any], key: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise _bad(f"hello-ok: policy.{key} must be a positive integer, got {value!r:.40}")
+        raise _bad(f"hello-ok: policy.{key} must be a positive integer, got {value!r:.40}",
+                   "bad_type", f"policy.{key}")
     return value
 
 
@@ -338,8 +341,9 @@ def parse_hello_ok(payload: Any) -> HelloOk:
     if not isinstance(policy, dict):
         raise _bad("hello-ok: policy must be an object")
     buffered = policy.get("maxBufferedBytes")
-    auth = payload.get("auth") if isinstance(payload.get("auth"), dict) else {}
-    server = payload.get("server") if isinstance(payload.get("server"), dict) else {}
+    raw_auth, raw_server = payload.get("auth"), payload.get("server")
+    auth: dict[str, Any] = raw_auth if isinstance(raw_auth, dict) else {}
+    server: dict[str, Any] = raw_server if isinstance(raw_server, dict) else {}
     scopes = auth.get("scopes")
     device_token = auth.get("deviceToken")
     issued = auth.get("issuedAtMs")
@@ -480,8 +484,8 @@ class ClientHandshake:
             self.state = HandshakeState.FAILED
             raise _bad("connect.challenge: payload must be an object")
         try:
-            nonce = _nonempty_str(payload, "nonce", "connect.challenge")
-            ts = _opt_int(payload, "ts", "connect.challenge")
+            nonce = _nonempty_str(payload, "nonce", "connect.challenge.")
+            ts = _opt_int(payload, "ts", "connect.challenge.")
             if ts is None:
                 raise _bad("connect.challenge: ts is missing")
         except RemoteProtocolError:
@@ -589,12 +593,12 @@ def parse_chat_event(payload: Any) -> ChatEvent:
     """A ``chat`` event payload; raises :class:`RemoteProtocolError` without runId/state."""
     if not isinstance(payload, dict):
         raise _bad("chat event: payload must be an object")
-    state = _nonempty_str(payload, "state", "chat event")
+    state = _nonempty_str(payload, "state", "chat.")
     delta = payload.get("deltaText")
     return ChatEvent(
-        run_id=_nonempty_str(payload, "runId", "chat event"),
-        session_key=_nonempty_str(payload, "sessionKey", "chat event"),
-        seq=_opt_int(payload, "seq", "chat event") or 0,
+        run_id=_nonempty_str(payload, "runId", "chat."),
+        session_key=_nonempty_str(payload, "sessionKey", "chat."),
+        seq=_opt_int(payload, "seq", "chat.") or 0,
         state=state,
         phase=_opt_str(payload, "phase"),
         delta_text=delta if isinstance(delta, str) else "",

@@ -11,26 +11,23 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import (
     AgenticFastError,
     GatewayBusyError,
     GatewayConnectionError,
+    GatewayProtocolError,
     GatewayTimeoutError,
-    RemoteProtocolError,
 )
 from agentic_fast.core.log import get_logger
 from agentic_fast.gateway.protocol import DELTA, FINAL, ChatEvent, chat_send_params
 
-if TYPE_CHECKING:
-    from agentic_fast.gateway.client import GatewayClient
-
-__all__ = ["ChatRun", "PendingRunBuffer", "RunRoute", "abort_quietly"]
+__all__ = ["ChatRun", "PendingRunBuffer", "RunHost", "RunRoute", "abort_quietly"]
 
 _log = get_logger("gateway")
 
@@ -123,6 +120,54 @@ class RunRoute:
         return self._events.popleft()
 
 
+@runtime_checkable
+class RunHost(Protocol):
+    """What a :class:`ChatRun` needs of its client (:class:`GatewayClient` is the one).
+
+    The seam between the run and the connection: runs send through ``request`` and are
+    routed by ``open_route``/``close_route``; the client owns the tasks and the loop.
+    """
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop the client runs on (``None`` before ``start``)."""
+
+    @property
+    def abort_timeout(self) -> float:
+        """Bound in seconds on a best-effort ``chat.abort``."""
+
+    @property
+    def max_runs(self) -> int:
+        """Most runs active at once (beyond: :class:`GatewayBusyError`)."""
+
+    @property
+    def active_runs(self) -> int:
+        """Runs routed now."""
+
+    async def request(self, method: str, params: dict[str, Any], *,
+                      timeout: float | None = None,
+                      on_ok: Callable[[Any], None] | None = None,
+                      send_session: str | None = None) -> Any:
+        """One request's ``payload``; ``on_ok`` runs in the reader with it (before any later
+        frame), ``send_session`` holds that session's early events until the answer."""
+
+    async def abort(self, session_key: str, run_id: str | None = None, *,
+                    timeout: float | None = None) -> Any:
+        """``chat.abort`` of ``run_id`` (or the session's active run)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A task the client keeps (and waits for, bounded, on close)."""
+
+    def open_route(self, run_id: str, session_key: str) -> RunRoute:
+        """Route ``run_id``'s events (with any that arrived early) to a new queue."""
+
+    def close_route(self, run_id: str | None) -> None:
+        """Stop routing ``run_id`` (``None``: nothing)."""
+
+    def abort_orphan(self, session_key: str, run_id: str) -> None:
+        """A run was dropped unfinished: abort it in the background."""
+
+
 class ChatRun:
     """One ``chat.send`` and its ``chat`` events, as an async iterator and context manager.
 
@@ -131,7 +176,7 @@ class ChatRun:
     ``text`` is the answer so far; the ``final`` event always carries the whole text.
     """
 
-    def __init__(self, client: GatewayClient, session_key: str, message: str, *,
+    def __init__(self, client: RunHost, session_key: str, message: str, *,
                  deadline_s: float, queue_mode: str | None = None,
                  thinking: str | None = None) -> None:
         self._done = True  # until fully built (``__del__`` must not act on a half object)
@@ -162,11 +207,11 @@ class ChatRun:
         """Send ``chat.send`` (once) and return the ``runId``."""
         client = self._client
         if self._send_task is None:
-            if len(client._routes) >= client._max_runs:
+            if client.active_runs >= client.max_runs:
                 metrics.incr("gateway.run.busy")
-                raise GatewayBusyError(f"{client._max_runs} runs already active")
+                raise GatewayBusyError(f"{client.max_runs} runs already active")
             self._deadline = asyncio.get_running_loop().time() + self.deadline_s
-            self._send_task = client._spawn(self._send())
+            self._send_task = client.spawn(self._send())
         cm = asyncio.timeout_at(self._deadline)
         try:
             async with cm:
@@ -188,16 +233,17 @@ class ChatRun:
         return self.run_id
 
     async def _send(self) -> None:
-        await self._client._request("chat.send", self._params, on_ok=self._bind,
-                                    send_session=self.session_key)
+        await self._client.request("chat.send", self._params, on_ok=self._bind,
+                                   send_session=self.session_key)
 
     def _bind(self, payload: Any) -> None:
         """Runs in the reader with the response: route the run before any later event."""
         run_id = payload.get("runId") if isinstance(payload, dict) else None
         if not isinstance(run_id, str) or not run_id:
-            raise RemoteProtocolError("chat.send: response without a runId", peer="openclaw")
+            raise GatewayProtocolError("chat.send: response without a runId",
+                                       reason="missing_field", field="runId")
         self.run_id = run_id
-        self._route = self._client._open_route(run_id, self.session_key)
+        self._route = self._client.open_route(run_id, self.session_key)
         _log.debug("gateway.run.started", run_id=run_id, session_key=self.session_key)
 
     def __aiter__(self) -> ChatRun:
@@ -246,7 +292,7 @@ class ChatRun:
             self.final = event
         if event.terminal:
             self._done = True
-            self._client._close_route(self.run_id)
+            self._client.close_route(self.run_id)
             _log.debug("gateway.run.end", run_id=self.run_id, state=event.state)
         return event
 
@@ -270,7 +316,7 @@ class ChatRun:
     def _spawn_abort(self, reason: str) -> None:
         aborting = self._begin_abort(reason)
         if aborting is not None:
-            self._client._spawn(aborting)
+            self._client.spawn(aborting)
 
     def _begin_abort(self, reason: str) -> Coroutine[Any, Any, None] | None:
         """Mark the run over; the coroutine that aborts it, or None if nothing to abort."""
@@ -279,7 +325,7 @@ class ChatRun:
         self._done = True
         if self._send_task is not None and not self._send_task.done():
             return self._abort_when_sent(reason)
-        self._client._close_route(self.run_id)
+        self._client.close_route(self.run_id)
         if self.run_id is None:
             return None
         return abort_quietly(self._client, self.session_key, self.run_id, reason)
@@ -290,7 +336,7 @@ class ChatRun:
             await self._send_task
         except Exception:  # the send failed: no run to abort (the sender saw the error)
             return
-        self._client._close_route(self.run_id)
+        self._client.close_route(self.run_id)
         if self.run_id is not None:
             await abort_quietly(self._client, self.session_key, self.run_id, reason)
 
@@ -299,20 +345,20 @@ class ChatRun:
         # hand the abort to the loop, as asyncio's async-generator finalizer does.
         if self._done or self.run_id is None:
             return
-        loop = self._client._loop
+        loop = self._client.loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed: nothing left to abort
-                loop.call_soon_threadsafe(self._client._abort_orphan, self.session_key,
+                loop.call_soon_threadsafe(self._client.abort_orphan, self.session_key,
                                           self.run_id)
 
 
-async def abort_quietly(client: GatewayClient, session_key: str, run_id: str,
+async def abort_quietly(client: RunHost, session_key: str, run_id: str,
                          reason: str) -> None:
     """``chat.abort`` that logs and counts a failure instead of raising (best effort)."""
     metrics.incr(f"gateway.run.abort.{reason}")
     _log.info("gateway.run.abort", run_id=run_id, session_key=session_key, reason=reason)
     try:
-        await client.abort(session_key, run_id, timeout=client._abort_timeout)
+        await client.abort(session_key, run_id, timeout=client.abort_timeout)
     except AgenticFastError as exc:
         metrics.incr("gateway.run.abort_failed")
         _log.warning("gateway.run.abort_failed", run_id=run_id, reason=reason,

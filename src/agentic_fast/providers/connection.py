@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, cast
@@ -200,22 +201,22 @@ class ModelConnection(RealtimeProvider):
 
     # -- the policy a provider supplies ------------------------------------------------------
 
+    @abstractmethod
     async def _open(self) -> Any:
         """A new link with its session configured; :class:`PeerUnavailableError` if not."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _switch(self, reason: str, proactive: bool) -> None:
         """Move the call to a new link (the carrying one, if any, is replaced)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _parser(self, link: Any) -> Callable[[bytes], Any]:
         """Frame -> event (or events, with ``_many_events``); raises RemoteProtocolError."""
-        raise NotImplementedError
 
     @staticmethod
-    def _audio_frame(chunk_b64: str) -> str:
+    @abstractmethod
+    def _audio_frame(chunk_b64: str, /) -> str:
         """The client frame carrying one chunk of caller audio."""
-        raise NotImplementedError
 
     def _flush_items(self, link: Any) -> None:
         """Send what was kept in ``_items`` while no link carried the call."""
@@ -223,9 +224,9 @@ class ModelConnection(RealtimeProvider):
         for item in items:
             self._send_item(item)
 
+    @abstractmethod
     def _render(self, item: Any) -> str:
         """The client frame for one kept item."""
-        raise NotImplementedError
 
     def _on_detach(self, link: Any) -> None:
         """``link`` stopped carrying the call."""

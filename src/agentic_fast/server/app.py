@@ -24,9 +24,7 @@ from agentic_fast.call.admission import Admission, Refusal, caller_tag, mask_num
 from agentic_fast.call.manager import (
     TRANSCRIPT_PAGE_DEFAULT,
     TRANSCRIPT_PAGE_MAX,
-    CallLimitError,
     CallManager,
-    CallRefusedError,
     CallSession,
 )
 from agentic_fast.call.stream_handler import (
@@ -47,12 +45,7 @@ from agentic_fast.carriers.base import (
 )
 from agentic_fast.carriers.registry import build_carrier
 from agentic_fast.carriers.twilio.carrier import TwilioCarrier
-from agentic_fast.carriers.twilio.form import (
-    JSON_TYPE,
-    WebhookBodyError,
-    check_content_type,
-    parse_webhook_body,
-)
+from agentic_fast.carriers.twilio.form import JSON_TYPE, check_content_type, parse_webhook_body
 from agentic_fast.carriers.twilio.rest import TwilioRestClient
 from agentic_fast.carriers.twilio.signature import SETTINGS_HEADER
 from agentic_fast.carriers.twilio.status import (
@@ -68,7 +61,14 @@ from agentic_fast.carriers.twilio.twiml import (
 )
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
-from agentic_fast.core.errors import CarrierApiError, ConfigError, ProtocolError
+from agentic_fast.core.errors import (
+    CallLimitError,
+    CallRefusedError,
+    CarrierApiError,
+    ConfigError,
+    ProtocolError,
+    WebhookBodyError,
+)
 from agentic_fast.core.log import get_logger
 from agentic_fast.server import readiness
 from agentic_fast.server.client_address import (
@@ -182,7 +182,7 @@ def _body_refused(request: web.Request, exc: WebhookBodyError) -> web.HTTPExcept
     log.warning("webhook.rejected", reason=exc.reason, path=request.path,
                 remote=client_address(request), field=exc.field, detail=str(exc)[:200])
     cls = web.HTTPUnsupportedMediaType if exc.status == 415 else web.HTTPBadRequest
-    return cls(text=orjson.dumps({"error": str(exc)}).decode(), content_type="application/json")
+    return cls(text=orjson.dumps({"error": exc.detail}).decode(), content_type="application/json")
 
 
 def _first(fields: dict[str, list[str]], key: str) -> str:
@@ -321,7 +321,7 @@ async def status_callback(request: web.Request) -> web.StreamResponse:
         metrics.incr("twilio.status.rejected")
         log.warning("status.rejected", detail=str(exc)[:200])
         return _error(400, str(exc))
-    applied = svc.manager.apply_status(cb.call_sid, mapped.status.value, reason=mapped.reason,
+    applied = svc.manager.apply_status(cb.call_sid, mapped.status, reason=mapped.reason,
                                        sequence=cb.sequence_number)
     log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
              applied=applied)

@@ -118,4 +118,16 @@ def gateway_check(gateway: Any) -> ReadinessCheck:
         else:
             why = "not connected (reconnecting); agent commands fail until it is back"
         return Check("gateway", False, why[:300], warning=True)
+    gateway_link.__name__ = "gateway"
     return gateway_link
+
+
+def store_check(store: Any) -> ReadinessCheck:
+    """The call store (anything with ``async health() -> bool``, as ``store.CallStore``):
+    unreachable is not ready, since calls could not be recorded."""
+    async def call_store() -> Check:
+        if await store.health():
+            return Check("store", True)
+        return Check("store", False, "unreachable")
+    call_store.__name__ = "store"  # named so in a failure's report
+    return call_store

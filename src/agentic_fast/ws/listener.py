@@ -22,11 +22,11 @@ from typing import Protocol, cast
 from aiohttp import web
 
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import BadRequestHead
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import TrustedProxies, client_address
 from agentic_fast.ws.server_socket import MediaSocket
 from agentic_fast.ws.upgrade import (
-    BadRequestHead,
     UpgradeRequest,
     handshake_problem,
     http_error,
@@ -226,7 +226,7 @@ class FrontProtocol(asyncio.Protocol):
         try:
             request = parse_head(head)
         except BadRequestHead as exc:
-            self._refuse(400, str(exc))
+            self._refuse(400, exc.detail)
             return
         if not is_websocket_upgrade(request):
             self._to_http()  # a plain GET of the path: aiohttp answers it

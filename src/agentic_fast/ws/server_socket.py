@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import WebSocketProtocolError
 from agentic_fast.ws.frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -180,14 +181,14 @@ class MediaSocket(asyncio.Protocol):
                     length = _U64.unpack_from(view, pos + 2)[0]
                     head = 10
                 if not b1 & 0x80:
-                    raise _ProtocolError(CLOSE_PROTOCOL_ERROR, "unmasked client frame")
+                    raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR, "unmasked client frame")
                 if b0 & 0x70:
-                    raise _ProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
+                    raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR, "reserved bits set")
                 opcode = b0 & 0x0F
                 if opcode >= 8 and (length > 125 or not b0 & 0x80):
-                    raise _ProtocolError(CLOSE_PROTOCOL_ERROR, "bad control frame")
+                    raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR, "bad control frame")
                 if length > self.max_message_bytes:
-                    raise _ProtocolError(CLOSE_TOO_BIG, "message too big")
+                    raise WebSocketProtocolError(CLOSE_TOO_BIG, "message too big")
                 stop = pos + head + 4 + length
                 if stop > end:
                     need = stop - pos
@@ -197,9 +198,9 @@ class MediaSocket(asyncio.Protocol):
                 pos = stop
                 self._rx_frames += 1
                 self._frame(b0 & 0x80, opcode, payload)
-        except _ProtocolError as exc:
+        except WebSocketProtocolError as exc:
             metrics.incr(f"ws.protocol_error.{exc.code}")
-            self._fail(exc.code, str(exc))
+            self._fail(exc.code, exc.detail)
             return
         if pos < end and not self._close_received:
             buf += view[pos:]
@@ -270,17 +271,18 @@ class MediaSocket(asyncio.Protocol):
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode in (OP_TEXT, OP_BINARY):
             if self._frag_op:
-                raise _ProtocolError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+                raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR,
+                                             "new message inside a fragmented one")
             if fin:
                 self._message(opcode, payload)
             else:
                 self._frag_op, self._frag, self._frag_size = opcode, [payload], len(payload)
         elif opcode == OP_CONT:
             if not self._frag_op:
-                raise _ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+                raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
             self._frag_size += len(payload)
             if self._frag_size > self.max_message_bytes:
-                raise _ProtocolError(CLOSE_TOO_BIG, "message too big")
+                raise WebSocketProtocolError(CLOSE_TOO_BIG, "message too big")
             self._frag.append(payload)
             if fin:
                 op, parts = self._frag_op, self._frag
@@ -294,7 +296,7 @@ class MediaSocket(asyncio.Protocol):
         elif opcode == OP_CLOSE:
             self._peer_close(payload)
         else:
-            raise _ProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            raise WebSocketProtocolError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
 
     def _control_frame(self) -> None:
         """Count a ping/pong; past the per-second limit the socket closes with 1008."""
@@ -308,7 +310,7 @@ class MediaSocket(asyncio.Protocol):
         self._ctl_count += 1
         if self._ctl_count > limit:
             metrics.incr("ws.control_flood")
-            raise _ProtocolError(CLOSE_POLICY_VIOLATION, "too many control frames")
+            raise WebSocketProtocolError(CLOSE_POLICY_VIOLATION, "too many control frames")
 
     def _message(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_TEXT:
@@ -524,10 +526,3 @@ def text_frame(text: str) -> bytes:
     """One unmasked text frame (server -> client), to batch with :meth:`write_frames`."""
     data = text.encode()
     return frame_header(OP_TEXT, len(data)) + data
-
-
-class _ProtocolError(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-

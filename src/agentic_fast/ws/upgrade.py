@@ -8,11 +8,9 @@ import hashlib
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from agentic_fast.core.errors import BadRequestHead
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class BadRequestHead(ValueError):
-    """The request head is not valid HTTP/1.1."""
 
 
 @dataclass(frozen=True, slots=True)

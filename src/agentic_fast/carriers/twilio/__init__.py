@@ -3,12 +3,7 @@ status callbacks (protocols.md section 1). Nothing here opens a socket or knows 
 providers; the REST wrapper lives in its own I/O module.
 """
 
-from agentic_fast.call.stream_token import (
-    StreamTokenClaims,
-    StreamTokenError,
-    StreamTokenSigner,
-    UsedTokenSet,
-)
+from agentic_fast.call.stream_token import StreamTokenClaims, StreamTokenSigner, UsedTokenSet
 from agentic_fast.carriers.twilio.media import (
     Connected,
     Dtmf,
@@ -19,7 +14,6 @@ from agentic_fast.carriers.twilio.media import (
     Stop,
     TwilioEvent,
     TwilioOutbound,
-    TwilioProtocolError,
     TwilioStreamState,
     binary_frame_error,
     clear_message,
@@ -31,13 +25,10 @@ from agentic_fast.carriers.twilio.signature import (
     SETTINGS_HEADER,
     SIGNATURE_HEADER,
     SignatureCheck,
-    SignatureNotConfiguredError,
     TwilioSignatureValidator,
 )
 from agentic_fast.carriers.twilio.status import (
     CallStatusCallback,
-    LifecycleStatus,
-    StatusMapping,
     StreamStatusCallback,
     map_call_status,
     parse_status_callback,
@@ -45,6 +36,11 @@ from agentic_fast.carriers.twilio.status import (
     should_apply,
 )
 from agentic_fast.carriers.twilio.twiml import busy_twiml, connect_stream_twiml, say_hangup_twiml
+from agentic_fast.core.errors import (
+    SignatureNotConfiguredError,
+    StreamTokenError,
+    TwilioProtocolError,
+)
 
 __all__ = [
     "SETTINGS_HEADER",
@@ -52,14 +48,12 @@ __all__ = [
     "CallStatusCallback",
     "Connected",
     "Dtmf",
-    "LifecycleStatus",
     "Mark",
     "Media",
     "MediaFormat",
     "SignatureCheck",
     "SignatureNotConfiguredError",
     "Start",
-    "StatusMapping",
     "Stop",
     "StreamStatusCallback",
     "StreamTokenClaims",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agentic_fast.call.manager import CallStatus
 from agentic_fast.carriers.base import (
     CallDesk,
     RefusalKind,
@@ -23,7 +22,6 @@ from agentic_fast.carriers.twilio.signature import (
     SETTINGS_HEADER,
     SIGNATURE_HEADER,
     SignatureCheck,
-    SignatureNotConfiguredError,
     TwilioSignatureValidator,
 )
 from agentic_fast.carriers.twilio.status import map_call_status
@@ -34,6 +32,7 @@ from agentic_fast.carriers.twilio.twiml import (
     say_hangup_twiml,
 )
 from agentic_fast.core.config import MEDIA_STREAM_PATH, Config
+from agentic_fast.core.errors import SignatureNotConfiguredError
 
 __all__ = ["TwilioCarrier", "TwilioInboundAnswer", "TwilioWebhookVerifier"]
 
@@ -135,8 +134,7 @@ class TwilioCarrier:
         return self._answer
 
     def map_status(self, carrier_status: str) -> StatusChange:
-        mapped = map_call_status(carrier_status)
-        return StatusChange(CallStatus(mapped.status.value), mapped.reason, mapped.terminal)
+        return map_call_status(carrier_status)
 
     def routes(self, desk: CallDesk) -> Sequence[Route]:
         """Twilio's webhook routes are served by ``server/app.py`` (``/twilio/voice``,

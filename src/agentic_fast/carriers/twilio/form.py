@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from agentic_fast.carriers.twilio.status import SID_PATTERNS
+from agentic_fast.core.errors import WebhookBodyError
 
 __all__ = [
     "FORM_TYPE",
@@ -24,7 +25,6 @@ __all__ = [
     "MAX_FIELDS",
     "MAX_NAME_CHARS",
     "MAX_VALUE_CHARS",
-    "WebhookBodyError",
     "check_content_type",
     "parse_webhook_body",
 ]
@@ -44,17 +44,6 @@ FIELD_MAX_CHARS: dict[str, int] = {
 SID_FIELDS: dict[str, str] = {
     "CallSid": "CA", "ParentCallSid": "CA", "AccountSid": "AC", "StreamSid": "MZ",
 }
-
-
-class WebhookBodyError(Exception):
-    """A webhook body we refuse: answer ``status`` (415 or 400), count ``reason``."""
-
-    def __init__(self, message: str, *, status: int, reason: str,
-                 field: str | None = None) -> None:
-        self.status = status
-        self.reason = reason
-        self.field = field
-        super().__init__(message)
 
 
 def check_content_type(content_type: str, charset: str | None) -> None:

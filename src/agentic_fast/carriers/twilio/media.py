@@ -39,7 +39,8 @@ from agentic_fast.carriers.base import (
     StreamStart,
     StreamStop,
 )
-from agentic_fast.core.errors import CarrierProtocolError, LocalProtocolError
+from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
     "DTMF_DIGITS",
@@ -52,7 +53,6 @@ __all__ = [
     "Stop",
     "TwilioEvent",
     "TwilioOutbound",
-    "TwilioProtocolError",
     "TwilioStreamState",
     "clear_message",
     "mark_message",
@@ -76,20 +76,6 @@ MAX_MARK_NAME = 256
 #: ``timestamp``): 18 digits stay below 2**63, far above any real stream (a day of audio is
 #: 4.3 million chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
 MAX_NUM_DIGITS = 18
-
-
-class TwilioProtocolError(CarrierProtocolError):
-    """Twilio sent something that breaks protocols.md 1.3.
-
-    ``reason`` is a short machine token for counters: ``malformed_json``, ``binary_frame``,
-    ``not_object``, ``unknown_event``, ``missing_field``, ``bad_type``, ``bad_value``,
-    ``out_of_order``, ``wrong_stream_sid``, ``unsupported_media_format`` (and, from the status
-    module, ``unknown_call_status``, ``too_long``, ``out_of_range``). ``field`` names the
-    offending field when there is one.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        super().__init__(message, peer=PEER, reason=reason, field=field)
 
 
 # --------------------------------------------------------------------------- events
@@ -189,23 +175,11 @@ TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
 # --------------------------------------------------------------------------- field access
 
 
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise TwilioProtocolError(message, reason=reason, field=fld)
-
-
-def _obj(msg: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
-    value = msg[key]
-    if type(value) is not dict:
-        _fail("bad_type", f"{where}{key!r} must be a JSON object, got {type(value).__name__}",
-              where + key)
-    return value
-
-
-def _str(msg: dict[str, Any], key: str, where: str = "") -> str:
-    value = msg[key]
-    if type(value) is not str:
-        _fail("bad_type", f"{where}{key!r} must be a string, got {value!r:.40}", where + key)
-    return value
+_FIELDS = JsonFields(TwilioProtocolError)
+_fail = _FIELDS.fail
+_obj = _FIELDS.get_obj
+_str = _FIELDS.get_str
+_int = _FIELDS.get_int
 
 
 def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
@@ -218,14 +192,6 @@ def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
         _fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
               f"{MAX_NUM_DIGITS})", where + key)
     return int(value)
-
-
-def _int(msg: dict[str, Any], key: str, where: str) -> int:
-    value = msg[key]
-    if type(value) is not int:
-        _fail("bad_type", f"{where}{key!r} must be a JSON integer, got {value!r:.40}",
-              where + key)
-    return value
 
 
 def _sid(msg: dict[str, Any], key: str, prefix: str, where: str = "") -> str:

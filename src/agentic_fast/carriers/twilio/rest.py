@@ -29,10 +29,10 @@ from twilio.rest import Client
 from agentic_fast.carriers.base import OutboundCall
 from agentic_fast.carriers.twilio.twiml import connect_stream_twiml, say_hangup_twiml
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import CarrierApiError
+from agentic_fast.core.errors import TwilioApiError
 from agentic_fast.core.log import get_logger
 
-__all__ = ["DEFAULT_API_BASE", "DEFAULT_STATUS_EVENTS", "TwilioApiError", "TwilioRestClient"]
+__all__ = ["DEFAULT_API_BASE", "DEFAULT_STATUS_EVENTS", "TwilioRestClient"]
 
 DEFAULT_API_BASE: Final = "https://api.twilio.com"
 DEFAULT_STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
@@ -45,21 +45,7 @@ _log = get_logger("twilio.rest")
 _T = TypeVar("_T")
 
 
-class TwilioApiError(CarrierApiError):
-    """Twilio could not be reached, timed out, or answered with an error.
-
-    ``code`` is Twilio's error code (e.g. 21211 invalid ``To``, 20003 bad credentials,
-    20404 unknown Call SID) and ``status`` the HTTP status; both ``None`` when Twilio never
-    answered (network error, timeout).
-    """
-
-    def __init__(self, message: str, *, code: int | None = None,
-                 status: int | None = None) -> None:
-        super().__init__(message, peer=_PEER, code=code, status=status)
-        self.code: int | None = code
-
-
-class _TimedAsyncHttpClient(AsyncTwilioHttpClient):
+class _TimedAsyncHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
     """``AsyncTwilioHttpClient`` with two fixes, and nothing else changed.
 
     - Its own ``timeout`` applies to every request: the stock class stores it but passes only

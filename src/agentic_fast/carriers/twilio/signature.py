@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from agentic_fast.core.errors import AgenticFastError
+from agentic_fast.core.errors import SignatureNotConfiguredError
 
 __all__ = [
     "HMAC_SHA1",
@@ -40,7 +40,6 @@ __all__ = [
     "SIGNATURE_HEADER",
     "FormParams",
     "SignatureCheck",
-    "SignatureNotConfiguredError",
     "TwilioSignatureValidator",
     "parse_signature_settings",
 ]
@@ -54,10 +53,6 @@ _DEFAULT_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80}
 
 FormParams = Mapping[str, str] | Mapping[str, list[str]] | Iterable[tuple[str, str]] | Any
 """POST fields: a dict, a dict of lists (``parse_qs``), a multidict (``getall``) or pairs."""
-
-
-class SignatureNotConfiguredError(AgenticFastError):
-    """No Twilio auth token (or no public URL) is configured: webhooks must be refused."""
 
 
 @dataclass(frozen=True, slots=True)

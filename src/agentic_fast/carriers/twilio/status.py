@@ -1,6 +1,6 @@
 """Call and stream status callbacks (protocols.md 1.7, 1.8), sans-I/O.
 
-Twilio's ``CallStatus`` values fold onto our lifecycle::
+Twilio's ``CallStatus`` values map into our :class:`~agentic_fast.call.status.CallStatus`::
 
     queued, initiated      -> initiating
     ringing                -> ringing
@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from enum import StrEnum
 
-from agentic_fast.carriers.twilio.media import TwilioProtocolError
+from agentic_fast.call.status import CallStatus
+from agentic_fast.carriers.base import StatusChange
+from agentic_fast.core.errors import TwilioProtocolError
 
 __all__ = [
     "CallStatusCallback",
-    "LifecycleStatus",
-    "StatusMapping",
     "StreamStatusCallback",
     "map_call_status",
     "parse_status_callback",
@@ -37,44 +36,25 @@ __all__ = [
 ]
 
 
-class LifecycleStatus(StrEnum):
-    """Our call lifecycle status as far as Twilio reports it."""
-
-    INITIATING = "initiating"
-    RINGING = "ringing"
-    IN_PROGRESS = "in-progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusMapping:
-    """A Twilio ``CallStatus`` seen as our status; ``reason`` is set on terminal ones."""
-
-    status: LifecycleStatus
-    reason: str | None
-    terminal: bool
-
-
-_L = LifecycleStatus
-_MAPPING: dict[str, StatusMapping] = {
-    "queued": StatusMapping(_L.INITIATING, None, False),
-    "initiated": StatusMapping(_L.INITIATING, None, False),
-    "ringing": StatusMapping(_L.RINGING, None, False),
-    "in-progress": StatusMapping(_L.IN_PROGRESS, None, False),
-    "answered": StatusMapping(_L.IN_PROGRESS, None, False),
-    "completed": StatusMapping(_L.COMPLETED, "completed", True),
-    "busy": StatusMapping(_L.FAILED, "busy", True),
-    "no-answer": StatusMapping(_L.FAILED, "no-answer", True),
-    "canceled": StatusMapping(_L.FAILED, "canceled", True),
-    "failed": StatusMapping(_L.FAILED, "failed", True),
+_L = CallStatus
+_MAPPING: dict[str, StatusChange] = {
+    "queued": StatusChange(_L.INITIATING, None, False),
+    "initiated": StatusChange(_L.INITIATING, None, False),
+    "ringing": StatusChange(_L.RINGING, None, False),
+    "in-progress": StatusChange(_L.IN_PROGRESS, None, False),
+    "answered": StatusChange(_L.IN_PROGRESS, None, False),
+    "completed": StatusChange(_L.COMPLETED, "completed", True),
+    "busy": StatusChange(_L.FAILED, "busy", True),
+    "no-answer": StatusChange(_L.FAILED, "no-answer", True),
+    "canceled": StatusChange(_L.FAILED, "canceled", True),
+    "failed": StatusChange(_L.FAILED, "failed", True),
 }
 
 #: ``CallStatus`` values Twilio may send.
 TWILIO_CALL_STATUSES = frozenset(_MAPPING)
 
 
-def map_call_status(call_status: str) -> StatusMapping:
+def map_call_status(call_status: str) -> StatusChange:
     """Our status for a Twilio ``CallStatus``; unknown values raise ``unknown_call_status``."""
     mapping = _MAPPING.get(call_status)
     if mapping is None:
@@ -90,7 +70,7 @@ class CallStatusCallback:
     call_sid: str
     account_sid: str | None
     call_status: str  # Twilio's value, as sent
-    status: LifecycleStatus
+    status: CallStatus
     reason: str | None
     terminal: bool
     sequence_number: int | None

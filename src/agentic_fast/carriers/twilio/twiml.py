@@ -98,7 +98,7 @@ def connect_stream_twiml(
     if fallback_say is not None:
         _check_text(fallback_say)
         response.say(fallback_say)
-    return response.to_xml()
+    return str(response.to_xml())
 
 
 def say_hangup_twiml(text: str) -> str:
@@ -107,7 +107,7 @@ def say_hangup_twiml(text: str) -> str:
     response = VoiceResponse()
     response.say(text)
     response.hangup()
-    return response.to_xml()
+    return str(response.to_xml())
 
 
 def reject_twiml(reason: str = "rejected") -> str:
@@ -117,7 +117,7 @@ def reject_twiml(reason: str = "rejected") -> str:
         raise _error(f"<Reject reason> must be rejected or busy, got {reason!r}")
     response = VoiceResponse()
     response.reject(reason=reason)
-    return response.to_xml()
+    return str(response.to_xml())
 
 
 def busy_twiml(text: str | None = None) -> str:
@@ -129,5 +129,5 @@ def busy_twiml(text: str | None = None) -> str:
     if text is None:
         response = VoiceResponse()
         response.reject(reason="busy")
-        return response.to_xml()
+        return str(response.to_xml())
     return say_hangup_twiml(text)

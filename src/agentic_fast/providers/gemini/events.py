@@ -31,13 +31,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from agentic_fast.core.errors import LocalProtocolError, RemoteProtocolError
+from agentic_fast.core.errors import GeminiProtocolError, LocalProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 from agentic_fast.core.metrics import incr
 
 __all__ = [
     "AUTH_HEADER", "CLOSE_DEADLINE", "CLOSE_INVALID_ARGUMENT", "CLOSE_POLICY", "INPUT_MIME",
     "INPUT_RATE", "OUTPUT_MIME", "OUTPUT_RATE", "AudioChunk", "ContextCompression", "FunctionCall",
-    "FunctionResponse", "GeminiEvent", "GeminiProtocolError", "GeminiSetup", "GenerationComplete",
+    "FunctionResponse", "GeminiEvent", "GeminiSetup", "GenerationComplete",
     "GoAway", "InputTranscription", "Interrupted", "ModelText", "OutputTranscription",
     "SessionResumptionUpdate", "SetupComplete", "ToolCall", "ToolCallCancellation", "TurnComplete",
     "UsageMetadata", "VadSettings", "activity_end", "activity_start", "audio_stream_end",
@@ -74,21 +75,9 @@ def live_url(base_url: str = "wss://generativelanguage.googleapis.com",
     return base_url.rstrip("/") + _LIVE_PATH.format(api_version)
 
 
-class GeminiProtocolError(RemoteProtocolError):
-    """Gemini sent something that breaks protocols.md 3.
-
-    ``reason`` is a short token for counters: ``malformed_json``, ``not_object``,
-    ``bad_type``, ``bad_value``, ``missing_field``. ``field`` names the offending field.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
-
-
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise GeminiProtocolError(message, reason=reason, field=fld)
+_FIELDS = JsonFields(GeminiProtocolError)
+_fail = _FIELDS.fail
+_str = _FIELDS.check_str
 
 
 def _local(message: str) -> NoReturn:
@@ -421,7 +410,8 @@ def tool_response(function_responses: Iterable[FunctionResponse | Mapping[str, A
             if not isinstance(fr, Mapping):
                 _local(f"function response must be FunctionResponse or a mapping: {fr!r:.60}")
             extra = {k: fr[k] for k in ("scheduling", "willContinue") if k in fr}
-            fr = FunctionResponse(fr.get("id"), fr.get("name"), fr.get("response"),
+            # __post_init__ checks the types of what the mapping holds
+            fr = FunctionResponse(fr.get("id"), fr.get("name"), fr.get("response"),  # type: ignore[arg-type]
                                   extra.get("scheduling"), extra.get("willContinue"))
         items.append(fr.to_dict())
     if not items:
@@ -593,12 +583,6 @@ _GENERATION_COMPLETE = GenerationComplete()
 _PCM_RATE_RE = re.compile(r"audio/pcm(?:;\s*rate=(\d+))?")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)s")
 Out = list[GeminiEvent]
-
-
-def _str(value: Any, where: str) -> str:
-    if type(value) is not str:
-        _fail("bad_type", f"{where} must be a string, got {value!r:.40}", where)
-    return value
 
 
 def _int(value: Any, where: str) -> int:

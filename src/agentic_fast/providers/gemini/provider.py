@@ -59,7 +59,7 @@ import orjson
 from agentic_fast.core import metrics
 from agentic_fast.core.backoff import Backoff, BackoffRun
 from agentic_fast.core.config import Config, GeminiConfig
-from agentic_fast.core.errors import ConfigError, PeerUnavailableError
+from agentic_fast.core.errors import ConfigError, PeerUnavailableError, SetupRejected
 from agentic_fast.core.log import get_logger
 from agentic_fast.providers import health
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
@@ -69,7 +69,6 @@ from agentic_fast.providers.gemini.session import (
     PEER,
     GeminiLink,
     Resumption,
-    SetupRejected,
     TurnTracker,
     link_options,
     open_link,
@@ -211,7 +210,7 @@ class GeminiLiveProvider(ModelConnection):
         return {"turns": self._turns.turns, "interrupted_turns": self._turns.interrupted_turns}
 
     def _release_more(self) -> None:
-        self._turns.listener = NullListener()  # type: ignore[assignment]
+        self._turns.listener = NullListener()
 
     def _on_lost(self, link: GeminiLink) -> None:
         self._turns.end_turn()  # the rest of that turn will not come

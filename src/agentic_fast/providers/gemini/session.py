@@ -26,7 +26,7 @@ from collections import deque
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import PeerUnavailableError
+from agentic_fast.core.errors import GeminiProtocolError, PeerUnavailableError, SetupRejected
 from agentic_fast.providers.base import ProviderListener
 from agentic_fast.providers.connection import Link, LinkOptions, close_info, open_socket
 from agentic_fast.providers.gemini.events import (
@@ -36,7 +36,6 @@ from agentic_fast.providers.gemini.events import (
     OUTPUT_RATE,
     AudioChunk,
     GeminiEvent,
-    GeminiProtocolError,
     GenerationComplete,
     InputTranscription,
     Interrupted,
@@ -50,7 +49,7 @@ from agentic_fast.providers.gemini.events import (
 )
 from agentic_fast.ws.client_connection import FastClientConnection
 
-__all__ = ["PEER", "GeminiLink", "Resumption", "SetupRejected", "TurnTracker", "close_info",
+__all__ = ["PEER", "GeminiLink", "Resumption", "TurnTracker", "close_info",
            "link_options", "open_link"]
 
 PEER = "gemini"
@@ -59,20 +58,6 @@ PEER = "gemini"
 SETUP_REFUSED = frozenset({CLOSE_INVALID_ARGUMENT, CLOSE_POLICY})
 #: HTTP refusals of the WebSocket upgrade that no retry fixes.
 FATAL_STATUS = frozenset({400, 401, 403, 404})
-
-
-class SetupRejected(PeerUnavailableError):
-    """The server closed the socket instead of answering ``setup`` with ``setupComplete``.
-
-    ``code``/``reason`` are the close frame's (1006 and "" when there was none);
-    ``fatal`` says a retry of the same setup is pointless (1007/1008, HTTP 4xx).
-    """
-
-    def __init__(self, message: str, *, code: int, reason: str, fatal: bool) -> None:
-        self.code = code
-        self.reason = reason
-        self.fatal = fatal
-        super().__init__(message, peer=PEER)
 
 
 class GeminiLink(Link):

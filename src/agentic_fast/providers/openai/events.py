@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import orjson
 
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import RemoteProtocolError
+from agentic_fast.core.errors import OpenAIProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 from agentic_fast.core.log import get_logger
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "ConversationItemDone", "ConversationItemTruncated", "ErrorEvent", "FunctionCall",
     "FunctionCallArgumentsDelta", "FunctionCallArgumentsDone", "InputAudioCleared",
     "InputAudioCommitted", "InputTranscriptionCompleted", "InputTranscriptionDelta",
-    "InputTranscriptionFailed", "OpenAIProtocolError", "OutputAudioDelta", "OutputAudioDone",
+    "InputTranscriptionFailed", "OutputAudioDelta", "OutputAudioDone",
     "OutputAudioTranscriptDelta", "OutputAudioTranscriptDone", "OutputTextDelta",
     "OutputTextDone", "RateLimit", "RateLimitsUpdated", "RealtimeState",
     "ResponseContentPartAdded", "ResponseContentPartDone", "ResponseCreated", "ResponseDone",
@@ -63,19 +64,6 @@ AUDIO_FORMATS: Mapping[str, Mapping[str, Any]] = {
 #: Bytes of audio per millisecond for each format (protocols.md 4.1).
 BYTES_PER_MS: Mapping[str, int] = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 _FORMAT_BY_WIRE_TYPE = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
-
-
-class OpenAIProtocolError(RemoteProtocolError):
-    """OpenAI sent something that breaks protocols.md section 2.
-
-    ``reason`` is a short token for counters: ``malformed_json``, ``not_object``,
-    ``missing_field``, ``bad_type``, ``bad_value``. ``field`` names the offending field.
-    """
-
-    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
-        self.reason = reason
-        self.field = field
-        super().__init__(message, peer=PEER)
 
 
 # --------------------------------------------------------------------------- events
@@ -466,38 +454,12 @@ ServerEvent = (
 # --------------------------------------------------------------------------- field access
 
 
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise OpenAIProtocolError(message, reason=reason, field=fld)
-
-
-def _str(msg: dict[str, Any], key: str, where: str = "") -> str:
-    value = msg[key]
-    if type(value) is not str:
-        _fail("bad_type", f"{where}{key!r} must be a string, got {value!r:.40}", where + key)
-    return value
-
-
-def _opt_str(msg: dict[str, Any], key: str, where: str = "") -> str | None:
-    value = msg.get(key)
-    if value is not None and type(value) is not str:
-        _fail("bad_type", f"{where}{key!r} must be a string or null, got {value!r:.40}",
-              where + key)
-    return value
-
-
-def _int(msg: dict[str, Any], key: str, where: str = "") -> int:
-    value = msg[key]
-    if type(value) is not int:
-        _fail("bad_type", f"{where}{key!r} must be an integer, got {value!r:.40}", where + key)
-    return value
-
-
-def _obj(msg: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
-    value = msg[key]
-    if type(value) is not dict:
-        _fail("bad_type", f"{where}{key!r} must be a JSON object, got {type(value).__name__}",
-              where + key)
-    return value
+_FIELDS = JsonFields(OpenAIProtocolError)
+_fail = _FIELDS.fail
+_str = _FIELDS.get_str
+_opt_str = _FIELDS.get_opt_str
+_int = _FIELDS.get_int
+_obj = _FIELDS.get_obj
 
 
 def _eid(msg: dict[str, Any]) -> str:

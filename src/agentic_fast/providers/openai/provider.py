@@ -156,7 +156,7 @@ class OpenAIRealtimeProvider(ModelConnection):
     _audio_frame = staticmethod(oc.input_audio_append)  # HOT: one call per caller chunk
 
     def __init__(self, config: OpenAIRealtimeConfig, *, call_id: str, connect_timeout_s: float,
-                 backoff: Backoff | None = None, tools: list[Mapping[str, Any]] | None = None,
+                 backoff: Backoff | None = None, tools: Sequence[Mapping[str, Any]] | None = None,
                  max_session_s: float | None = 55 * 60.0, carry_over_grace_s: float = 15.0,
                  interrupt_response: bool = True, max_buffered_audio_ms: int = 3000,
                  max_pending_items: int = 32, max_write_buffer: int = 256 * 1024,
@@ -417,6 +417,9 @@ class OpenAIRealtimeProvider(ModelConnection):
                 return
         if self._keep_items(items):
             self._response_buffered = self._response_buffered or want_response
+
+    def _render(self, item: _Item) -> str:
+        return self._render_item(self._link, item)
 
     def _render_item(self, conn: _Connection, item: _Item) -> str:
         kind, a, b = item
