@@ -459,7 +459,7 @@ def test_masked_is_plain_data_of_the_effective_config():
     assert masked["openai_realtime"]["audio_format"] == "pcm16"
     assert masked["twilio"]["auth_token"] == "(unset)"
     assert list(masked) == ["server", "carrier", "twilio", "openai_realtime", "gemini", "gateway",
-                            "brain", "audio", "bridge", "calls", "logging", "store",
+                            "brain", "audio", "bridge", "calls", "logging", "store", "notify",
                             "metrics"]
 
 

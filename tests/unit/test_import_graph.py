@@ -32,6 +32,9 @@ LAZY_IMPORTS: frozenset[tuple[str, str]] = frozenset({
     # (the configured provider and carrier modules themselves are imported by name, with
     # importlib, by providers/registry.py and carriers/registry.py: they import the registry
     # to register, so the registry must not import them; no import statement, no edge)
+    # the configured store backend only (redis is not needed for the SQLite default)
+    ("agentic_fast.store.service", "agentic_fast.store.redis"),
+    ("agentic_fast.store.service", "agentic_fast.store.sqlite"),
     # the CLI imports a subcommand's world only when it runs
     ("agentic_fast.cli.commands", "agentic_fast.audio.demo"),
     ("agentic_fast.cli.commands", "agentic_fast.cli.api_client"),

@@ -267,6 +267,9 @@ class CallManager:
         self.sweep_interval_s = sweep_interval_s
         self.clock = clock
         self.on_end = on_end
+        #: More end listeners (e.g. the post-call notifier), called once per call after
+        #: ``on_end``, each under the same never-raise rule; they must return at once.
+        self.on_call_ended: list[EndCallback] = []
         self._active: dict[str, CallSession] = {}
         self._history: OrderedDict[str, CallSession] = OrderedDict()
         self._by_sid: dict[str, CallSession] = {}
@@ -545,9 +548,11 @@ class CallManager:
         self._remember(session)
         if not self._active:
             self._idle.set()
-        if self.on_end is not None:
+        for callback in (self.on_end, *self.on_call_ended):
+            if callback is None:
+                continue
             try:
-                self.on_end(session)
+                callback(session)
             except Exception:
                 metrics.incr("calls.on_end.error")
                 session.log.exception("call.on_end.error")

@@ -603,6 +603,112 @@ class StoreConfig(_Section):
         return Path(self.path).expanduser()
 
 
+def _https_or_loopback(value: str) -> str:
+    """An https URL, or http to a loopback host (a local receiver or a test fake)."""
+    value = _url("https", "http")(value)
+    host = urlsplit(value).hostname or ""
+    if value.startswith("http://") and host not in _LOOPBACK_HOSTS:
+        raise ValueError(f"must be an https:// URL (http:// only to a loopback host); "
+                         f"got {value!r}")
+    return value
+
+
+_telegram_chat = _matching(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31}",
+                           "a Telegram chat id (an integer) or @channelusername")
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyTelegramConfig(_Section):
+    """Telegram Bot API destination of post-call messages (``notify/telegram.py``)."""
+
+    PATH: ClassVar[str] = "notify.telegram"
+    bot_token: str = field(default="", metadata=_m(secret=True))
+    chat_id: str = field(default="", metadata=_m(check=_optional(_telegram_chat)))
+    api_base_url: str = field(default="https://api.telegram.org",
+                              metadata=_m(check=_https_or_loopback))
+    timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    # a long transcript is split into at most this many messages, the last one truncated
+    max_messages: int = field(default=4, metadata=_m(lo=1, hi=50))
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySummaryConfig(_Section):
+    """Small chat model (OpenAI-compatible API) writing the post-call summary.
+
+    Empty ``base_url`` / ``model`` take the provider's default (like the classifier's);
+    without ``api_key`` the summary is a plain extract of the call."""
+
+    PATH: ClassVar[str] = "notify.summary"
+    provider: str = field(default="openai", metadata=_m(choices=tuple(_CLASSIFIER_DEFAULTS)))
+    base_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
+    model: str = ""
+    api_key: str = field(default="", metadata=_m(secret=True))
+    timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        base_url, model = _CLASSIFIER_DEFAULTS[self.provider]
+        if not self.base_url:
+            object.__setattr__(self, "base_url", base_url)
+        if not self.model:
+            object.__setattr__(self, "model", model)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig(_Section):
+    """Post-call delivery (``agentic_fast.notify``): a signed webhook and/or Telegram, from
+    a persisted outbox (``<server.state_dir>/outbox.sqlite3``) retried with backoff."""
+
+    PATH: ClassVar[str] = "notify"
+    webhook_url: str = field(default="", metadata=_m(check=_optional(_https_or_loopback)))
+    webhook_secret: str = field(default="", metadata=_m(secret=True))
+    webhook_timeout_s: float = field(default=10.0, metadata=_m(gt=0, hi=120))
+    telegram: NotifyTelegramConfig = field(default_factory=NotifyTelegramConfig)
+    summary: NotifySummaryConfig = field(default_factory=NotifySummaryConfig)
+    # retries: exponential backoff from backoff_base_s, capped at backoff_max_s; a delivery
+    # still failing after max_attempts tries or max_age_s is dead-lettered (logged, counted)
+    max_attempts: int = field(default=12, metadata=_m(lo=1, hi=1000))
+    max_age_s: float = field(default=86400.0, metadata=_m(gt=0, hi=30 * 86400))
+    backoff_base_s: float = field(default=5.0, metadata=_m(gt=0, hi=3600))
+    backoff_max_s: float = field(default=900.0, metadata=_m(gt=0, hi=86400))
+    # deliveries waiting at most; an ended call beyond it is refused (logged, counted)
+    max_pending: int = field(default=10_000, metadata=_m(lo=1, hi=10_000_000))
+
+    def __post_init__(self) -> None:
+        _Section.__post_init__(self)
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ConfigError(f"notify.backoff_base_s: must be at most notify.backoff_max_s "
+                              f"({self.backoff_max_s})", key="notify.backoff_base_s")
+
+    @property
+    def enabled(self) -> bool:
+        """A destination is configured (the webhook, or Telegram's bot token or chat)."""
+        return bool(self.webhook_url or self.telegram.bot_token or self.telegram.chat_id)
+
+    def require_complete(self) -> None:
+        """Refuse (``ConfigError``) a destination without its secret or its other half."""
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("notify.webhook_secret is not set while notify.webhook_url is: "
+                              "post-call webhooks are always signed; set a long random "
+                              "secret (e.g. from AGENTIC_FAST_NOTIFY_WEBHOOK_SECRET)",
+                              key="notify.webhook_secret")
+        telegram = self.telegram
+        if telegram.bot_token and not telegram.chat_id:
+            raise ConfigError("notify.telegram.chat_id is not set while "
+                              "notify.telegram.bot_token is", key="notify.telegram.chat_id")
+        if telegram.chat_id and not telegram.bot_token:
+            raise ConfigError("notify.telegram.bot_token is not set while "
+                              "notify.telegram.chat_id is", key="notify.telegram.bot_token")
+
+    def warnings(self) -> list[str]:
+        """``notify.*: ...`` for a destination that cannot work as configured."""
+        try:
+            self.require_complete()
+        except ConfigError as exc:
+            return [str(exc)]
+        return []
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig(_Section):
     """Prometheus ``/metrics`` (see ``agentic_fast.core.metrics_export``)."""
@@ -634,6 +740,7 @@ class Config:
     calls: CallsConfig = field(default_factory=CallsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
@@ -699,7 +806,8 @@ class Config:
         if not self.server.state_dir:
             out.append("server.state_dir is not set: answered voice webhooks are remembered "
                        "in memory only, so a replay after a restart places a new call")
-        return out + self.inbound_warnings() + self.model_warnings(today)
+        return (out + self.inbound_warnings() + self.notify.warnings()
+                + self.model_warnings(today))
 
     def inbound_warnings(self) -> list[str]:
         """``calls.inbound_numbers: ...`` when the allow list admits no inbound caller."""

@@ -8,7 +8,12 @@ and h11's Local/RemoteProtocolError::
 
     AgenticFastError
     ├── AudioFormatError (ValueError)           audio we cannot process (either side's)
+    ├── StoreError                              the call store: a retry will not fix it
+    │   ├── StoreUnavailable                    unreachable, locked or full (``backend``)
+    │   └── InvalidCursor (ValueError)          a paging cursor the store did not hand out
+    ├── SignatureError (ValueError)             a post-call webhook failed verification
     ├── LocalError                              ours to fix
+    │   ├── OutboxFullError                     the post-call outbox is at max_pending
     │   ├── ConfigError                         names the key (file and line when known)
     │   │   └── SignatureNotConfiguredError     no Twilio auth token / public URL
     │   ├── CallRefusedError                    a new call refused (reason)
@@ -71,10 +76,12 @@ __all__ = [
     "GatewayTimeoutError",
     "GeminiProtocolError",
     "InvalidClassificationError",
+    "InvalidCursor",
     "LocalError",
     "LocalProtocolError",
     "MessageError",
     "OpenAIProtocolError",
+    "OutboxFullError",
     "PeerError",
     "PeerUnavailableError",
     "ProtocolError",
@@ -82,7 +89,10 @@ __all__ = [
     "RemoteError",
     "RemoteProtocolError",
     "SetupRejected",
+    "SignatureError",
     "SignatureNotConfiguredError",
+    "StoreError",
+    "StoreUnavailable",
     "StreamTokenError",
     "TwilioApiError",
     "TwilioProtocolError",
@@ -406,3 +416,28 @@ class GatewayPayloadTooLargeError(LocalProtocolError):
         self.size = size
         self.limit = limit
         super().__init__(message, peer="openclaw")
+
+
+class StoreError(AgenticFastError):
+    """The call store failed in a way a retry will not fix (bad data, corrupt file, bug)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or cannot write right now (connection refused, timeout,
+    database locked, disk full). ``backend`` names it. A retry later may succeed."""
+
+    def __init__(self, message: str, *, backend: str) -> None:
+        self.backend = backend
+        super().__init__(f"{backend} store unavailable: {message}")
+
+
+class InvalidCursor(StoreError, ValueError):
+    """A paging cursor that this store did not hand out."""
+
+
+class SignatureError(AgenticFastError, ValueError):
+    """A post-call webhook failed verification (the message says why)."""
+
+
+class OutboxFullError(LocalError):
+    """``notify.max_pending`` deliveries are already waiting."""

@@ -21,7 +21,9 @@ from agentic_fast.core import log as logmod
 from agentic_fast.core import metrics
 from agentic_fast.core.config import Config
 from agentic_fast.core.log import get_logger
+from agentic_fast.notify import build_notifier
 from agentic_fast.server.app import (
+    SERVICES,
     begin_drain,
     create_app,
     drain,
@@ -52,7 +54,10 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     require_public_config(config, host)
     log_config_warnings(config)
     log_capacity(config, raise_nofile_limit())
+    notifier = build_notifier(config)  # post-call webhook / Telegram; None when not set
     app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))
+    if notifier is not None:
+        notifier.attach(app, app[SERVICES].manager)
     runner = make_runner(app, config)
     await runner.setup()
     site = await start_site(runner, host or config.server.host,

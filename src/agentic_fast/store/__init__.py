@@ -3,6 +3,7 @@ nonces and live-call ownership, behind one interface (:class:`CallStore`) with t
 SQLite (one machine, the default) and Redis (many machines). Writes go through
 :class:`StoreWriter` (bounded queue, batched, off the event loop)."""
 
+from agentic_fast.core.errors import InvalidCursor, StoreError, StoreUnavailable
 from agentic_fast.store.base import (
     CallCreated,
     CallEvent,
@@ -12,14 +13,11 @@ from agentic_fast.store.base import (
     CommandAnswered,
     CommandRecord,
     CommandSent,
-    InvalidCursor,
     RecordFilter,
     RecordPage,
     StatusChanged,
     StatusEntry,
-    StoreError,
     StoreEvent,
-    StoreUnavailable,
     TranscriptAdded,
     TranscriptLine,
 )

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from agentic_fast.core.errors import AgenticFastError
+from agentic_fast.core.errors import InvalidCursor, StoreError, StoreUnavailable
 
 __all__ = [
     "CALL_FIELDS",
@@ -57,23 +57,6 @@ CALL_FIELDS = frozenset({"call_sid", "answered_by", "duration_s", "end_reason", 
                          "provider", "carrier"})
 #: Status given to a dead owner's live calls by ``reclaim`` (with the caller's reason).
 RECLAIMED_STATUS = "failed"
-
-
-class StoreError(AgenticFastError):
-    """The call store failed in a way a retry will not fix (bad data, corrupt file, bug)."""
-
-
-class StoreUnavailable(StoreError):
-    """The store cannot be reached or cannot write right now (connection refused, timeout,
-    database locked, disk full). ``backend`` names it. A retry later may succeed."""
-
-    def __init__(self, message: str, *, backend: str) -> None:
-        self.backend = backend
-        super().__init__(f"{backend} store unavailable: {message}")
-
-
-class InvalidCursor(StoreError, ValueError):
-    """A paging cursor that this store did not hand out."""
 
 
 # -- event ids: unique across processes and machines, cheap ---------------------------------

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from agentic_fast.core import metrics
 from agentic_fast.core.config import StoreConfig
+from agentic_fast.core.errors import StoreError
 from agentic_fast.core.log import get_logger
-from agentic_fast.store.base import CallStore, StoreError, StoreEvent
+from agentic_fast.store.base import CallStore, StoreEvent
 from agentic_fast.store.writer import StoreWriter
 
 __all__ = ["StoreService", "build_store"]

@@ -29,8 +29,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from agentic_fast.core import metrics
+from agentic_fast.core.errors import StoreUnavailable
 from agentic_fast.core.log import get_logger
-from agentic_fast.store.base import CallStore, StoreEvent, StoreUnavailable
+from agentic_fast.store.base import CallStore, StoreEvent
 
 __all__ = ["StoreWriter"]
 
