@@ -222,7 +222,15 @@ calls:
 {_admission_keys()}logging:
   level: INFO
   format: json
-"""
+{_metrics_keys(args)}"""
+
+
+def _metrics_keys(args: argparse.Namespace) -> str:
+    """``metrics.enabled: false`` with ``--no-metrics`` (the A/B of the metrics' cost: no
+    histograms, no audio-path sampling); else nothing (the server's default, on)."""
+    if not getattr(args, "no_metrics", False):
+        return ""
+    return "metrics:\n  enabled: false\n"
 
 
 def _admission_keys() -> str:
@@ -785,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees it); 0 = off")
     p.add_argument("--poll-calls-limit", type=int, default=50,
                    help="page size (limit) of the /calls polls")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="metrics.enabled: false on the server (no histograms, no sampling): "
+                        "run once with and once without to measure what metrics cost")
     p.add_argument("--gc-young-threshold", type=int, default=None,
                    help="server.gc_young_threshold of the server (0: Python's default "
                         "collector, nothing frozen); default: the server's own")

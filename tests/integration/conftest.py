@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from agentic_fast.providers import health
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.openclaw_real import OpenClawInstall, OpenClawUnavailable, ensure_installed
 from tests.fakes.redis_server import RedisServer, RedisUnavailable
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.integration.harness import Harness, start_harness
+
+
+@pytest.fixture(autouse=True)
+def _provider_health() -> None:
+    """Providers record a refused key process-wide (for /readyz): each test starts clean."""
+    health.reset()
 
 
 @pytest.fixture(scope="module")

@@ -460,7 +460,7 @@ def test_masked_is_plain_data_of_the_effective_config():
     assert masked["twilio"]["auth_token"] == "(unset)"
     assert list(masked) == ["server", "carrier", "numbers", "twilio", "telnyx",
                             "openai_realtime", "gemini", "gateway", "brain", "audio", "bridge",
-                            "calls", "logging", "store", "notify"]
+                            "calls", "logging", "store", "notify", "metrics"]
     assert masked["carrier"] == "twilio" and masked["telnyx"]["api_key"] == "(unset)"
 
 

@@ -736,3 +736,18 @@ def test_server_config_turns_admission_off_where_the_server_has_it() -> None:
     from bench.loadgen import _admission_keys
 
     assert "inbound: open" in _admission_keys()  # this tree's server has calls.inbound
+
+
+def test_no_metrics_turns_the_servers_metrics_off_and_the_config_loads() -> None:
+    from bench.loadgen import build_parser, server_config
+
+    from agentic_fast.core.config import Config
+
+    def config(*argv: str) -> Config:
+        args = build_parser().parse_args(["-n", "10", *argv])
+        text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32)
+        return Config.from_text(text, env={})
+
+    assert config().metrics.enabled is True
+    off = config("--no-metrics").metrics
+    assert off.enabled is False

@@ -611,6 +611,7 @@ class ConversationBrain:
                           spoken=None if status == "aborted" else cmd.spoken)
         metrics.incr(f"brain.command.{status}")
         call.session.emit("call.command", cmd.record)
+        metrics.observe("agent_command", duration, status)
         log = call.log.info if status in ("done", "aborted") else call.log.warning
         log("brain.command.end", status=status, source=cmd.source,
             duration_s=round(duration, 3), run_id=cmd.record["run_id"],

@@ -142,6 +142,9 @@ class AudioBridge(ProviderListener):
         self.on_call_limit = on_call_limit
         self._scheduler = scheduler
         self.timers: CallTimers | None = None
+        # metrics: time our code on 1 audio frame in N each way (0: never; see metrics.observe)
+        self._sample_every = self._in_sample = self._out_sample = metrics.sample_every()
+        self._stream_started = 0.0
 
     # -- MediaSink: what the media stream feeds ---------------------------------------------
 
@@ -152,6 +155,7 @@ class AudioBridge(ProviderListener):
         spoken fallback and a clean end, status ``failed``) and ``ProviderUnreachableError``
         is raised so the stream handler ends the stream.
         """
+        self._stream_started = self._clock()
         self.provider.attach(self)
         try:
             async with asyncio.timeout(self.settings.connect_timeout_s):
@@ -169,9 +173,22 @@ class AudioBridge(ProviderListener):
         self._start_timers()
 
     def on_media(self, payload_b64: str, timestamp_ms: int) -> None:
+        self._in_sample -= 1
+        if self._in_sample == 0:  # 1 frame in N is timed (never when N is 0: it goes below)
+            self._timed_media(payload_b64)
+            return
         send = self.provider.send_audio
         for chunk in self.converter.feed_twilio_b64(payload_b64):
             send(chunk)
+
+    def _timed_media(self, payload_b64: str) -> None:
+        """``on_media`` for a sampled frame: the time our code spends on it is observed."""
+        self._in_sample = self._sample_every
+        started = self._clock()
+        send = self.provider.send_audio
+        for chunk in self.converter.feed_twilio_b64(payload_b64):
+            send(chunk)
+        metrics.observe("bridge_latency", self._clock() - started, "inbound")
 
     def on_mark(self, name: str) -> None:
         entry = self._marks.pop(name, None)
@@ -220,6 +237,16 @@ class AudioBridge(ProviderListener):
     # -- ProviderListener: what the model sends ---------------------------------------------
 
     def on_audio(self, audio_b64: str, item_id: str) -> None:
+        self._out_sample -= 1
+        if self._out_sample == 0:  # 1 delta in N is timed (never when N is 0)
+            self._out_sample = self._sample_every
+            started = self._clock()
+            self._take_audio(audio_b64, item_id)
+            metrics.observe("bridge_latency", self._clock() - started, "outbound")
+            return
+        self._take_audio(audio_b64, item_id)
+
+    def _take_audio(self, audio_b64: str, item_id: str) -> None:
         if item_id in self._cancelled:
             metrics.incr("bridge.audio.after_cancel")
             return
@@ -362,6 +389,8 @@ class AudioBridge(ProviderListener):
         if self._sent_ms <= played_ms:  # playout idle: a new stretch starts now
             self._t0, self._sent_ms = self._stretch_origin(now), 0
             played_ms = (now - self._t0) * 1000.0
+            if not self.frames_out and self._queue:  # the call's first assistant audio
+                metrics.observe("first_audio", self._clock() - self._stream_started)
         budget = int((self.settings.lead_ms - (self._sent_ms - played_ms) + 1e-6) // FRAME_MS)
         queue, runs = self._queue, self._runs
         count = min(budget, len(queue))
@@ -480,7 +509,9 @@ class AudioBridge(ProviderListener):
         self.barge_ins += 1
         metrics.incr("bridge.barge_in")
         self.sender.clear()  # before any newer audio: sends are synchronous and in order
-        self.barge_in_latencies_ms.append((self._clock() - started) * 1000.0)
+        reaction = self._clock() - started
+        self.barge_in_latencies_ms.append(reaction * 1000.0)
+        metrics.observe("barge_in", reaction)
         self.provider.interrupt(item, heard)
         if self.conversation is not None:
             self.conversation.on_barge_in(self.session)

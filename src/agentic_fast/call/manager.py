@@ -567,6 +567,7 @@ class CallManager:
         session.ended_mono = self.clock.monotonic()
         session.deadline_mono = None
         metrics.incr(f"calls.ended.{session.status.value}")
+        metrics.observe("call_duration", session.duration, session.status.value)
         self._active.pop(session.call_id, None)
         if session.stream_token_id is not None:
             self._by_token.pop(session.stream_token_id, None)

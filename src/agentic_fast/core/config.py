@@ -750,6 +750,20 @@ class NotifyConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig(_Section):
+    """Prometheus ``/metrics`` (see ``agentic_fast.core.metrics_export``)."""
+
+    PATH: ClassVar[str] = "metrics"
+    # false: no histograms and no audio-path sampling (the counters stay); to measure their cost
+    enabled: bool = True
+    # time our code on one audio frame (each way) in this many; 0: never
+    latency_sample_every: int = field(default=50, metadata=_m(lo=0, hi=1_000_000))
+    # seconds between pushes of the counters to prometheus_client's multiprocess files
+    # (only with PROMETHEUS_MULTIPROC_DIR set; each scrape pushes too)
+    multiprocess_sync_s: float = field(default=5.0, metadata=_m(gt=0, hi=3600))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Build it with ``load``/``from_text``; ``Config()`` = defaults."""
 
@@ -771,6 +785,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.carrier not in CARRIERS:

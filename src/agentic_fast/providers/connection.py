@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from abc import abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -52,7 +53,7 @@ from agentic_fast.providers.reconnect import ChunkBacklog
 from agentic_fast.ws.client_connection import FastClientConnection, StallWatch
 
 __all__ = ["Link", "LinkOptions", "ModelConnection", "NullListener", "close_info",
-           "open_socket"]
+           "open_socket", "open_sockets"]
 
 
 class NullListener:
@@ -90,6 +91,14 @@ async def open_socket(options: LinkOptions) -> FastClientConnection:
         create_connection=FastClientConnection))
 
 
+_links: weakref.WeakSet[Link] = weakref.WeakSet()
+
+
+def open_sockets() -> int:
+    """Model provider sockets open in this process now (the ``/metrics`` gauge)."""
+    return sum(1 for link in list(_links) if link.open)
+
+
 def close_info(exc: ConnectionClosed) -> tuple[int, str]:
     """(code, reason) the peer closed with; (1006, "") for an abrupt close."""
     frame = exc.rcvd or exc.sent
@@ -106,8 +115,8 @@ class Link:
     events that came with the handshake's last frame, delivered first by the reader.
     """
 
-    __slots__ = ("detached", "early", "opened_at", "reader", "retired", "seq", "session_id",
-                 "timer", "watch", "ws")
+    __slots__ = ("__weakref__", "detached", "early", "opened_at", "reader", "retired", "seq",
+                 "session_id", "timer", "watch", "ws")
 
     def __init__(self, ws: FastClientConnection, seq: int,
                  session_id: str | None = None, early: list[Any] | None = None) -> None:
@@ -121,6 +130,7 @@ class Link:
         self.detached = False
         self.retired = False
         self.opened_at = time.monotonic()
+        _links.add(self)
 
     @property
     def open(self) -> bool:

@@ -45,6 +45,7 @@ from agentic_fast.core import metrics
 from agentic_fast.core.config import CARRIERS, Config
 from agentic_fast.core.errors import CallRefusedError, CarrierApiError, ConfigError
 from agentic_fast.core.log import get_logger
+from agentic_fast.server import readiness
 from agentic_fast.server.client_address import (
     TRUSTED_PROXIES,
     TrustedProxies,
@@ -52,6 +53,7 @@ from agentic_fast.server.client_address import (
     client_address,
 )
 from agentic_fast.server.desk import BUSY_TEXT, DRAINING_TEXT, REPLAYED_TEXT, ServerDesk
+from agentic_fast.server.observability import METRICS_PATH, setup_observability
 from agentic_fast.server.ops import cookie_allows, setup_ops
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
@@ -133,7 +135,7 @@ def _api_allowed(request: web.Request, svc: Services) -> bool:
 
 @web.middleware
 async def api_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/calls" or request.path.startswith("/calls/"):
+    if request.path in ("/calls", METRICS_PATH) or request.path.startswith("/calls/"):
         svc = request.app[SERVICES]
         if not _api_allowed(request, svc):
             metrics.incr("api.rejected.auth")
@@ -353,16 +355,8 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    svc = request.app[SERVICES]
-    problems = []
-    if svc.draining:
-        problems.append("draining")
-    for carrier in svc.carriers.values():
-        if carrier.verifier is None:
-            problems.append(f"{carrier.name} webhooks disabled: {carrier.verifier_problem}")
-    if problems:
-        return _json({"status": "not-ready", "problems": problems}, status=503)
-    return _json({"status": "ready", "active_calls": svc.manager.active_count})
+    active = request.app[SERVICES].manager.active_count
+    return await readiness.readyz(request, {"active_calls": active})
 
 
 # -- app ------------------------------------------------------------------------------------
@@ -444,6 +438,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     app.router.add_get("/readyz", readyz)
     setup_ops(app, manager, lambda r: _api_allowed(r, svc), api_token=server.api_token,
               provider=config.audio.provider, carrier=config.carrier)
+    setup_observability(app, svc)  # GET /metrics, the /readyz checks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

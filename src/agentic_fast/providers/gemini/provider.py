@@ -61,6 +61,7 @@ from agentic_fast.core.backoff import Backoff, BackoffRun
 from agentic_fast.core.config import Config, GeminiConfig
 from agentic_fast.core.errors import ConfigError, PeerUnavailableError, SetupRejected
 from agentic_fast.core.log import get_logger
+from agentic_fast.providers import health
 from agentic_fast.providers.base import ProviderListener, RealtimeProvider
 from agentic_fast.providers.connection import ModelConnection, NullListener
 from agentic_fast.providers.gemini import events as ge
@@ -238,9 +239,12 @@ class GeminiLiveProvider(ModelConnection):
         try:
             link = await open_link(self._options, setup.to_json(handle), seq=self._seq,
                                    resumed=handle is not None)
-        except PeerUnavailableError:
+        except PeerUnavailableError as exc:
             metrics.incr("gemini.connect.failed")
+            if isinstance(exc, SetupRejected) and health.gemini_auth_refusal(exc.code, exc.reason):
+                health.auth_rejected(PEER, str(exc))
             raise
+        health.session_ok(PEER)
         self.stats["connections"] += 1
         if link.resumed:
             self.stats["resumed"] += 1

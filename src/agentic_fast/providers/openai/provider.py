@@ -102,6 +102,7 @@ from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import Config, OpenAIRealtimeConfig
 from agentic_fast.core.errors import ConfigError, PeerUnavailableError
 from agentic_fast.core.log import get_logger
+from agentic_fast.providers import health
 from agentic_fast.providers.base import RealtimeProvider
 from agentic_fast.providers.connection import Link, LinkOptions, ModelConnection, open_socket
 from agentic_fast.providers.openai import commands as oc
@@ -325,10 +326,13 @@ class OpenAIRealtimeProvider(ModelConnection):
                 self._discard(conn)
             metrics.incr("openai.connect.failed")
             if isinstance(exc, InvalidStatus) and exc.response.status_code in _FATAL_STATUS:
+                if exc.response.status_code in health.AUTH_STATUS:
+                    health.auth_rejected(PEER, f"HTTP {exc.response.status_code}")
                 exc = _Fatal(f"HTTP {exc.response.status_code}")
             err = PeerUnavailableError(f"session #{seq} failed: {_describe(exc)}", peer=PEER)
             raise err from exc
         metrics.incr("openai.sessions")
+        health.session_ok(PEER)
         self.stats["sessions"] += 1
         self.log.info("openai.session_ready", session=seq, session_id=conn.session_id,
                       connect_ms=round((time.perf_counter() - started) * 1000, 1))
@@ -339,6 +343,8 @@ class OpenAIRealtimeProvider(ModelConnection):
         message, fatal unless the server says it is its own fault (``server_error``)."""
         code = event.code or event.error_type
         metrics.incr("openai.connect.refused." + code[:60])
+        if code in health.OPENAI_AUTH_CODES:
+            health.auth_rejected(PEER, f"{code}: {event.message[:200]}")
         self.log.error("openai.session_refused", session=seq, code=event.code,
                        error_type=event.error_type, detail=event.message[:300])
         text = f"error {code}: {event.message[:300]}"
