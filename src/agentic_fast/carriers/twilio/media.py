@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import orjson
 
@@ -39,6 +39,7 @@ from agentic_fast.carriers.base import (
     StreamStart,
     StreamStop,
 )
+from agentic_fast.carriers.stream_state import StreamState, alias_slot, message_parser
 from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
 from agentic_fast.core.jsonfields import JsonFields
 
@@ -182,16 +183,8 @@ _str = _FIELDS.get_str
 _int = _FIELDS.get_int
 
 
-def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
-    """A non-negative integer sent as a JSON string of ASCII digits (``"160"``)."""
-    value = msg[key]
-    if type(value) is not str or not value.isdigit() or not value.isascii():
-        _fail("bad_type", f"{where}{key!r} must be a string of digits, got {value!r:.40}",
-              where + key)
-    if len(value) > MAX_NUM_DIGITS:
-        _fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
-              f"{MAX_NUM_DIGITS})", where + key)
-    return int(value)
+#: A non-negative integer sent as a JSON string of ASCII digits (``"160"``).
+_num_str = _FIELDS.get_digits
 
 
 def _sid(msg: dict[str, Any], key: str, prefix: str, where: str = "") -> str:
@@ -312,33 +305,11 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], TwilioEvent]] = {
 }
 
 
-def parse_twilio_message(text: str | bytes) -> TwilioEvent:
-    """Parse one Media Streams text frame into an event.
-
-    ``bytes`` are accepted as the UTF-8 text of a text frame (some drivers hand those over);
-    a *binary* WebSocket frame is a protocol error: use :func:`binary_frame_error`.
-    Raises :class:`TwilioProtocolError` with a ``reason`` on any violation.
-    """
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise TwilioProtocolError(f"malformed JSON: {exc}", reason="malformed_json") from exc
-    if type(msg) is not dict:
-        _fail("not_object", f"message must be a JSON object, got {type(msg).__name__}")
-    event = msg.get("event")
-    parser = _PARSERS.get(event) if type(event) is str else None
-    if parser is None:
-        if event is None:
-            _fail("missing_field", "message has no 'event' field", "event")
-        if type(event) is not str:
-            _fail("bad_type", f"'event' must be a string, got {event!r:.40}", "event")
-        _fail("unknown_event", f"unknown event {event!r:.40}", "event")
-    try:
-        return parser(msg)
-    except KeyError as exc:
-        key = exc.args[0] if exc.args else "?"
-        raise TwilioProtocolError(f"{event} message is missing field {key!r}",
-                                  reason="missing_field", field=str(key)) from None
+#: Parse one Media Streams text frame into an event. ``bytes`` are accepted as the UTF-8
+#: text of a text frame (some drivers hand those over); a *binary* WebSocket frame is a
+#: protocol error (:func:`binary_frame_error`). Raises :class:`TwilioProtocolError` with a
+#: ``reason`` on any violation.
+parse_twilio_message: Callable[[str | bytes], TwilioEvent] = message_parser(_PARSERS, _FIELDS)
 
 
 def binary_frame_error(size: int) -> TwilioProtocolError:
@@ -349,53 +320,34 @@ def binary_frame_error(size: int) -> TwilioProtocolError:
 
 # --------------------------------------------------------------------------- stream state
 
-_AWAIT_CONNECTED, _AWAIT_START, _STREAMING, _STOPPED = range(4)
-_PHASE_NAMES = ("awaiting connected", "awaiting start", "streaming", "stopped")
+# Twilio's events carry ``streamSid``: the shared machine reads it as ``stream_id``.
+for _cls in (Media, Dtmf, Mark, Stop):
+    alias_slot(_cls, "stream_id", "stream_sid")
 
 
-class TwilioStreamState:
-    """Ordering rules of one Media Streams connection (protocols.md 1.3.1).
+class TwilioStreamState(StreamState[TwilioEvent, Start]):
+    """Ordering rules of one Media Streams connection (protocols.md 1.3.1), on the shared
+    :class:`~agentic_fast.carriers.stream_state.StreamState`: ``connected`` first, then
+    ``start`` (mu-law 8 kHz mono only), then ``media``/``dtmf``/``mark`` carrying the start's
+    ``streamSid``, then ``stop``; ``sequenceNumber`` counted, not enforced."""
 
-    Theory: a four-phase machine. ``connected`` moves *awaiting connected* -> *awaiting
-    start*; ``start`` -> *streaming* and fixes the ``streamSid``; ``stop`` -> *stopped*.
-    ``media``/``dtmf``/``mark`` are only legal while streaming and must carry the
-    ``streamSid`` of ``start``. Anything else is ``out_of_order``.
+    __slots__ = ()
 
-    ``sequenceNumber`` is counted, not enforced: a jump forward adds the missing count to
-    ``seq_gaps``, a repeat or step back adds one to ``seq_regressions``; neither raises.
-    """
-
-    __slots__ = ("_phase", "last_sequence", "media_count", "seq_gaps", "seq_regressions",
-                 "start", "stream_sid")
+    fields = _FIELDS
+    media_type = Media
+    stream_id_field = "streamSid"
+    wrong_stream_id_reason = "wrong_stream_sid"
+    event_names: ClassVar[Mapping[type, str]] = {
+        Connected: "connected", Start: "start", Media: "media", Dtmf: "dtmf",
+        Mark: "mark", Stop: "stop"}
 
     def __init__(self) -> None:
-        self._phase = _AWAIT_CONNECTED
-        self.start: Start | None = None
-        self.stream_sid: str | None = None
-        self.last_sequence = 0
-        self.media_count = 0
-        self.seq_gaps = 0
-        self.seq_regressions = 0
+        super().__init__(parse_twilio_message)
 
     @property
-    def started(self) -> bool:
-        """``start`` arrived: ``stream_sid`` is known and audio may be sent."""
-        return self._phase == _STREAMING
-
-    @property
-    def stopped(self) -> bool:
-        return self._phase == _STOPPED
-
-    def receive(self, text: str | bytes) -> TwilioEvent:
-        """Parse a text frame and check it against the connection's state."""
-        event = parse_twilio_message(text)
-        if type(event) is Media and self._phase == _STREAMING:  # fast path
-            if event.stream_sid != self.stream_sid:
-                self._wrong_sid(event.stream_sid)
-            self._sequence(event.sequence_number)
-            self.media_count += 1
-            return event
-        return self._check(event)
+    def stream_sid(self) -> str | None:
+        """The ``streamSid`` of ``start`` (None before it)."""
+        return self.stream_id
 
     def receive_binary(self, data: bytes) -> NoReturn:
         """A binary frame arrived: always a protocol error."""
@@ -405,61 +357,13 @@ class TwilioStreamState:
         """The builder of our frames on this stream."""
         return TwilioOutbound(start.stream_id)
 
-    def _check(self, event: TwilioEvent) -> TwilioEvent:
-        phase = self._phase
-        kind = type(event)
-        if kind is Connected:
-            if phase != _AWAIT_CONNECTED:
-                self._out_of_order("connected")
-            self._phase = _AWAIT_START
-            return event
-        if kind is Start:
-            if phase != _AWAIT_START:
-                self._out_of_order("start")
-            assert isinstance(event, Start)
-            fmt = event.media_format
-            if (fmt.encoding, fmt.sample_rate, fmt.channels) != MULAW_8K:
-                _fail("unsupported_media_format",
-                      f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz "
-                      f"{fmt.channels} ch (expected audio/x-mulaw 8000 Hz mono)",
-                      "start.mediaFormat")
-            self.start = event
-            self.stream_sid = event.stream_sid
-            self.last_sequence = event.sequence_number
-            self._phase = _STREAMING
-            return event
-        if phase != _STREAMING:
-            self._out_of_order(_EVENT_NAMES[kind])
-        assert not isinstance(event, Connected | Start)
-        if event.stream_sid != self.stream_sid:
-            self._wrong_sid(event.stream_sid)
-        self._sequence(event.sequence_number)
-        if kind is Media:
-            self.media_count += 1
-        elif kind is Stop:
-            self._phase = _STOPPED
-        return event
-
-    def _sequence(self, seq: int) -> None:
-        expected = self.last_sequence + 1
-        if seq != expected:
-            if seq > expected:
-                self.seq_gaps += seq - expected
-            else:
-                self.seq_regressions += 1
-                return
-        self.last_sequence = seq
-
-    def _out_of_order(self, name: str) -> NoReturn:
-        _fail("out_of_order", f"{name!r} message while {_PHASE_NAMES[self._phase]}")
-
-    def _wrong_sid(self, sid: str) -> NoReturn:
-        _fail("wrong_stream_sid", f"streamSid {sid!r:.40} differs from the stream's "
-              f"{self.stream_sid!r}", "streamSid")
-
-
-_EVENT_NAMES: dict[type, str] = {Connected: "connected", Start: "start", Media: "media",
-                                 Dtmf: "dtmf", Mark: "mark", Stop: "stop"}
+    def _check_start(self, start: Start) -> None:
+        fmt = start.media_format
+        if (fmt.encoding, fmt.sample_rate, fmt.channels) != MULAW_8K:
+            _fail("unsupported_media_format",
+                  f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz "
+                  f"{fmt.channels} ch (expected audio/x-mulaw 8000 Hz mono)",
+                  "start.mediaFormat")
 
 
 # --------------------------------------------------------------------------- builders
