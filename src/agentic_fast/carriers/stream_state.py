@@ -18,16 +18,36 @@ attribute check).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 import orjson
 
-from agentic_fast.carriers.base import StreamConnected, StreamEvent, StreamStart, StreamStop
+from agentic_fast.carriers.base import (
+    MediaChunk,
+    StreamConnected,
+    StreamEvent,
+    StreamStart,
+    StreamStop,
+)
+from agentic_fast.core.errors import LocalProtocolError
 from agentic_fast.core.jsonfields import JsonFields
 
-__all__ = ["AWAIT_CONNECTED", "AWAIT_START", "STOPPED", "STREAMING", "StreamState",
-           "alias_slot", "message_parser"]
+__all__ = ["AWAIT_CONNECTED", "AWAIT_START", "DTMF_DIGITS", "MAX_MARK_NAME", "MAX_NUM_DIGITS",
+           "STOPPED", "STREAMING", "JsonOutbound", "MediaFormat", "StreamState", "alias_slot",
+           "check_base64", "mark_name_json", "media_parser", "message_parser"]
+
+#: ``dtmf.digit`` values accepted (A-D tolerated for SIP callers).
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+#: Mark names are ours; keep them short and printable (they are echoed back verbatim).
+MAX_MARK_NAME = 256
+#: Most digits a numeric string field may have (sequence number, chunk, timestamp): 18
+#: digits stay below 2**63, far above any real stream (a day of audio is 4.3 million
+#: chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
+MAX_NUM_DIGITS = 18
+_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 AWAIT_CONNECTED, AWAIT_START, STREAMING, STOPPED = range(4)
 _PHASE_NAMES = ("awaiting connected", "awaiting start", "streaming", "stopped")
@@ -35,6 +55,16 @@ _PHASE_NAMES = ("awaiting connected", "awaiting start", "streaming", "stopped")
 
 E = TypeVar("E", bound=StreamEvent)
 S = TypeVar("S", bound=StreamStart)
+M = TypeVar("M", bound=MediaChunk)
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFormat:
+    """The ``start`` message's media format (``mediaFormat`` / ``media_format``)."""
+
+    encoding: str
+    sample_rate: int
+    channels: int
 
 
 def alias_slot(cls: type, alias: str, name: str) -> None:
@@ -82,6 +112,103 @@ def message_parser(parsers: dict[str, Callable[[dict[str, Any]], E]],
                         reason="missing_field", field=str(key)) from None
 
     return parse
+
+
+def media_parser(cls: type[M], seq_key: str, sid_key: str,
+                 checked: Callable[[dict[str, Any]], M]) -> Callable[[dict[str, Any]], M]:
+    """The hot ``media`` parser: one pass of type checks, the fields set without
+    ``__init__``; any message it does not take whole goes to ``checked`` (the same rules
+    one by one, for a precise error, or a carrier's defaults for absent fields).
+
+    ``cls`` has slot fields ``sequence_number``, ``stream_id``, ``chunk``, ``timestamp_ms``,
+    ``track`` and ``payload``; the message carries ``seq_key`` and ``sid_key`` at the top and
+    ``media.{payload,track,chunk,timestamp}`` (numbers as strings of digits).
+    """
+    new = object.__new__
+    # Slot descriptors of the frozen class: setting them directly skips the frozen
+    # __init__'s per-field object.__setattr__ name lookups (half the cost of the event).
+    set_seq, set_sid, set_chunk, set_ts, set_track, set_payload = (
+        getattr(cls, name).__set__ for name in
+        ("sequence_number", "stream_id", "chunk", "timestamp_ms", "track", "payload"))
+
+    def parse_media(msg: dict[str, Any]) -> M:
+        body = msg["media"]
+        if type(body) is dict:
+            try:
+                payload = body["payload"]
+                track = body["track"]
+                chunk = body["chunk"]
+                ts = body["timestamp"]
+                seq = msg[seq_key]
+                sid = msg[sid_key]
+            except KeyError:
+                return checked(msg)
+            if (type(payload) is str and type(track) is str and type(sid) is str
+                    and type(seq) is str and type(chunk) is str and type(ts) is str
+                    and seq.isdigit() and chunk.isdigit() and ts.isdigit()
+                    and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
+                    and len(ts) <= MAX_NUM_DIGITS and (seq + chunk + ts).isascii()):
+                event = new(cls)
+                set_seq(event, int(seq))
+                set_sid(event, sid)
+                set_chunk(event, int(chunk))
+                set_ts(event, int(ts))
+                set_track(event, track)
+                set_payload(event, payload)
+                return event
+        return checked(msg)
+
+    return parse_media
+
+
+def mark_name_json(name: str, peer: str) -> str:
+    """A mark name we send, as JSON text (:class:`LocalProtocolError` if unfit)."""
+    if type(name) is not str or not name or len(name) > MAX_MARK_NAME:
+        raise LocalProtocolError(
+            f"mark name must be a non-empty string of at most {MAX_MARK_NAME} characters, "
+            f"got {name!r:.60}", peer=peer)
+    return orjson.dumps(name).decode()
+
+
+def check_base64(payload_b64: str, peer: str) -> str:
+    """``payload_b64`` if it is base64 text (for one-off frames; per call, trusted)."""
+    if type(payload_b64) is not str or _B64_RE.fullmatch(payload_b64) is None:
+        raise LocalProtocolError(f"media payload is not base64 text: {payload_b64!r:.40}",
+                                 peer=peer)
+    return payload_b64
+
+
+class JsonOutbound:
+    """Builds the frames we send on one stream: ``media``, ``mark``, ``clear``, each
+    ``{"event": ...}`` with ``head`` (the carrier's stream id member, JSON, or ``""``)
+    after the event name. The prefixes are built once.
+
+    ``media()`` is string concatenation around the cached prefix: the payload must be base64
+    text (what the audio layer produces), which never needs JSON escaping.
+    """
+
+    __slots__ = ("_clear", "_mark_prefix", "_media_prefix")
+
+    #: The carrier's name, for errors about what we were about to send.
+    peer: ClassVar[str]
+
+    def __init__(self, head: str = "") -> None:
+        self._media_prefix = '{"event":"media"' + head + ',"media":{"payload":"'
+        self._mark_prefix = '{"event":"mark"' + head + ',"mark":{"name":'
+        self._clear = '{"event":"clear"' + head + "}"
+
+    def media(self, payload_b64: str) -> str:
+        """``media`` frame for one base64 payload in the leg's codec (trusted base64)."""
+        return self._media_prefix + payload_b64 + '"}}'
+
+    def mark(self, name: str) -> str:
+        """``mark`` frame; the carrier echoes ``name`` when playout reaches it (or on
+        clear)."""
+        return self._mark_prefix + mark_name_json(name, self.peer) + "}}"
+
+    def clear(self) -> str:
+        """``clear`` frame: drop the audio queued at the carrier, flush pending marks."""
+        return self._clear
 
 
 class StreamState(Generic[E, S]):

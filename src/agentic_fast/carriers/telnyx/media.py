@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
-
-import orjson
 
 from agentic_fast.carriers.base import (
     L16_16K,
@@ -47,9 +44,18 @@ from agentic_fast.carriers.base import (
     StreamStart,
     StreamStop,
 )
-from agentic_fast.carriers.stream_state import StreamState, message_parser
+from agentic_fast.carriers.stream_state import (
+    DTMF_DIGITS,
+    MAX_NUM_DIGITS,
+    JsonOutbound,
+    MediaFormat,
+    StreamState,
+    check_base64,
+    media_parser,
+    message_parser,
+)
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import LocalProtocolError, TelnyxProtocolError
+from agentic_fast.core.errors import TelnyxProtocolError
 from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
@@ -72,10 +78,6 @@ __all__ = [
 ]
 
 PEER = "telnyx"
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-MAX_MARK_NAME = 256
-MAX_NUM_DIGITS = 18
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +123,6 @@ def decode_client_state(state: str | None) -> Mapping[str, str]:
 
 
 # --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFormat:
-    """``start.media_format``: what Telnyx streams to us."""
-
-    encoding: str
-    sample_rate: int
-    channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,34 +265,8 @@ def _start(msg: dict[str, Any]) -> Start:
                  _text(body, "to", w), state, MappingProxyType(params), media_format)
 
 
-def _media(msg: dict[str, Any]) -> Media:
-    """Hot path: one pass of type checks, then the fields set without ``__init__``."""
-    body = msg["media"]
-    if type(body) is dict:
-        payload = body["payload"]
-        track = body.get("track", "inbound")
-        chunk = body.get("chunk", "0")
-        ts = body.get("timestamp", "0")
-        seq = msg.get("sequence_number", "0")
-        sid = msg.get("stream_id", "")
-        if (type(payload) is str and type(track) is str and type(sid) is str
-                and type(seq) is str and type(chunk) is str and type(ts) is str
-                and seq.isdigit() and chunk.isdigit() and ts.isdigit()
-                and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
-                and len(ts) <= MAX_NUM_DIGITS and (seq + chunk + ts).isascii()):
-            event = _new(Media)
-            _set_seq(event, int(seq))
-            _set_sid(event, sid)
-            _set_track(event, track)
-            _set_chunk(event, int(chunk))
-            _set_ts(event, int(ts))
-            _set_payload(event, payload)
-            return event
-    return _media_checked(msg)
-
-
 def _media_checked(msg: dict[str, Any]) -> Media:
-    """Slow path of :func:`_media`: the same checks one by one, for a precise error."""
+    """Slow path of :data:`_media`: the same checks one by one, for a precise error."""
     body = _obj(msg, "media")
     payload = _str(body, "payload", "media.")
     track = _str(body, "track", "media.") if "track" in body else "inbound"
@@ -309,10 +276,9 @@ def _media_checked(msg: dict[str, Any]) -> Media:
     return Media(_seq(msg), sid, track, chunk, ts, payload)
 
 
-_new = object.__new__
-_set_seq, _set_sid, _set_track, _set_chunk, _set_ts, _set_payload = (
-    getattr(Media, name).__set__ for name in
-    ("sequence_number", "stream_id", "track", "chunk", "timestamp_ms", "payload"))
+#: Hot path: the shared fast parser, falling back to :func:`_media_checked` (which also
+#: fills the fields Telnyx may leave out).
+_media = media_parser(Media, "sequence_number", "stream_id", _media_checked)
 
 
 def _sid(msg: dict[str, Any]) -> str:
@@ -420,34 +386,15 @@ class TelnyxStreamState(StreamState[TelnyxEvent, Start]):
 # --------------------------------------------------------------------------- builders
 
 
-class TelnyxOutbound:
-    """Builds the frames we send on one stream (bidirectional ``rtp`` mode).
-
-    ``media()`` is string concatenation around a constant prefix: the payload must be base64
-    text (what the audio layer produces), which never needs JSON escaping. ``stream_id`` is
-    optional on Telnyx's side and left out.
-    """
+class TelnyxOutbound(JsonOutbound):
+    """Builds the frames we send on a stream (bidirectional ``rtp`` mode): ``stream_id`` is
+    optional on Telnyx's side and left out, so one builder serves every stream. Telnyx plays
+    ``media`` (base64 audio in the negotiated codec), echoes a ``mark`` once the audio before
+    it has played, and on ``clear`` stops playback (queued marks come back)."""
 
     __slots__ = ()
 
-    _MEDIA_PREFIX = '{"event":"media","media":{"payload":"'
-    _MARK_PREFIX = '{"event":"mark","mark":{"name":'
-    _CLEAR = '{"event":"clear"}'
-
-    def media(self, payload_b64: str) -> str:
-        """``media`` frame for base64 audio in the negotiated codec (trusted base64)."""
-        return self._MEDIA_PREFIX + payload_b64 + '"}}'
-
-    def mark(self, name: str) -> str:
-        """``mark`` frame; Telnyx sends it back once the audio before it has played."""
-        if type(name) is not str or not name or len(name) > MAX_MARK_NAME:
-            raise LocalProtocolError(f"mark name must be a non-empty string of at most "
-                                     f"{MAX_MARK_NAME} characters, got {name!r:.60}", peer=PEER)
-        return self._MARK_PREFIX + orjson.dumps(name).decode() + "}}"
-
-    def clear(self) -> str:
-        """``clear`` frame: stop playback, drop queued audio (queued marks come back)."""
-        return self._CLEAR
+    peer = PEER
 
 
 _OUTBOUND = TelnyxOutbound()
@@ -455,7 +402,4 @@ _OUTBOUND = TelnyxOutbound()
 
 def media_message(payload_b64: str) -> str:
     """One-off ``media`` frame with the payload checked to be base64."""
-    if type(payload_b64) is not str or _B64_RE.fullmatch(payload_b64) is None:
-        raise LocalProtocolError(f"media payload is not base64 text: {payload_b64!r:.40}",
-                                 peer=PEER)
-    return TelnyxOutbound().media(payload_b64)
+    return _OUTBOUND.media(check_base64(payload_b64, PEER))

@@ -39,7 +39,16 @@ from agentic_fast.carriers.base import (
     StreamStart,
     StreamStop,
 )
-from agentic_fast.carriers.stream_state import StreamState, alias_slot, message_parser
+from agentic_fast.carriers.stream_state import (
+    DTMF_DIGITS,
+    JsonOutbound,
+    MediaFormat,
+    StreamState,
+    alias_slot,
+    check_base64,
+    media_parser,
+    message_parser,
+)
 from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
 from agentic_fast.core.jsonfields import JsonFields
 
@@ -63,32 +72,13 @@ __all__ = [
 
 PEER = "twilio"
 
-#: ``dtmf.digit`` values accepted (protocols.md 1.3.1; A-D tolerated for SIP callers).
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-
 #: The only media format the bridge handles (``start.mediaFormat``).
 MULAW_8K = ("audio/x-mulaw", 8000, 1)
 
 _SID_RE = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}") for prefix in ("AC", "CA", "MZ")}
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-#: Mark names are ours; keep them short and printable (they are echoed back verbatim).
-MAX_MARK_NAME = 256
-#: Most digits a numeric string field may have (``sequenceNumber``, ``chunk``,
-#: ``timestamp``): 18 digits stay below 2**63, far above any real stream (a day of audio is
-#: 4.3 million chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
-MAX_NUM_DIGITS = 18
 
 
 # --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFormat:
-    """``start.mediaFormat``: always mu-law 8 kHz mono on today's Twilio."""
-
-    encoding: str
-    sample_rate: int
-    channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +162,10 @@ class Stop(StreamStop):
 
 TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
 
+# Twilio's events carry ``streamSid``: the shared machine reads it as ``stream_id``.
+for _cls in (Media, Dtmf, Mark, Stop):
+    alias_slot(_cls, "stream_id", "stream_sid")
+
 
 # --------------------------------------------------------------------------- field access
 
@@ -226,35 +220,8 @@ def _start(msg: dict[str, Any]) -> Start:
                  MappingProxyType(params), media_format)
 
 
-def _media(msg: dict[str, Any]) -> Media:
-    """Hot path: one pass of type checks, then the fields set without ``__init__``."""
-    body = msg["media"]
-    if type(body) is dict:
-        payload = body["payload"]
-        track = body["track"]
-        chunk = body["chunk"]
-        ts = body["timestamp"]
-        seq = msg["sequenceNumber"]
-        sid = msg["streamSid"]
-        if (type(payload) is str and type(track) is str and type(sid) is str
-                and type(seq) is str and type(chunk) is str and type(ts) is str
-                and seq.isdigit() and chunk.isdigit() and ts.isdigit()
-                and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
-                and len(ts) <= MAX_NUM_DIGITS
-                and (seq + chunk + ts).isascii()):
-            event = _new(Media)
-            _set_seq(event, int(seq))
-            _set_sid(event, sid)
-            _set_chunk(event, int(chunk))
-            _set_ts(event, int(ts))
-            _set_track(event, track)
-            _set_payload(event, payload)
-            return event
-    return _media_checked(msg)
-
-
 def _media_checked(msg: dict[str, Any]) -> Media:
-    """Slow path of :func:`_media`: the same checks, one by one, for a precise error."""
+    """Slow path of :data:`_media`: the same checks, one by one, for a precise error."""
     body = _obj(msg, "media")
     payload = _str(body, "payload", "media.")
     track = _str(body, "track", "media.")
@@ -263,12 +230,8 @@ def _media_checked(msg: dict[str, Any]) -> Media:
                  track, payload)
 
 
-_new = object.__new__
-# Slot descriptors of the frozen Media: setting them directly skips the frozen __init__'s
-# per-field object.__setattr__ name lookups (half the cost of building the event).
-_set_seq, _set_sid, _set_chunk, _set_ts, _set_track, _set_payload = (
-    getattr(Media, name).__set__ for name in
-    ("sequence_number", "stream_sid", "chunk", "timestamp_ms", "track", "payload"))
+#: Hot path: the shared fast parser, falling back to :func:`_media_checked`.
+_media = media_parser(Media, "sequenceNumber", "streamSid", _media_checked)
 
 
 def _dtmf(msg: dict[str, Any]) -> Dtmf:
@@ -319,11 +282,6 @@ def binary_frame_error(size: int) -> TwilioProtocolError:
 
 
 # --------------------------------------------------------------------------- stream state
-
-# Twilio's events carry ``streamSid``: the shared machine reads it as ``stream_id``.
-for _cls in (Media, Dtmf, Mark, Stop):
-    alias_slot(_cls, "stream_id", "stream_sid")
-
 
 class TwilioStreamState(StreamState[TwilioEvent, Start]):
     """Ordering rules of one Media Streams connection (protocols.md 1.3.1), on the shared
@@ -376,49 +334,21 @@ def _check_stream_sid(stream_sid: str) -> str:
     return orjson.dumps(stream_sid).decode()
 
 
-def _mark_name_json(name: str) -> str:
-    if type(name) is not str or not name or len(name) > MAX_MARK_NAME:
-        raise LocalProtocolError(
-            f"mark name must be a non-empty string of at most {MAX_MARK_NAME} characters, "
-            f"got {name!r:.60}", peer=PEER)
-    return orjson.dumps(name).decode()
+class TwilioOutbound(JsonOutbound):
+    """Builds the frames we send on one stream; the ``streamSid`` is escaped once."""
 
+    __slots__ = ("stream_sid",)
 
-class TwilioOutbound:
-    """Builds the frames we send on one stream; the ``streamSid`` is escaped once.
-
-    ``media()`` is string concatenation around a cached prefix: the payload must be base64
-    text (what the audio layer produces), which never needs JSON escaping.
-    """
-
-    __slots__ = ("_clear", "_mark_prefix", "_media_prefix", "stream_sid")
+    peer = PEER
 
     def __init__(self, stream_sid: str) -> None:
-        sid = _check_stream_sid(stream_sid)
+        super().__init__(',"streamSid":' + _check_stream_sid(stream_sid))
         self.stream_sid = stream_sid
-        self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
-        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
-        self._clear = '{"event":"clear","streamSid":' + sid + "}"
-
-    def media(self, payload_b64: str) -> str:
-        """``media`` frame for one base64 mu-law payload (trusted to be base64)."""
-        return self._media_prefix + payload_b64 + '"}}'
-
-    def mark(self, name: str) -> str:
-        """``mark`` frame; Twilio echoes ``name`` when playback reaches it (or on clear)."""
-        return self._mark_prefix + _mark_name_json(name) + "}}"
-
-    def clear(self) -> str:
-        """``clear`` frame: drop queued audio, flush pending marks."""
-        return self._clear
 
 
 def media_message(stream_sid: str, payload_b64: str) -> str:
     """One-off ``media`` frame; checks the payload is base64. Per call use TwilioOutbound."""
-    if type(payload_b64) is not str or _B64_RE.fullmatch(payload_b64) is None:
-        raise LocalProtocolError(f"media payload is not base64 text: {payload_b64!r:.40}",
-                                 peer=PEER)
-    return TwilioOutbound(stream_sid).media(payload_b64)
+    return TwilioOutbound(stream_sid).media(check_base64(payload_b64, PEER))
 
 
 def mark_message(stream_sid: str, name: str) -> str:
