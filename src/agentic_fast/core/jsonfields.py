@@ -85,6 +85,22 @@ class JsonFields:
                       where + key)
         return value
 
+    def get_digits(self, msg: JsonObject, key: str, where: str = "", *, max_digits: int = 18,
+                   or_int: bool = False) -> int:
+        """``msg[key]``, a non-negative integer sent as a JSON string of ASCII digits
+        (``"160"``; a non-negative JSON integer too where ``or_int``). ``max_digits`` keeps
+        ``int()`` away from its 4,300-digit limit (18 digits stay below 2**63)."""
+        value = msg[key]
+        if or_int and type(value) is int and value >= 0:
+            return value
+        if type(value) is not str or not value.isdigit() or not value.isascii():
+            self.fail("bad_type", f"{where}{key!r} must be a string of digits, got {value!r:.40}",
+                      where + key)
+        if len(value) > max_digits:
+            self.fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
+                      f"{max_digits})", where + key)
+        return int(value)
+
     def get_obj(self, msg: JsonObject, key: str, where: str = "") -> JsonObject:
         """``msg[key]``, a JSON object."""
         value = msg[key]

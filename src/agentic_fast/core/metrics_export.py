@@ -9,8 +9,10 @@ Each family is exposed as ``agentic_fast_<family>_total``:
 dotted name                               family {labels}
 ========================================  ============================================
 <carrier>.media.rejected.<reason>         media_rejected {carrier, reason}
+<carrier>.media.error_frames.<code>       carrier_stream_errors {carrier, code}
 <carrier>.media.<event>                   media_stream_events {carrier, event}
 <carrier>.webhook.rejected.<reason>       webhook_rejected {carrier, reason}
+<carrier>.webhook.<event>                 carrier_webhooks {carrier, event}
 <carrier>.rest.error.<op>                 carrier_api_errors {carrier, op}
 <carrier>.stream_error.<code>             carrier_stream_errors {carrier, code}
 <carrier>.<event>                         carrier_events {carrier, event}
@@ -29,8 +31,12 @@ brain.command.<outcome>                   agent_command_results {status}
 brain.<event>                             brain_events {event}
 gateway.<event>                           gateway_events {event}
 api.rejected.<reason>                     api_rejected {reason}
+store.write.events                        store_events_written
+store.write.{dropped,lost}.<reason>       store_events_dropped {reason}
 store.<event>                             store_events {event}
+notify.{delivered,retry,dead}.<channel>   notifications {outcome, channel}
 notify.<event>                            notify_events {event}
+events.<event>                            event_hub_events {event}
 <component>.<event> (ws, listener...)     server_events {component, event}
 anything else                             events {name}
 ========================================  ============================================
@@ -69,7 +75,7 @@ NAMESPACE = "agentic_fast"
 _CARRIER = "(?P<carrier>" + "|".join(CARRIERS) + ")"
 _PROVIDER = "(?P<provider>openai|gemini)"
 _OUTCOMES = "done|timeout|unavailable|error|cancelled|aborted"
-_COMPONENTS = "ws|listener|pacer|replay_guard|client_address|config|readyz"
+_COMPONENTS = "ws|listener|pacer|replay_guard|client_address|config|readyz|server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +100,15 @@ def _rule(pattern: str, family: str, help_text: str) -> Rule:
 RULES: tuple[Rule, ...] = (
     _rule(_CARRIER + r"\.media\.rejected\.(?P<reason>.+)", "media_rejected",
           "Carrier media-stream messages rejected, by carrier and reason."),
+    _rule(_CARRIER + r"\.media\.error_frames\.(?P<code>.+)", "carrier_stream_errors",
+          "Stream errors the carrier reported, by its error code."),
     _rule(_CARRIER + r"\.media\.(?P<event>.+)", "media_stream_events",
           "Media-stream connection events (connections, refusals, token errors...)."),
     _rule(_CARRIER + r"\.webhook\.rejected\.(?P<reason>.+)", "webhook_rejected",
           "Carrier webhooks rejected, by carrier and reason."),
+    _rule(_CARRIER + r"\.webhook\.(?P<event>.+)", "carrier_webhooks",
+          "Carrier webhooks taken, by event type, and their handling (replayed, unknown "
+          "call, failed...)."),
     _rule(_CARRIER + r"\.rest\.error\.(?P<op>.+)", "carrier_api_errors",
           "Carrier REST API errors, by operation."),
     _rule(_CARRIER + r"\.stream_error\.(?P<code>.+)", "carrier_stream_errors",
@@ -126,10 +137,19 @@ RULES: tuple[Rule, ...] = (
     _rule(r"brain\.(?P<event>.+)", "brain_events", "ConversationBrain events."),
     _rule(r"gateway\.(?P<event>.+)", "gateway_events", "OpenClaw gateway client events."),
     _rule(r"api\.rejected\.(?P<reason>.+)", "api_rejected", "API requests rejected, by reason."),
+    _rule(r"store\.write\.events", "store_events_written", "Call events written to the store."),
+    _rule(r"store\.write\.(?:dropped|lost)\.(?P<reason>.+)", "store_events_dropped",
+          "Call events the store writer gave up on, by reason (queue_full, failed, "
+          "shutdown)."),
     _rule(r"store\.(?P<event>.+)", "store_events",
           "Call store events (batches written, drops, prune failures...)."),
+    _rule(r"notify\.(?P<outcome>delivered|retry|dead)\.(?P<channel>.+)", "notifications",
+          "Post-call notifications by channel (webhook, telegram) and outcome (delivered, "
+          "retry, dead)."),
     _rule(r"notify\.(?P<event>.+)", "notify_events",
           "Post-call delivery events (webhook, Telegram)."),
+    _rule(r"events\.(?P<event>.+)", "event_hub_events",
+          "Live event hub (GET /calls/events): subscribers, refusals, drops, publish errors."),
     _rule("(?P<component>" + _COMPONENTS + r")\.(?P<event>.+)",
           "server_events", "Server plumbing events (listener, WebSocket, pacer...)."),
 )

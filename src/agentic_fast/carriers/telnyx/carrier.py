@@ -23,6 +23,7 @@ from agentic_fast.carriers.base import (
     WebhookReply,
     WebhookRequest,
 )
+from agentic_fast.carriers.common import CarrierParts
 from agentic_fast.carriers.registry import register
 from agentic_fast.carriers.telnyx.media import (
     CODECS,
@@ -146,7 +147,8 @@ class TelnyxCallControl:
         await self.rest.close()
 
 
-class TelnyxCarrier:
+class TelnyxCarrier(CarrierParts[TelnyxWebhookVerifier, TelnyxCallControl,
+                                 TelnyxInboundAnswer]):
     """Telnyx: one per server. ``rest`` overrides the client built from ``telnyx.*``
     (tests); a client built here is closed by :meth:`close`."""
 
@@ -158,46 +160,26 @@ class TelnyxCarrier:
         self.config = config
         self.from_number = t.from_number
         self.codec = CODECS[t.codec]
-        self._owns_rest = False
+        owned = None
         if rest is None and t.api_key:
-            rest = TelnyxRestClient(t.api_key, api_base=t.api_base_url,
-                                    timeout_s=t.request_timeout_s)
-            self._owns_rest = True
-        self._rest = rest
-        self._control = (TelnyxCallControl(rest, t.connection_id, self.codec)
-                         if rest is not None else None)
-        self._verifier: TelnyxWebhookVerifier | None = None
-        self._problem: str | None = None
+            rest = owned = TelnyxRestClient(t.api_key, api_base=t.api_base_url,
+                                            timeout_s=t.request_timeout_s)
+        verifier: TelnyxWebhookVerifier | None = None
+        problem: str | None = None
         if t.public_key:
-            self._verifier = TelnyxWebhookVerifier(TelnyxSignatureVerifier(
+            verifier = TelnyxWebhookVerifier(TelnyxSignatureVerifier(
                 t.public_key, tolerance_s=t.webhook_tolerance_s))
         else:
-            self._problem = "telnyx.public_key is not set: webhooks cannot be verified"
-        self._answer = TelnyxInboundAnswer(rest, self.codec)
-
-    @classmethod
-    def from_config(cls, config: Config) -> TelnyxCarrier:
-        return cls(config)
+            problem = "telnyx.public_key is not set: webhooks cannot be verified"
+        super().__init__(
+            verifier=verifier, verifier_problem=problem,
+            control=(TelnyxCallControl(rest, t.connection_id, self.codec)
+                     if rest is not None else None),
+            answer=TelnyxInboundAnswer(rest, self.codec), owned=owned)
 
     def open_stream(self, query: Mapping[str, str]) -> TelnyxStreamState:
         """Our params come back in ``start.client_state``: ``query`` is unused."""
         return TelnyxStreamState(self.codec)
-
-    @property
-    def verifier(self) -> TelnyxWebhookVerifier | None:
-        return self._verifier
-
-    @property
-    def verifier_problem(self) -> str | None:
-        return self._problem
-
-    @property
-    def control(self) -> TelnyxCallControl | None:
-        return self._control
-
-    @property
-    def answer(self) -> TelnyxInboundAnswer:
-        return self._answer
 
     def stream_target(self, params: Mapping[str, str]) -> StreamTarget:
         return StreamTarget(telnyx_stream_url(self.config), params)
@@ -212,10 +194,6 @@ class TelnyxCarrier:
     def routes(self, desk: CallDesk) -> Sequence[Route]:
         """``POST /telnyx/webhook``: every Call Control event."""
         return TelnyxWebhooks(self, desk).routes()
-
-    async def close(self) -> None:
-        if self._owns_rest and self._rest is not None:
-            await self._rest.close()
 
 
 register("telnyx", TelnyxCarrier)

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
-
-import orjson
 
 from agentic_fast.carriers.base import (
     L16_16K,
@@ -47,8 +44,19 @@ from agentic_fast.carriers.base import (
     StreamStart,
     StreamStop,
 )
+from agentic_fast.carriers.stream_state import (
+    DTMF_DIGITS,
+    MAX_NUM_DIGITS,
+    JsonOutbound,
+    MediaFormat,
+    StreamState,
+    check_base64,
+    media_parser,
+    message_parser,
+)
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import LocalProtocolError, TelnyxProtocolError
+from agentic_fast.core.errors import TelnyxProtocolError
+from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
     "CODECS",
@@ -70,10 +78,6 @@ __all__ = [
 ]
 
 PEER = "telnyx"
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-MAX_MARK_NAME = 256
-MAX_NUM_DIGITS = 18
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +123,6 @@ def decode_client_state(state: str | None) -> Mapping[str, str]:
 
 
 # --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFormat:
-    """``start.media_format``: what Telnyx streams to us."""
-
-    encoding: str
-    sample_rate: int
-    channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,58 +217,33 @@ TelnyxEvent = Connected | Start | Media | Dtmf | Mark | StreamError | Stop
 # --------------------------------------------------------------------------- field access
 
 
-def _fail(reason: str, message: str, fld: str | None = None) -> NoReturn:
-    raise TelnyxProtocolError(message, reason=reason, field=fld)
-
-
-def _obj(msg: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
-    value = msg[key]
-    if type(value) is not dict:
-        _fail("bad_type", f"{where}{key!r} must be a JSON object", where + key)
-    return value
-
-
-def _str(msg: dict[str, Any], key: str, where: str = "") -> str:
-    value = msg[key]
-    if type(value) is not str:
-        _fail("bad_type", f"{where}{key!r} must be a string, got {value!r:.40}", where + key)
-    return value
-
-
-def _opt_str(msg: dict[str, Any], key: str, where: str = "") -> str:
-    return _str(msg, key, where) if msg.get(key) is not None else ""
+_FIELDS = JsonFields(TelnyxProtocolError)
+_fail = _FIELDS.fail
+_obj = _FIELDS.get_obj
+_str = _FIELDS.get_str
+_int = _FIELDS.get_int
+_opt_str = _FIELDS.get_opt_str
 
 
 def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
     """A non-negative integer sent as a decimal string (``"2"``); a JSON integer is taken too."""
-    value = msg[key]
-    if type(value) is int and value >= 0:
-        return value
-    if type(value) is not str or not value.isascii() or not value.isdigit():
-        _fail("bad_type", f"{where}{key!r} must be a string of digits, got {value!r:.40}",
-              where + key)
-    if len(value) > MAX_NUM_DIGITS:
-        _fail("bad_value", f"{where}{key!r} has more than {MAX_NUM_DIGITS} digits", where + key)
-    return int(value)
+    return _FIELDS.get_digits(msg, key, where, max_digits=MAX_NUM_DIGITS, or_int=True)
+
+
+def _text(msg: dict[str, Any], key: str, where: str = "") -> str:
+    """An optional string field; ``""`` when absent or null."""
+    return _opt_str(msg, key, where) or ""
 
 
 def _seq(msg: dict[str, Any]) -> int:
     return _num_str(msg, "sequence_number") if "sequence_number" in msg else 0
 
 
-def _int(msg: dict[str, Any], key: str, where: str) -> int:
-    value = msg[key]
-    if type(value) is not int:
-        _fail("bad_type", f"{where}{key!r} must be a JSON integer, got {value!r:.40}",
-              where + key)
-    return value
-
-
 # --------------------------------------------------------------------------- parsers
 
 
 def _connected(msg: dict[str, Any]) -> Connected:
-    return Connected(_opt_str(msg, "version"))
+    return Connected(_text(msg, "version"))
 
 
 def _start(msg: dict[str, Any]) -> Start:
@@ -291,38 +261,12 @@ def _start(msg: dict[str, Any]) -> Start:
     media_format = MediaFormat(_str(fmt, "encoding", fw), _int(fmt, "sample_rate", fw),
                                _int(fmt, "channels", fw))
     return Start(_seq(msg), _str(msg, "stream_id"), _str(body, "call_control_id", w),
-                 _opt_str(body, "call_session_id", w), _opt_str(body, "from", w),
-                 _opt_str(body, "to", w), state, MappingProxyType(params), media_format)
-
-
-def _media(msg: dict[str, Any]) -> Media:
-    """Hot path: one pass of type checks, then the fields set without ``__init__``."""
-    body = msg["media"]
-    if type(body) is dict:
-        payload = body["payload"]
-        track = body.get("track", "inbound")
-        chunk = body.get("chunk", "0")
-        ts = body.get("timestamp", "0")
-        seq = msg.get("sequence_number", "0")
-        sid = msg.get("stream_id", "")
-        if (type(payload) is str and type(track) is str and type(sid) is str
-                and type(seq) is str and type(chunk) is str and type(ts) is str
-                and seq.isdigit() and chunk.isdigit() and ts.isdigit()
-                and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
-                and len(ts) <= MAX_NUM_DIGITS and (seq + chunk + ts).isascii()):
-            event = _new(Media)
-            _set_seq(event, int(seq))
-            _set_sid(event, sid)
-            _set_track(event, track)
-            _set_chunk(event, int(chunk))
-            _set_ts(event, int(ts))
-            _set_payload(event, payload)
-            return event
-    return _media_checked(msg)
+                 _text(body, "call_session_id", w), _text(body, "from", w),
+                 _text(body, "to", w), state, MappingProxyType(params), media_format)
 
 
 def _media_checked(msg: dict[str, Any]) -> Media:
-    """Slow path of :func:`_media`: the same checks one by one, for a precise error."""
+    """Slow path of :data:`_media`: the same checks one by one, for a precise error."""
     body = _obj(msg, "media")
     payload = _str(body, "payload", "media.")
     track = _str(body, "track", "media.") if "track" in body else "inbound"
@@ -332,10 +276,9 @@ def _media_checked(msg: dict[str, Any]) -> Media:
     return Media(_seq(msg), sid, track, chunk, ts, payload)
 
 
-_new = object.__new__
-_set_seq, _set_sid, _set_track, _set_chunk, _set_ts, _set_payload = (
-    getattr(Media, name).__set__ for name in
-    ("sequence_number", "stream_id", "track", "chunk", "timestamp_ms", "payload"))
+#: Hot path: the shared fast parser, falling back to :func:`_media_checked` (which also
+#: fills the fields Telnyx may leave out).
+_media = media_parser(Media, "sequence_number", "stream_id", _media_checked)
 
 
 def _sid(msg: dict[str, Any]) -> str:
@@ -369,7 +312,7 @@ def _stop(msg: dict[str, Any]) -> Stop:
     body = msg.get("stop") or {}
     if type(body) is not dict:
         _fail("bad_type", "'stop' must be a JSON object", "stop")
-    return Stop(_seq(msg), _sid(msg), _opt_str(body, "call_control_id", "stop."))
+    return Stop(_seq(msg), _sid(msg), _text(body, "call_control_id", "stop."))
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], TelnyxEvent]] = {
@@ -383,82 +326,40 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], TelnyxEvent]] = {
 }
 
 
-def parse_telnyx_message(text: str | bytes) -> TelnyxEvent:
-    """Parse one Media Streaming text frame; raises :class:`TelnyxProtocolError`."""
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise TelnyxProtocolError(f"malformed JSON: {exc}", reason="malformed_json") from exc
-    if type(msg) is not dict:
-        _fail("not_object", f"message must be a JSON object, got {type(msg).__name__}")
-    event = msg.get("event")
-    parser = _PARSERS.get(event) if type(event) is str else None
-    if parser is None:
-        if event is None:
-            _fail("missing_field", "message has no 'event' field", "event")
-        if type(event) is not str:
-            _fail("bad_type", f"'event' must be a string, got {event!r:.40}", "event")
-        _fail("unknown_event", f"unknown event {event!r:.40}", "event")
-    try:
-        return parser(msg)
-    except KeyError as exc:
-        key = exc.args[0] if exc.args else "?"
-        raise TelnyxProtocolError(f"{event} message is missing field {key!r}",
-                                  reason="missing_field", field=str(key)) from None
+#: Parse one Media Streaming text frame; raises :class:`TelnyxProtocolError`.
+parse_telnyx_message: Callable[[str | bytes], TelnyxEvent] = message_parser(_PARSERS, _FIELDS)
 
 
 # --------------------------------------------------------------------------- stream state
 
-_AWAIT_START, _STREAMING, _STOPPED = range(3)
-_PHASE_NAMES = ("awaiting start", "streaming", "stopped")
+class TelnyxStreamState(StreamState[TelnyxEvent, Start]):
+    """Order rules of one stream, on the shared
+    :class:`~agentic_fast.carriers.stream_state.StreamState`: ``connected`` (optional), then
+    ``start`` (whose ``media_format`` must be ``codec``), then media/dtmf/mark/error carrying
+    the start's ``stream_id`` (when they carry one), then ``stop``. The ``sequence_number``
+    is counted, not enforced (gaps and regressions; absent counts as 0 and is skipped).
 
-
-class TelnyxStreamState:
-    """Order rules of one stream: ``connected`` (optional, once) then ``start`` (whose
-    ``media_format`` must be ``codec``), then media/dtmf/mark/error carrying the start's
-    ``stream_id`` (when they carry one), then ``stop``. Frames arrive over TCP in order; the
-    ``sequence_number`` is counted, not enforced (gaps and regressions).
-
-    The carrier's :class:`~agentic_fast.carriers.base.MediaStreamProtocol`: media of a track
-    other than ``inbound`` (we ask for ``inbound_track`` only) is refused
+    Media of a track other than ``inbound`` (we ask for ``inbound_track`` only) is refused
     (``unexpected_track``), and an ``error`` frame is counted and refused (``error_frame``).
     """
 
-    __slots__ = ("_phase", "codec", "last_sequence", "media_count", "seq_gaps",
-                 "seq_regressions", "start", "stream_id")
+    __slots__ = ("codec",)
+
+    fields = _FIELDS
+    media_type = Media
+    stream_id_field = "stream_id"
+    wrong_stream_id_reason = "wrong_stream_id"
+    event_names: ClassVar[Mapping[type, str]] = {
+        Connected: "connected", Start: "start", Media: "media", Dtmf: "dtmf", Mark: "mark",
+        StreamError: "error", Stop: "stop"}
+    connected_required = False
+    stream_id_optional = True
+    sequence_optional = True
+    inbound_track = "inbound"
 
     def __init__(self, codec: TelnyxCodec) -> None:
+        super().__init__(parse_telnyx_message)
         self.codec = codec
-        self._phase = _AWAIT_START
-        self.start: Start | None = None
-        self.stream_id: str | None = None
-        self.last_sequence = 0
-        self.media_count = 0
-        self.seq_gaps = 0
-        self.seq_regressions = 0
-
-    @property
-    def started(self) -> bool:
-        return self._phase == _STREAMING
-
-    @property
-    def stopped(self) -> bool:
-        return self._phase == _STOPPED
-
-    def receive(self, text: str | bytes) -> TelnyxEvent:
-        """Parse a text frame and check it against the stream's state."""
-        event = parse_telnyx_message(text)
-        if type(event) is Media and self._phase == _STREAMING:  # fast path
-            sid = event.stream_id
-            if sid and sid != self.stream_id:
-                self._wrong_sid(sid)
-            self._sequence(event.sequence_number)
-            self.media_count += 1
-            if event.track != "inbound":
-                _fail("unexpected_track", f"media of track {event.track!r:.20} (we asked "
-                      "for inbound_track only)", "media.track")
-            return event
-        return self._check(event)
 
     def receive_binary(self, data: bytes) -> TelnyxEvent:
         _fail("binary_frame", f"binary frame of {len(data)} bytes (Telnyx sends text)")
@@ -466,101 +367,34 @@ class TelnyxStreamState:
     def outbound(self, start: StreamStart) -> TelnyxOutbound:
         return _OUTBOUND
 
-    def _check(self, event: TelnyxEvent) -> TelnyxEvent:
-        kind = type(event)
-        if kind is Connected:
-            if self._phase != _AWAIT_START:
-                _fail("out_of_order", f"'connected' while {_PHASE_NAMES[self._phase]}")
-            return event
-        if kind is Start:
-            assert isinstance(event, Start)
-            if self._phase != _AWAIT_START:
-                _fail("out_of_order", f"'start' while {_PHASE_NAMES[self._phase]}")
-            fmt = event.media_format
-            codec = self.codec
-            if (fmt.encoding.upper(), fmt.sample_rate, fmt.channels) != (
-                    codec.name, codec.leg.sample_rate, 1):
-                _fail("unsupported_media_format",
-                      f"media format {fmt.encoding} {fmt.sample_rate} Hz {fmt.channels} ch "
-                      f"(expected {codec.name} {codec.sample_rate} Hz mono)",
-                      "start.media_format")
-            self.start = event
-            self.stream_id = event.stream_id
-            self.last_sequence = event.sequence_number
-            self._phase = _STREAMING
-            return event
-        if self._phase != _STREAMING:
-            _fail("out_of_order", f"{_EVENT_NAMES[kind]!r} while {_PHASE_NAMES[self._phase]}")
-        assert not isinstance(event, Connected | Start)
-        if event.stream_id and event.stream_id != self.stream_id:
-            self._wrong_sid(event.stream_id)
-        self._sequence(event.sequence_number)
-        if kind is Media:
-            self.media_count += 1
-            assert isinstance(event, Media)
-            if event.track != "inbound":
-                _fail("unexpected_track", f"media of track {event.track!r:.20}", "media.track")
-        elif kind is Stop:
-            self._phase = _STOPPED
-        elif kind is StreamError:
-            assert isinstance(event, StreamError)
+    def _check_start(self, start: Start) -> None:
+        fmt = start.media_format
+        codec = self.codec
+        if (fmt.encoding.upper(), fmt.sample_rate, fmt.channels) != (
+                codec.name, codec.leg.sample_rate, 1):
+            _fail("unsupported_media_format",
+                  f"media format {fmt.encoding} {fmt.sample_rate} Hz {fmt.channels} ch "
+                  f"(expected {codec.name} {codec.sample_rate} Hz mono)",
+                  "start.media_format")
+
+    def _other(self, event: TelnyxEvent) -> None:
+        if type(event) is StreamError:
             metrics.incr(f"telnyx.media.error_frames.{event.code}")
             _fail("error_frame", f"Telnyx error {event.code} {event.title}: {event.detail}")
-        return event
-
-    def _sequence(self, seq: int) -> None:
-        if not seq:
-            return
-        expected = self.last_sequence + 1
-        if seq != expected:
-            if seq > expected:
-                self.seq_gaps += seq - expected
-            else:
-                self.seq_regressions += 1
-                return
-        self.last_sequence = seq
-
-    def _wrong_sid(self, sid: str) -> NoReturn:
-        _fail("wrong_stream_id", f"stream_id {sid!r:.40} differs from the stream's "
-              f"{self.stream_id!r}", "stream_id")
-
-
-_EVENT_NAMES: dict[type, str] = {Connected: "connected", Start: "start", Media: "media",
-                                 Dtmf: "dtmf", Mark: "mark", StreamError: "error",
-                                 Stop: "stop"}
 
 
 # --------------------------------------------------------------------------- builders
 
 
-class TelnyxOutbound:
-    """Builds the frames we send on one stream (bidirectional ``rtp`` mode).
-
-    ``media()`` is string concatenation around a constant prefix: the payload must be base64
-    text (what the audio layer produces), which never needs JSON escaping. ``stream_id`` is
-    optional on Telnyx's side and left out.
-    """
+class TelnyxOutbound(JsonOutbound):
+    """Builds the frames we send on a stream (bidirectional ``rtp`` mode): ``stream_id`` is
+    optional on Telnyx's side and left out, so one builder serves every stream. Telnyx plays
+    ``media`` (base64 audio in the negotiated codec), echoes a ``mark`` once the audio before
+    it has played, and on ``clear`` stops playback (queued marks come back)."""
 
     __slots__ = ()
 
-    _MEDIA_PREFIX = '{"event":"media","media":{"payload":"'
-    _MARK_PREFIX = '{"event":"mark","mark":{"name":'
-    _CLEAR = '{"event":"clear"}'
-
-    def media(self, payload_b64: str) -> str:
-        """``media`` frame for base64 audio in the negotiated codec (trusted base64)."""
-        return self._MEDIA_PREFIX + payload_b64 + '"}}'
-
-    def mark(self, name: str) -> str:
-        """``mark`` frame; Telnyx sends it back once the audio before it has played."""
-        if type(name) is not str or not name or len(name) > MAX_MARK_NAME:
-            raise LocalProtocolError(f"mark name must be a non-empty string of at most "
-                                     f"{MAX_MARK_NAME} characters, got {name!r:.60}", peer=PEER)
-        return self._MARK_PREFIX + orjson.dumps(name).decode() + "}}"
-
-    def clear(self) -> str:
-        """``clear`` frame: stop playback, drop queued audio (queued marks come back)."""
-        return self._CLEAR
+    peer = PEER
 
 
 _OUTBOUND = TelnyxOutbound()
@@ -568,7 +402,4 @@ _OUTBOUND = TelnyxOutbound()
 
 def media_message(payload_b64: str) -> str:
     """One-off ``media`` frame with the payload checked to be base64."""
-    if type(payload_b64) is not str or _B64_RE.fullmatch(payload_b64) is None:
-        raise LocalProtocolError(f"media payload is not base64 text: {payload_b64!r:.40}",
-                                 peer=PEER)
-    return TelnyxOutbound().media(payload_b64)
+    return _OUTBOUND.media(check_base64(payload_b64, PEER))

@@ -14,6 +14,7 @@ from agentic_fast.carriers.base import (
     WebhookReply,
     WebhookRequest,
 )
+from agentic_fast.carriers.common import CarrierParts
 from agentic_fast.carriers.registry import register
 from agentic_fast.carriers.twilio.form import JSON_TYPE
 from agentic_fast.carriers.twilio.media import TwilioStreamState
@@ -85,7 +86,7 @@ class TwilioInboundAnswer:
         return _twiml(reject_twiml(kind))
 
 
-class TwilioCarrier:
+class TwilioCarrier(CarrierParts[TwilioWebhookVerifier, TwilioRestClient, TwilioInboundAnswer]):
     """Twilio: one per server. ``rest`` overrides the REST client built from ``twilio.*``
     (tests); a client built here is closed by :meth:`close`."""
 
@@ -95,45 +96,25 @@ class TwilioCarrier:
     def __init__(self, config: Config, rest: TwilioRestClient | None = None) -> None:
         tw = config.twilio
         self.from_number = tw.from_number
-        self._owns_rest = False
+        owned = None
         if rest is None and tw.account_sid and tw.auth_token:
-            rest = TwilioRestClient(tw.account_sid, tw.auth_token, api_base=tw.api_base,
-                                    timeout_s=tw.request_timeout_s)
-            self._owns_rest = True
-        self._rest = rest
-        self._verifier: TwilioWebhookVerifier | None = None
-        self._problem: str | None = None
+            rest = owned = TwilioRestClient(tw.account_sid, tw.auth_token,
+                                            api_base=tw.api_base,
+                                            timeout_s=tw.request_timeout_s)
+        verifier: TwilioWebhookVerifier | None = None
+        problem: str | None = None
         try:
-            self._verifier = TwilioWebhookVerifier(TwilioSignatureValidator(
+            verifier = TwilioWebhookVerifier(TwilioSignatureValidator(
                 tw.auth_token, config.server.public_url, tw.shared_keys))
         except SignatureNotConfiguredError as exc:
-            self._problem = str(exc)
-        self._answer = TwilioInboundAnswer()
+            problem = str(exc)
+        super().__init__(verifier=verifier, verifier_problem=problem, control=rest,
+                         answer=TwilioInboundAnswer(), owned=owned)
         self._server = config.server
-
-    @classmethod
-    def from_config(cls, config: Config) -> TwilioCarrier:
-        return cls(config)
 
     def open_stream(self, query: Mapping[str, str]) -> TwilioStreamState:
         """Twilio returns our params in ``start.customParameters``: ``query`` is unused."""
         return TwilioStreamState()
-
-    @property
-    def verifier(self) -> TwilioWebhookVerifier | None:
-        return self._verifier
-
-    @property
-    def verifier_problem(self) -> str | None:
-        return self._problem
-
-    @property
-    def control(self) -> TwilioRestClient | None:
-        return self._rest
-
-    @property
-    def answer(self) -> TwilioInboundAnswer:
-        return self._answer
 
     def map_status(self, carrier_status: str) -> StatusChange:
         return map_call_status(carrier_status)
@@ -153,10 +134,6 @@ class TwilioCarrier:
     def routes(self, desk: CallDesk) -> Sequence[Route]:
         """``/twilio/voice``, ``/twilio/status``, ``/twilio/stream-status``."""
         return twilio_routes(self, desk)
-
-    async def close(self) -> None:
-        if self._owns_rest and self._rest is not None:
-            await self._rest.close()
 
 
 register("twilio", TwilioCarrier)

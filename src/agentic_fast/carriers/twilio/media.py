@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import orjson
 
@@ -38,6 +38,16 @@ from agentic_fast.carriers.base import (
     StreamConnected,
     StreamStart,
     StreamStop,
+)
+from agentic_fast.carriers.stream_state import (
+    DTMF_DIGITS,
+    JsonOutbound,
+    MediaFormat,
+    StreamState,
+    alias_slot,
+    check_base64,
+    media_parser,
+    message_parser,
 )
 from agentic_fast.core.errors import LocalProtocolError, TwilioProtocolError
 from agentic_fast.core.jsonfields import JsonFields
@@ -62,32 +72,13 @@ __all__ = [
 
 PEER = "twilio"
 
-#: ``dtmf.digit`` values accepted (protocols.md 1.3.1; A-D tolerated for SIP callers).
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-
 #: The only media format the bridge handles (``start.mediaFormat``).
 MULAW_8K = ("audio/x-mulaw", 8000, 1)
 
 _SID_RE = {prefix: re.compile(prefix + r"[0-9a-fA-F]{32}") for prefix in ("AC", "CA", "MZ")}
-_B64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-#: Mark names are ours; keep them short and printable (they are echoed back verbatim).
-MAX_MARK_NAME = 256
-#: Most digits a numeric string field may have (``sequenceNumber``, ``chunk``,
-#: ``timestamp``): 18 digits stay below 2**63, far above any real stream (a day of audio is
-#: 4.3 million chunks, 86.4 million ms), and keep ``int()`` away from its 4,300-digit limit.
-MAX_NUM_DIGITS = 18
 
 
 # --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class MediaFormat:
-    """``start.mediaFormat``: always mu-law 8 kHz mono on today's Twilio."""
-
-    encoding: str
-    sample_rate: int
-    channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +162,10 @@ class Stop(StreamStop):
 
 TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
 
+# Twilio's events carry ``streamSid``: the shared machine reads it as ``stream_id``.
+for _cls in (Media, Dtmf, Mark, Stop):
+    alias_slot(_cls, "stream_id", "stream_sid")
+
 
 # --------------------------------------------------------------------------- field access
 
@@ -182,16 +177,8 @@ _str = _FIELDS.get_str
 _int = _FIELDS.get_int
 
 
-def _num_str(msg: dict[str, Any], key: str, where: str = "") -> int:
-    """A non-negative integer sent as a JSON string of ASCII digits (``"160"``)."""
-    value = msg[key]
-    if type(value) is not str or not value.isdigit() or not value.isascii():
-        _fail("bad_type", f"{where}{key!r} must be a string of digits, got {value!r:.40}",
-              where + key)
-    if len(value) > MAX_NUM_DIGITS:
-        _fail("bad_value", f"{where}{key!r} has {len(value)} digits (at most "
-              f"{MAX_NUM_DIGITS})", where + key)
-    return int(value)
+#: A non-negative integer sent as a JSON string of ASCII digits (``"160"``).
+_num_str = _FIELDS.get_digits
 
 
 def _sid(msg: dict[str, Any], key: str, prefix: str, where: str = "") -> str:
@@ -233,35 +220,8 @@ def _start(msg: dict[str, Any]) -> Start:
                  MappingProxyType(params), media_format)
 
 
-def _media(msg: dict[str, Any]) -> Media:
-    """Hot path: one pass of type checks, then the fields set without ``__init__``."""
-    body = msg["media"]
-    if type(body) is dict:
-        payload = body["payload"]
-        track = body["track"]
-        chunk = body["chunk"]
-        ts = body["timestamp"]
-        seq = msg["sequenceNumber"]
-        sid = msg["streamSid"]
-        if (type(payload) is str and type(track) is str and type(sid) is str
-                and type(seq) is str and type(chunk) is str and type(ts) is str
-                and seq.isdigit() and chunk.isdigit() and ts.isdigit()
-                and len(seq) <= MAX_NUM_DIGITS and len(chunk) <= MAX_NUM_DIGITS
-                and len(ts) <= MAX_NUM_DIGITS
-                and (seq + chunk + ts).isascii()):
-            event = _new(Media)
-            _set_seq(event, int(seq))
-            _set_sid(event, sid)
-            _set_chunk(event, int(chunk))
-            _set_ts(event, int(ts))
-            _set_track(event, track)
-            _set_payload(event, payload)
-            return event
-    return _media_checked(msg)
-
-
 def _media_checked(msg: dict[str, Any]) -> Media:
-    """Slow path of :func:`_media`: the same checks, one by one, for a precise error."""
+    """Slow path of :data:`_media`: the same checks, one by one, for a precise error."""
     body = _obj(msg, "media")
     payload = _str(body, "payload", "media.")
     track = _str(body, "track", "media.")
@@ -270,12 +230,8 @@ def _media_checked(msg: dict[str, Any]) -> Media:
                  track, payload)
 
 
-_new = object.__new__
-# Slot descriptors of the frozen Media: setting them directly skips the frozen __init__'s
-# per-field object.__setattr__ name lookups (half the cost of building the event).
-_set_seq, _set_sid, _set_chunk, _set_ts, _set_track, _set_payload = (
-    getattr(Media, name).__set__ for name in
-    ("sequence_number", "stream_sid", "chunk", "timestamp_ms", "track", "payload"))
+#: Hot path: the shared fast parser, falling back to :func:`_media_checked`.
+_media = media_parser(Media, "sequenceNumber", "streamSid", _media_checked)
 
 
 def _dtmf(msg: dict[str, Any]) -> Dtmf:
@@ -312,33 +268,11 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], TwilioEvent]] = {
 }
 
 
-def parse_twilio_message(text: str | bytes) -> TwilioEvent:
-    """Parse one Media Streams text frame into an event.
-
-    ``bytes`` are accepted as the UTF-8 text of a text frame (some drivers hand those over);
-    a *binary* WebSocket frame is a protocol error: use :func:`binary_frame_error`.
-    Raises :class:`TwilioProtocolError` with a ``reason`` on any violation.
-    """
-    try:
-        msg = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise TwilioProtocolError(f"malformed JSON: {exc}", reason="malformed_json") from exc
-    if type(msg) is not dict:
-        _fail("not_object", f"message must be a JSON object, got {type(msg).__name__}")
-    event = msg.get("event")
-    parser = _PARSERS.get(event) if type(event) is str else None
-    if parser is None:
-        if event is None:
-            _fail("missing_field", "message has no 'event' field", "event")
-        if type(event) is not str:
-            _fail("bad_type", f"'event' must be a string, got {event!r:.40}", "event")
-        _fail("unknown_event", f"unknown event {event!r:.40}", "event")
-    try:
-        return parser(msg)
-    except KeyError as exc:
-        key = exc.args[0] if exc.args else "?"
-        raise TwilioProtocolError(f"{event} message is missing field {key!r}",
-                                  reason="missing_field", field=str(key)) from None
+#: Parse one Media Streams text frame into an event. ``bytes`` are accepted as the UTF-8
+#: text of a text frame (some drivers hand those over); a *binary* WebSocket frame is a
+#: protocol error (:func:`binary_frame_error`). Raises :class:`TwilioProtocolError` with a
+#: ``reason`` on any violation.
+parse_twilio_message: Callable[[str | bytes], TwilioEvent] = message_parser(_PARSERS, _FIELDS)
 
 
 def binary_frame_error(size: int) -> TwilioProtocolError:
@@ -349,53 +283,29 @@ def binary_frame_error(size: int) -> TwilioProtocolError:
 
 # --------------------------------------------------------------------------- stream state
 
-_AWAIT_CONNECTED, _AWAIT_START, _STREAMING, _STOPPED = range(4)
-_PHASE_NAMES = ("awaiting connected", "awaiting start", "streaming", "stopped")
+class TwilioStreamState(StreamState[TwilioEvent, Start]):
+    """Ordering rules of one Media Streams connection (protocols.md 1.3.1), on the shared
+    :class:`~agentic_fast.carriers.stream_state.StreamState`: ``connected`` first, then
+    ``start`` (mu-law 8 kHz mono only), then ``media``/``dtmf``/``mark`` carrying the start's
+    ``streamSid``, then ``stop``; ``sequenceNumber`` counted, not enforced."""
 
+    __slots__ = ()
 
-class TwilioStreamState:
-    """Ordering rules of one Media Streams connection (protocols.md 1.3.1).
-
-    Theory: a four-phase machine. ``connected`` moves *awaiting connected* -> *awaiting
-    start*; ``start`` -> *streaming* and fixes the ``streamSid``; ``stop`` -> *stopped*.
-    ``media``/``dtmf``/``mark`` are only legal while streaming and must carry the
-    ``streamSid`` of ``start``. Anything else is ``out_of_order``.
-
-    ``sequenceNumber`` is counted, not enforced: a jump forward adds the missing count to
-    ``seq_gaps``, a repeat or step back adds one to ``seq_regressions``; neither raises.
-    """
-
-    __slots__ = ("_phase", "last_sequence", "media_count", "seq_gaps", "seq_regressions",
-                 "start", "stream_sid")
+    fields = _FIELDS
+    media_type = Media
+    stream_id_field = "streamSid"
+    wrong_stream_id_reason = "wrong_stream_sid"
+    event_names: ClassVar[Mapping[type, str]] = {
+        Connected: "connected", Start: "start", Media: "media", Dtmf: "dtmf",
+        Mark: "mark", Stop: "stop"}
 
     def __init__(self) -> None:
-        self._phase = _AWAIT_CONNECTED
-        self.start: Start | None = None
-        self.stream_sid: str | None = None
-        self.last_sequence = 0
-        self.media_count = 0
-        self.seq_gaps = 0
-        self.seq_regressions = 0
+        super().__init__(parse_twilio_message)
 
     @property
-    def started(self) -> bool:
-        """``start`` arrived: ``stream_sid`` is known and audio may be sent."""
-        return self._phase == _STREAMING
-
-    @property
-    def stopped(self) -> bool:
-        return self._phase == _STOPPED
-
-    def receive(self, text: str | bytes) -> TwilioEvent:
-        """Parse a text frame and check it against the connection's state."""
-        event = parse_twilio_message(text)
-        if type(event) is Media and self._phase == _STREAMING:  # fast path
-            if event.stream_sid != self.stream_sid:
-                self._wrong_sid(event.stream_sid)
-            self._sequence(event.sequence_number)
-            self.media_count += 1
-            return event
-        return self._check(event)
+    def stream_sid(self) -> str | None:
+        """The ``streamSid`` of ``start`` (None before it)."""
+        return self.stream_id
 
     def receive_binary(self, data: bytes) -> NoReturn:
         """A binary frame arrived: always a protocol error."""
@@ -405,61 +315,13 @@ class TwilioStreamState:
         """The builder of our frames on this stream."""
         return TwilioOutbound(start.stream_id)
 
-    def _check(self, event: TwilioEvent) -> TwilioEvent:
-        phase = self._phase
-        kind = type(event)
-        if kind is Connected:
-            if phase != _AWAIT_CONNECTED:
-                self._out_of_order("connected")
-            self._phase = _AWAIT_START
-            return event
-        if kind is Start:
-            if phase != _AWAIT_START:
-                self._out_of_order("start")
-            assert isinstance(event, Start)
-            fmt = event.media_format
-            if (fmt.encoding, fmt.sample_rate, fmt.channels) != MULAW_8K:
-                _fail("unsupported_media_format",
-                      f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz "
-                      f"{fmt.channels} ch (expected audio/x-mulaw 8000 Hz mono)",
-                      "start.mediaFormat")
-            self.start = event
-            self.stream_sid = event.stream_sid
-            self.last_sequence = event.sequence_number
-            self._phase = _STREAMING
-            return event
-        if phase != _STREAMING:
-            self._out_of_order(_EVENT_NAMES[kind])
-        assert not isinstance(event, Connected | Start)
-        if event.stream_sid != self.stream_sid:
-            self._wrong_sid(event.stream_sid)
-        self._sequence(event.sequence_number)
-        if kind is Media:
-            self.media_count += 1
-        elif kind is Stop:
-            self._phase = _STOPPED
-        return event
-
-    def _sequence(self, seq: int) -> None:
-        expected = self.last_sequence + 1
-        if seq != expected:
-            if seq > expected:
-                self.seq_gaps += seq - expected
-            else:
-                self.seq_regressions += 1
-                return
-        self.last_sequence = seq
-
-    def _out_of_order(self, name: str) -> NoReturn:
-        _fail("out_of_order", f"{name!r} message while {_PHASE_NAMES[self._phase]}")
-
-    def _wrong_sid(self, sid: str) -> NoReturn:
-        _fail("wrong_stream_sid", f"streamSid {sid!r:.40} differs from the stream's "
-              f"{self.stream_sid!r}", "streamSid")
-
-
-_EVENT_NAMES: dict[type, str] = {Connected: "connected", Start: "start", Media: "media",
-                                 Dtmf: "dtmf", Mark: "mark", Stop: "stop"}
+    def _check_start(self, start: Start) -> None:
+        fmt = start.media_format
+        if (fmt.encoding, fmt.sample_rate, fmt.channels) != MULAW_8K:
+            _fail("unsupported_media_format",
+                  f"unsupported media format {fmt.encoding} {fmt.sample_rate} Hz "
+                  f"{fmt.channels} ch (expected audio/x-mulaw 8000 Hz mono)",
+                  "start.mediaFormat")
 
 
 # --------------------------------------------------------------------------- builders
@@ -472,49 +334,21 @@ def _check_stream_sid(stream_sid: str) -> str:
     return orjson.dumps(stream_sid).decode()
 
 
-def _mark_name_json(name: str) -> str:
-    if type(name) is not str or not name or len(name) > MAX_MARK_NAME:
-        raise LocalProtocolError(
-            f"mark name must be a non-empty string of at most {MAX_MARK_NAME} characters, "
-            f"got {name!r:.60}", peer=PEER)
-    return orjson.dumps(name).decode()
+class TwilioOutbound(JsonOutbound):
+    """Builds the frames we send on one stream; the ``streamSid`` is escaped once."""
 
+    __slots__ = ("stream_sid",)
 
-class TwilioOutbound:
-    """Builds the frames we send on one stream; the ``streamSid`` is escaped once.
-
-    ``media()`` is string concatenation around a cached prefix: the payload must be base64
-    text (what the audio layer produces), which never needs JSON escaping.
-    """
-
-    __slots__ = ("_clear", "_mark_prefix", "_media_prefix", "stream_sid")
+    peer = PEER
 
     def __init__(self, stream_sid: str) -> None:
-        sid = _check_stream_sid(stream_sid)
+        super().__init__(',"streamSid":' + _check_stream_sid(stream_sid))
         self.stream_sid = stream_sid
-        self._media_prefix = '{"event":"media","streamSid":' + sid + ',"media":{"payload":"'
-        self._mark_prefix = '{"event":"mark","streamSid":' + sid + ',"mark":{"name":'
-        self._clear = '{"event":"clear","streamSid":' + sid + "}"
-
-    def media(self, payload_b64: str) -> str:
-        """``media`` frame for one base64 mu-law payload (trusted to be base64)."""
-        return self._media_prefix + payload_b64 + '"}}'
-
-    def mark(self, name: str) -> str:
-        """``mark`` frame; Twilio echoes ``name`` when playback reaches it (or on clear)."""
-        return self._mark_prefix + _mark_name_json(name) + "}}"
-
-    def clear(self) -> str:
-        """``clear`` frame: drop queued audio, flush pending marks."""
-        return self._clear
 
 
 def media_message(stream_sid: str, payload_b64: str) -> str:
     """One-off ``media`` frame; checks the payload is base64. Per call use TwilioOutbound."""
-    if type(payload_b64) is not str or _B64_RE.fullmatch(payload_b64) is None:
-        raise LocalProtocolError(f"media payload is not base64 text: {payload_b64!r:.40}",
-                                 peer=PEER)
-    return TwilioOutbound(stream_sid).media(payload_b64)
+    return TwilioOutbound(stream_sid).media(check_base64(payload_b64, PEER))
 
 
 def mark_message(stream_sid: str, name: str) -> str:
