@@ -15,6 +15,7 @@ instance starts where it landed (a fresh model socket), counted: ``stream.handov
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import os
@@ -63,7 +64,10 @@ class Handover:
             metrics.incr("stream.handover.unsendable")
             return False
         try:
-            socket.send_fds(self._sock, [data], [fd], 0, str(self.identity.fd_path(worker)))
+            # (socket.send_fds drops its address argument: sendmsg it is)
+            self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         array.array("i", [fd]))],
+                               0, str(self.identity.fd_path(worker)))
         except OSError as exc:  # gone (ENOENT, ECONNREFUSED) or its queue is full (EAGAIN)
             metrics.incr("stream.handover.orphan")
             log.warning("stream.handover.orphan", owner=owner, worker=self.owner,
