@@ -30,6 +30,8 @@ from agentic_fast.server.app import (
     require_public_config,
     start_site,
 )
+from agentic_fast.server.supervisor import Supervisor
+from agentic_fast.server.worker_mode import WorkerMode
 from agentic_fast.server.workers import WorkerIdentity
 
 log = get_logger("serve")
@@ -63,8 +65,6 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
         notifier.attach(app, app[SERVICES].manager)
     mode = None
     if worker is not None:
-        from agentic_fast.server.worker_mode import WorkerMode
-
         mode = WorkerMode(app, worker)
     runner = make_runner(app, config)
     await runner.setup()
@@ -205,9 +205,7 @@ def run(config: Config, *, host: str | None = None, port: int | None = None,
     logmod.configure(config.logging.level, config.logging.format)
     count = config.server.worker_count if workers is None else workers
     if count > 1:
-        from agentic_fast.server.supervisor import Supervisor
-
-        return Supervisor(config, count, host=host, port=port).run()
+        return Supervisor(config, count, run_worker, host=host, port=port).run()
     uvloop.run(serve(config, host=host, port=port))
     return 0
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from agentic_fast.core import metrics
 from agentic_fast.core.backoff import Backoff, BackoffRun
@@ -51,6 +52,13 @@ _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 _PR_SET_PDEATHSIG = 1
 
 
+class WorkerBody(Protocol):
+    """What a forked worker runs (``runner.run_worker``); its return is the exit status."""
+
+    def __call__(self, config: Config, worker: WorkerIdentity, *, host: str | None,
+                 port: int) -> int: ...
+
+
 @dataclass
 class _Worker:
     worker_id: int
@@ -63,14 +71,17 @@ class _Worker:
 
 
 class Supervisor:
-    """Runs ``count`` workers of ``config`` on ``host:port`` until a signal drains them."""
+    """Runs ``count`` workers (each forked to run ``body``) of ``config`` on ``host:port``
+    until a signal drains them."""
 
-    def __init__(self, config: Config, count: int, *, host: str | None = None,
-                 port: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, count: int, body: WorkerBody, *,
+                 host: str | None = None, port: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if count < 2:
             raise ValueError("a supervisor runs 2 workers or more (1: serve in-process)")
         self.config = config
         self.count = count
+        self._body = body
         self.host = host or config.server.host
         self.port = config.server.port if port is None else port
         self._clock = clock
@@ -153,9 +164,7 @@ class Supervisor:
             if self._reserve is not None:
                 self._reserve.close()
             _fresh_metric_values()
-            from agentic_fast.server.runner import run_worker
-
-            code = run_worker(self.config, identity, host=self.host, port=self.port)
+            code = self._body(self.config, identity, host=self.host, port=self.port)
         except BaseException:
             log.exception("worker.crashed", worker=identity.worker_id)
         finally:
