@@ -137,10 +137,15 @@ logging:
     finally:
         pids = {int(m.group(1)) for line in sup.lines
                 if (m := re.search(r"worker\.started worker=\d+ pid=(\d+)", line))}
-        if proc.returncode is None:
-            proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.wait()
+        if proc.returncode is None:  # two signals: stop at once (and clean up its dirs)
+            for _ in range(2):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    await proc.wait()
         for pid in pids:  # workers we started (through the supervisor) that may remain
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
