@@ -33,6 +33,7 @@ async def _start(config: Path) -> tuple[asyncio.subprocess.Process, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTIC_FAST_CONFIG")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agentic_fast", "serve", "--config", str(config), "--port", "0",
+        "--workers", "1",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env)
     assert proc.stderr is not None
     async with asyncio.timeout(30):

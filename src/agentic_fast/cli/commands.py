@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from agentic_fast import __version__
-from agentic_fast.core.config import Config
+from agentic_fast.core.config import Config, usable_cores
 from agentic_fast.core.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config.yaml"
@@ -110,12 +110,28 @@ def _add_serve(sub: Any) -> None:
     _add_config_option(parser)
     parser.add_argument("--host", help="bind address (default: server.host)")
     parser.add_argument("--port", type=int, help="port (default: server.port)")
+    parser.add_argument("--workers", type=_worker_count, metavar="N",
+                        help="worker processes on the port (default: server.workers; "
+                             "0: one per usable core; 1: a single process)")
 
 
 def _run_serve(args: argparse.Namespace, env: Env) -> int:
     from agentic_fast.server.runner import run  # lazy: pulls in aiohttp, uvloop, the providers
 
-    return run(_load_config(args, env), host=args.host, port=args.port)
+    config = _load_config(args, env)
+    workers = None if args.workers is None else (args.workers or usable_cores())
+    return run(config, host=args.host, port=args.port, workers=workers)
+
+
+def _worker_count(value: str) -> int:
+    """``--workers``: 0 (one per usable core) to 1024."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers must be a number, got {value!r}") from None
+    if not 0 <= count <= 1024:
+        raise argparse.ArgumentTypeError(f"--workers must be 0 to 1024, got {count}")
+    return count
 
 
 # -- call ----------------------------------------------------------------------------------------

@@ -107,6 +107,33 @@ def _optional(check: Callable[[str], str]) -> Callable[[str], str]:
     return lambda value: check(value) if value else value
 
 
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _instance_id(value: str) -> str:
+    """A URL path segment: letters, digits, ``.``, ``_``, ``-``; 1 to 63 characters."""
+    if not _INSTANCE_ID.fullmatch(value):
+        raise ValueError("must be 1 to 63 letters, digits, '.', '_' or '-' (starting with a "
+                         f"letter or digit), got {value!r}")
+    return value
+
+
+def default_instance_id() -> str:
+    """This host's name, cut to what ``server.instance_id`` allows (``"local"`` if none)."""
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname().split(".")[0]).strip("-._")
+    return name[:63].rstrip("-._") or "local"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _nonempty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -297,6 +324,16 @@ class ServerConfig(_Section):
     state_dir: str = ""
     replay_window_s: float = field(default=86400.0, metadata=_m(lo=60, hi=30 * 86400))
     replay_max_entries: int = field(default=100_000, metadata=_m(lo=100, hi=10_000_000))
+    # worker processes sharing the port (SO_REUSEPORT) under one supervisor; 0: one per
+    # usable core (len(os.sched_getaffinity(0))); 1: a single process, no supervisor
+    workers: int = field(default=0, metadata=_m(lo=0, hi=1024))
+    # this server's name in stream URLs (/w/<instance_id>-<worker>/...) and call ownership;
+    # default: derived from the host name
+    instance_id: str = field(default_factory=lambda: default_instance_id(),
+                             metadata=_m(check=_instance_id))
+    # test/debug aid: each worker also listens on its own loopback port (logged as
+    # worker.direct), so a request can be sent to one chosen worker
+    worker_direct_ports: bool = False
 
     def api_exposed(self, host: str | None = None) -> bool:
         """The ``/calls`` API can be reached from off this host: the listener (``host``
@@ -313,6 +350,11 @@ class ServerConfig(_Section):
         raise ConfigError(f"server.api_token is not set while the /calls API is exposed ({why}):"
                           " anyone could place and hang up calls; set server.api_token "
                           "(e.g. from AGENTIC_FAST_API_TOKEN)", key="server.api_token")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the number of cores this process may run on."""
+        return self.workers or usable_cores()
 
     @property
     def replay_db_file(self) -> Path | None:

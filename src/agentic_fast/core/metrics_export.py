@@ -150,6 +150,12 @@ RULES: tuple[Rule, ...] = (
           "Post-call delivery events (webhook, Telegram)."),
     _rule(r"events\.(?P<event>.+)", "event_hub_events",
           "Live event hub (GET /calls/events): subscribers, refusals, drops, publish errors."),
+    _rule(r"stream\.handover\.(?P<event>.+)", "stream_handover",
+          "Media streams passed between workers (sent, adopted, orphan, foreign...)."),
+    _rule(r"workers\.(?P<event>.+)", "worker_events",
+          "Worker processes that died and were restarted (the supervisor's)."),
+    _rule(r"control\.(?P<event>.+)", "control_events",
+          "Control actions between workers (forwarded, served, failures)."),
     _rule("(?P<component>" + _COMPONENTS + r")\.(?P<event>.+)",
           "server_events", "Server plumbing events (listener, WebSocket, pacer...)."),
 )

@@ -326,8 +326,12 @@ async def get_call(request: web.Request) -> web.StreamResponse:
 
 
 async def hangup_call(request: web.Request) -> web.StreamResponse:
-    svc = request.app[SERVICES]
-    session = _find(request)
+    return await hangup(request.app[SERVICES], request.match_info["call_id"])
+
+
+async def hangup(svc: Services, call_id: str) -> web.Response:
+    """``POST /calls/{id}/hangup`` on this process (also run for another worker's request)."""
+    session = svc.manager.get(call_id)
     if session is None:
         return _error(404, "unknown call")
     if session.ended:
@@ -475,14 +479,16 @@ async def _on_cleanup(app: web.Application) -> None:
     svc.replays.close()
 
 
-async def start_site(runner: web.AppRunner, host: str, port: int) -> CallServerSite:
+async def start_site(runner: web.AppRunner, host: str, port: int,
+                     **options: Any) -> CallServerSite:
     """Listen on ``host:port`` (``runner`` set up): media-stream upgrades go to the lean
-    WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port."""
+    WebSocket (``listener``), everything else to aiohttp. ``site.port`` is the bound port;
+    ``options`` go to ``CallServerSite`` (``reuse_port``, ``handover``: several workers)."""
     svc = runner.app[SERVICES]
     routes = {svc.carriers[name].media_path: handler for name, handler in svc.handlers.items()}
     site = CallServerSite(runner, host, port, routes=routes,
                           limits=listener_limits(svc.config),
-                          trusted=runner.app[TRUSTED_PROXIES])
+                          trusted=runner.app[TRUSTED_PROXIES], **options)
     await site.start()
     return site
 

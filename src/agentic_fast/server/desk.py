@@ -9,6 +9,7 @@ model's socket, and applying status changes to the call's record.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from agentic_fast.call.admission import Admission, caller_tag, mask_number
@@ -28,6 +29,7 @@ from agentic_fast.core.errors import CallLimitError, CallRefusedError
 from agentic_fast.core.log import get_logger
 from agentic_fast.core.tasks import TaskSet
 from agentic_fast.server.replay_guard import ReplayGuard
+from agentic_fast.server.workers import prefixed_url
 
 __all__ = ["BUSY_TEXT", "DRAINING_TEXT", "REPLAYED_TEXT", "ServerDesk"]
 
@@ -55,6 +57,9 @@ class ServerDesk:
         self.carriers = carriers
         self._prewarm = prewarm
         self._draining = False
+        #: put before the stream URL's path: names the worker that answered (``/w/<owner>``
+        #: with several workers, see ``server/workers.py``); "" with one process
+        self.stream_prefix = ""
         self._tasks = TaskSet("server.desk", log)
 
     @property
@@ -72,8 +77,11 @@ class ServerDesk:
         """Where ``session``'s media stream connects on ``carrier``, with our call id and a
         one-time stream token (bound to ``carrier_call_id`` when known)."""
         token = self.tokens.issue(session.call_id, carrier_call_id)
-        return self.carriers[carrier].stream_target(
+        target = self.carriers[carrier].stream_target(
             {PARAM_CALL_ID: session.call_id, PARAM_TOKEN: token})
+        if self.stream_prefix:
+            target = replace(target, url=prefixed_url(target.url, self.stream_prefix))
+        return target
 
     # -- inbound -----------------------------------------------------------------------------
 

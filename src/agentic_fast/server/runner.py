@@ -30,6 +30,9 @@ from agentic_fast.server.app import (
     require_public_config,
     start_site,
 )
+from agentic_fast.server.supervisor import Supervisor
+from agentic_fast.server.worker_mode import WorkerMode
+from agentic_fast.server.workers import WorkerIdentity
 
 log = get_logger("serve")
 
@@ -49,8 +52,10 @@ def default_bridge_factory(config: Config) -> BridgeFactory:
 
 async def serve(config: Config, *, host: str | None = None, port: int | None = None,
                 bridge_factory: BridgeFactory | None = None,
-                ready: asyncio.Future[int] | None = None) -> None:
-    """Serve until a signal; ``ready`` (if given) receives the bound port."""
+                ready: asyncio.Future[int] | None = None,
+                worker: WorkerIdentity | None = None) -> None:
+    """Serve until a signal; ``ready`` (if given) receives the bound port. ``worker``: this
+    process is that worker of several (``serve --workers N``, see ``server/supervisor.py``)."""
     require_public_config(config, host)
     log_config_warnings(config)
     log_capacity(config, raise_nofile_limit())
@@ -58,14 +63,26 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     app = create_app(config, bridge_factory=bridge_factory or default_bridge_factory(config))
     if notifier is not None:
         notifier.attach(app, app[SERVICES].manager)
+    mode = None
+    if worker is not None:
+        mode = WorkerMode(app, worker)
     runner = make_runner(app, config)
     await runner.setup()
     site = await start_site(runner, host or config.server.host,
-                            config.server.port if port is None else port)
+                            config.server.port if port is None else port,
+                            **(mode.site_options() if mode is not None else {}))
     bound = site.port
+    direct = None
+    if mode is not None:
+        await mode.start(site)
+        if config.server.worker_direct_ports:  # a test/debug door to this worker alone
+            direct = await start_site(runner, "127.0.0.1", 0, handover=mode.handover)
+            log.info("worker.direct", worker=worker.worker_id if worker else None,
+                     port=direct.port)
     tune_gc(config.server.gc_young_threshold)
     log.info("server.listening", host=host or config.server.host, port=bound,
-             public_url=config.server.public_url)
+             public_url=config.server.public_url,
+             **({"worker": worker.worker_id} if worker is not None else {}))
     if ready is not None and not ready.done():
         ready.set_result(bound)
 
@@ -97,6 +114,8 @@ async def serve(config: Config, *, host: str | None = None, port: int | None = N
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if mode is not None:
+            await mode.close()
         await runner.cleanup()
         log.info("server.stopped")
 
@@ -179,8 +198,19 @@ def tune_gc(young_threshold: int = 10_000) -> None:
     gc.set_threshold(young_threshold, gen1, gen2)
 
 
-def run(config: Config, *, host: str | None = None, port: int | None = None) -> int:
-    """Blocking entry point of ``agentic-fast serve``."""
+def run(config: Config, *, host: str | None = None, port: int | None = None,
+        workers: int | None = None) -> int:
+    """Blocking entry point of ``agentic-fast serve``: one process, or with ``workers``
+    (default ``server.workers``) above 1 a supervisor of that many worker processes."""
     logmod.configure(config.logging.level, config.logging.format)
+    count = config.server.worker_count if workers is None else workers
+    if count > 1:
+        return Supervisor(config, count, run_worker, host=host, port=port).run()
     uvloop.run(serve(config, host=host, port=port))
+    return 0
+
+
+def run_worker(config: Config, worker: WorkerIdentity, *, host: str | None, port: int) -> int:
+    """A worker process's body (forked by the supervisor): serve on the shared port."""
+    uvloop.run(serve(config, host=host, port=port, worker=worker))
     return 0

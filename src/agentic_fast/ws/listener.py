@@ -8,7 +8,9 @@ registered WebSocket path with ``Upgrade: websocket`` is answered here and the t
 switched to that route's socket protocol (see ``media_socket``); any other request is
 handed, bytes and all, to aiohttp's own request handler, which then owns the connection
 (webhooks, the calls API, health). Routes are registered by path:
-``{"/twilio/media-stream": handler}``.
+``{"/twilio/media-stream": handler}``; a stream URL may name its owner worker first
+(``/w/<instance>-<worker>/twilio/media-stream``, see ``server/workers.py``): a stream owned
+by another worker of this machine is handed to it (``ws/handover.py``) before any answer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from agentic_fast.core import metrics
 from agentic_fast.core.errors import BadRequestHead
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.client_address import TrustedProxies, client_address
+from agentic_fast.server.workers import parse_owner
+from agentic_fast.ws.handover import Handover
 from agentic_fast.ws.server_socket import MediaSocket
 from agentic_fast.ws.upgrade import (
     UpgradeRequest,
@@ -144,8 +148,12 @@ class FrontProtocol(asyncio.Protocol):
                  routes: Mapping[str, UpgradeHandler],
                  limits: ListenerLimits | None = None,
                  pending: PendingConnections | None = None,
-                 trusted: TrustedProxies | None = None) -> None:
+                 trusted: TrustedProxies | None = None,
+                 handover: Handover | None = None, replay: bytes = b"") -> None:
         self._http_factory = http_factory
+        self._handover = handover
+        self._replay = replay  # bytes another worker read from this (handed-over) connection
+        self._owner: str | None = None  # the owner named by the stream URL's prefix
         self._trusted = trusted
         self._routes = routes
         self._limits = limits = limits or ListenerLimits()
@@ -168,6 +176,9 @@ class FrontProtocol(asyncio.Protocol):
         self._slot = self._pending.admit(self._remote, self._evicted)
         self._timer = asyncio.get_running_loop().call_later(self._limits.head_timeout_s,
                                                             self._timeout)
+        if self._replay:
+            replay, self._replay = self._replay, b""
+            self.data_received(replay)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
@@ -222,6 +233,11 @@ class FrontProtocol(asyncio.Protocol):
             if len(buf) >= self._body_wait:
                 self._to_http()
             return  # else wait for the body (within the deadline)
+        if self._owner is not None and self._handover is not None \
+                and self._handover.take(self._owner, self._transport_or_fail(), bytes(buf)):
+            self._finish()  # the owner worker answers it
+            self._buf = bytearray()
+            return
         head, leftover = bytes(buf[:end]), bytes(buf[end + 4:])
         try:
             request = parse_head(head)
@@ -250,8 +266,25 @@ class FrontProtocol(asyncio.Protocol):
             else:
                 slot.release()
 
+    def _transport_or_fail(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
     def _match(self, buf: bytearray) -> UpgradeHandler | None:
-        """The WebSocket route the (complete) request line names; None: not ours."""
+        """The WebSocket route the (complete) request line names; None: not ours. A path
+        under ``/w/<owner>`` is the route of the rest of it (``_owner`` says whose)."""
+        if buf.startswith(b"GET /w/"):
+            line = bytes(buf[4:buf.find(b" ", 4)])
+            owned = parse_owner(line)
+            if owned is None:
+                return None
+            owner, rest = owned
+            for _, path in self._prefixes:
+                encoded = path.encode()
+                if rest.startswith(encoded) and rest[len(encoded):len(encoded) + 1] in (b"", b"?"):
+                    self._owner = owner
+                    return self._routes[path]
+            return None
         for prefix, path in self._prefixes:
             n = len(prefix)
             if len(buf) > n and buf.startswith(prefix) and buf[n] in b" ?":
@@ -302,9 +335,12 @@ class CallServerSite(web.BaseSite):
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *,
                  routes: Mapping[str, UpgradeHandler], backlog: int = 1024,
                  limits: ListenerLimits | None = None,
-                 trusted: TrustedProxies | None = None) -> None:
+                 trusted: TrustedProxies | None = None,
+                 reuse_port: bool = False, handover: Handover | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._trusted = trusted
+        self._reuse_port = reuse_port
+        self.handover = handover
         self._host = host
         self._port = port
         self._routes = routes
@@ -326,13 +362,38 @@ class CallServerSite(web.BaseSite):
         http = self._runner.server
         assert http is not None, "runner.setup() first"
         routes, limits, pending, trusted = self._routes, self.limits, self.pending, self._trusted
+        handover = self.handover
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(http, routes, limits, pending, trusted), self._host, self._port,
-            backlog=self._backlog, reuse_address=True)
+            lambda: FrontProtocol(http, routes, limits, pending, trusted, handover),
+            self._host, self._port, backlog=self._backlog, reuse_address=True,
+            reuse_port=self._reuse_port or None)
         sockets = self._server.sockets
         if sockets:
             self._bound_port = sockets[0].getsockname()[1]
             for sock in sockets:  # 20 ms frames must not wait for Nagle
                 if sock.family in (socket.AF_INET, socket.AF_INET6):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serve a connection another worker accepted (``data``: what it read of it) as if
+        this site had accepted it: its listener reads ``data`` first, then the socket."""
+        http = self._runner.server
+        assert http is not None, "runner.setup() first"
+        routes, limits, pending, trusted = self._routes, self.limits, self.pending, self._trusted
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(
+            lambda: FrontProtocol(http, routes, limits, pending, trusted, self.handover, data),
+            sock))
+        _ADOPTING.add(task)
+        task.add_done_callback(_adopted)
+
+
+_ADOPTING: set[asyncio.Task[object]] = set()
+
+
+def _adopted(task: asyncio.Task[object]) -> None:
+    _ADOPTING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        metrics.incr("stream.handover.adopt_failed")
+        log.warning("stream.handover.adopt_failed", error=str(task.exception()))
