@@ -352,6 +352,14 @@ async def get_call(request: web.Request) -> web.StreamResponse:
         metrics.incr("api.rejected.bad_request")
         return _error(400, limit)
     recorder = request.app[SERVICES].recorder
+    if session is not None and recorder is not None and not session.stream_started:
+        # answered here, but its stream may have started on another process or instance
+        try:
+            record = await recorder.store.get(session.call_id)
+        except StoreError:
+            record = None
+        if record is not None and record.owner and record.owner != recorder.owner:
+            return _json(record_view(record, transcript_limit=limit))
     if session is not None:
         return _json({**session.to_dict(transcript_limit=limit), "source": "live",
                       "owner": recorder.owner if recorder is not None else None})

@@ -212,7 +212,8 @@ async def call_history(request: web.Request) -> web.StreamResponse:
         found.append((session.created_at, session.summary()))
         if len(found) == wanted["limit"]:
             break
-    info: dict[str, Any] = dict(request.app[_INFO])
+    base: dict[str, Any] = request.app[_INFO]
+    info = dict(base)
     store = request.app.get(HISTORY_STORE)
     if store is not None:  # every process's calls, and those from before a restart
         known = {summary["call_id"] for _, summary in found}

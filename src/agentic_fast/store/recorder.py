@@ -61,6 +61,8 @@ log = get_logger("store.recorder")
 _FRESH_S = 1.0
 #: Extra seconds a claimed nonce is remembered beyond its token's expiry (clock skew).
 _NONCE_MARGIN_S = 60.0
+#: How long a stream for an unknown call waits for its record to be written elsewhere.
+_ADOPT_WAIT_S = 1.0
 _EVENT_KINDS = {"call.first_audio": "first_audio", "call.barge_in": "barge_in"}
 
 
@@ -169,6 +171,13 @@ class StoreRecorder:
         """A local session for ``call_id`` whose webhook another process answered (from its
         record), or None (no such live call). Raises ``StoreUnavailable``."""
         record = await self.store.get(call_id)
+        # the answering process writes the record in its next batch: wait that long for it
+        waits = int(_ADOPT_WAIT_S / self.service.config.batch_interval_s) + 1
+        for _ in range(waits):
+            if record is not None:
+                break
+            await asyncio.sleep(self.service.config.batch_interval_s)
+            record = await self.store.get(call_id)
         self._ok()
         if record is None or record.ended:
             return None

@@ -84,7 +84,9 @@ class StoreWriter:
             return False
         self._queue.append(event)
         self._idle.clear()
-        if len(self._queue) >= self.batch_max:
+        if len(self._queue) == 1 or len(self._queue) >= self.batch_max:
+            # the first event wakes an idle flusher (it then gathers for interval_s); a
+            # full batch is written at once
             self._wake.set()
         return True
 
