@@ -107,6 +107,8 @@ async def _churn(rest: FakeTwilioRest, model: FakeOpenAIRealtime | FakeGeminiLiv
             for _ in range(ROUNDS):
                 for _ in range(CALLS):
                     await _short_call(harness, model, bridges)
+                # the call store's queued events are written (and freed) in batches
+                await harness.services.recorder.service.writer.flush()
                 rounds.append(_ours())
         finally:
             gc.enable()
