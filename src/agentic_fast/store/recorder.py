@@ -124,6 +124,12 @@ class StoreRecorder:
                     await self.store.release_call(call_id, self.owner)
         return await self.service.close()
 
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait for the recorder's own tasks (ends, releases), then for the writer to write
+        everything queued (tests, benchmarks)."""
+        await self._tasks.wait(timeout=timeout_s)
+        await asyncio.wait_for(self.service.writer.flush(), timeout_s)
+
     # -- the lease ------------------------------------------------------------------------
 
     async def _beat_forever(self) -> None:

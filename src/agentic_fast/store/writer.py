@@ -158,6 +158,7 @@ class StoreWriter:
             batch = [self._queue.popleft() for _ in range(count)]
             self._in_flight = count  # stays counted if close() cancels the write
             await self._write(batch)
+            del batch  # written events are not kept alive while the flusher waits
             self._in_flight = 0
 
     async def _write(self, batch: Sequence[StoreEvent]) -> None:
