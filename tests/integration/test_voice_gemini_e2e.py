@@ -54,7 +54,13 @@ async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
     call_sid, params, _ = await harness.incoming_call()
     await gemini.wait_for(lambda: gemini.connections and gemini.current.setup)  # pre-warmed
     client = harness.media_client(call_sid, params, **kwargs)
-    await client.connect()
+    # the stream is live once the call store has claimed its token and the call
+    with harness.services.manager.events.subscribe() as events:
+        await client.connect()
+        async with asyncio.timeout(10):
+            async for event in events:
+                if event.type == "call.updated" and b'"stream_started":true' in event.json:
+                    break
     return client
 
 

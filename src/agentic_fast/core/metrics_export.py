@@ -29,6 +29,7 @@ brain.command.<outcome>                   agent_command_results {status}
 brain.<event>                             brain_events {event}
 gateway.<event>                           gateway_events {event}
 api.rejected.<reason>                     api_rejected {reason}
+api.store_unavailable                     api_store_unavailable
 store.<event>                             store_events {event}
 notify.<event>                            notify_events {event}
 <component>.<event> (ws, listener...)     server_events {component, event}
@@ -126,6 +127,8 @@ RULES: tuple[Rule, ...] = (
     _rule(r"brain\.(?P<event>.+)", "brain_events", "ConversationBrain events."),
     _rule(r"gateway\.(?P<event>.+)", "gateway_events", "OpenClaw gateway client events."),
     _rule(r"api\.rejected\.(?P<reason>.+)", "api_rejected", "API requests rejected, by reason."),
+    _rule(r"api\.store_unavailable", "api_store_unavailable",
+          "API reads answered without the call store (it was unreachable)."),
     _rule(r"store\.(?P<event>.+)", "store_events",
           "Call store events (batches written, drops, prune failures...)."),
     _rule(r"notify\.(?P<event>.+)", "notify_events",
