@@ -22,7 +22,7 @@ from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.integration.harness import Harness, make_config
+from tests.integration.harness import Harness, connect_live, make_config
 
 OWNER = "+15551230000"  # the fake caller's number (incoming_call_form's default From)
 Stack = tuple[Harness, FakeGeminiLive, FakeOpenClawGateway]
@@ -54,13 +54,7 @@ async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
     call_sid, params, _ = await harness.incoming_call()
     await gemini.wait_for(lambda: gemini.connections and gemini.current.setup)  # pre-warmed
     client = harness.media_client(call_sid, params, **kwargs)
-    # the stream is live once the call store has claimed its token and the call
-    with harness.services.manager.events.subscribe() as events:
-        await client.connect()
-        async with asyncio.timeout(10):
-            async for event in events:
-                if event.type == "call.updated" and b'"stream_started":true' in event.json:
-                    break
+    await connect_live(harness, client)
     return client
 
 
