@@ -40,3 +40,12 @@ def both_impls() -> tuple[ModuleType, ModuleType]:
             pytest.fail("AGENTIC_FAST_REQUIRE_EXT=1 but agentic_fast._audio is not importable")
         pytest.skip("native extension not built")
     return native, numpy_twin
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own HOME: the default call store (``store.path``,
+    ``~/.agentic_fast/calls.db``) of every app a test builds is a fresh file, never the
+    user's."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))

@@ -188,3 +188,15 @@ async def start_harness(rest: FakeTwilioRest | None, *, manager: CallManager | N
                         shared_keys: Sequence[SharedKey] = (), **server: Any) -> Harness:
     config = make_config(rest, shared_keys=shared_keys, **server)
     return await Harness(config, rest, manager).__aenter__()
+
+
+async def connect_live(harness: Harness, client: Any, timeout: float = 10.0) -> None:
+    """Connect ``client`` (a fake carrier media client) and return once the server has
+    started its stream: after the call store's token and ownership claims, so the bridge
+    is there (event-driven: the call's ``call.updated`` event)."""
+    with harness.services.manager.events.subscribe() as events:
+        await client.connect()
+        async with asyncio.timeout(timeout):
+            async for event in events:
+                if event.type == "call.updated" and b'"stream_started":true' in event.json:
+                    return

@@ -42,6 +42,10 @@ MACHINERY = ("AudioBridge", "OpenAIRealtimeProvider", "_Connection", "GeminiLive
              "StreamSender", "AudioConverter", "_StreamReader")
 
 
+STORE_EVENTS = frozenset({"CallCreated", "StatusChanged", "CallFieldsSet", "TranscriptAdded",
+                          "CommandSent", "CommandAnswered", "CallEvent"})
+
+
 def _ours() -> collections.Counter[str]:
     """Live objects tracked by the collector (frozen ones excluded) of agentic_fast types."""
     return collections.Counter(
@@ -107,6 +111,9 @@ async def _churn(rest: FakeTwilioRest, model: FakeOpenAIRealtime | FakeGeminiLiv
             for _ in range(ROUNDS):
                 for _ in range(CALLS):
                     await _short_call(harness, model, bridges)
+                # the call store's queued events are written (and freed) in batches
+                assert await harness.services.manager.wait_idle(5)
+                await harness.services.recorder.settle()
                 rounds.append(_ours())
         finally:
             gc.enable()
@@ -117,6 +124,8 @@ async def _churn(rest: FakeTwilioRest, model: FakeOpenAIRealtime | FakeGeminiLiv
     leftover = {name: rounds[-1][name] for name in MACHINERY if rounds[-1][name]}
     assert alive == 0 and not leftover, (alive, leftover)
     assert rounds[0]["CallSession"] <= HISTORY + 1  # the record stays, bounded
+    # the call store's write events are bounded by its writer's queue (store.queue_size) and
+    # may sit in a batch's asyncio/executor plumbing for a moment after it is written
     grew = {k: (rounds[1][k], rounds[2][k]) for k in rounds[1] | rounds[2]
-            if rounds[2][k] > rounds[1][k]}
+            if rounds[2][k] > rounds[1][k] and k not in STORE_EVENTS}
     assert not grew, grew

@@ -25,7 +25,7 @@ from agentic_fast.call.factory import make_bridge_factory
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.openclaw_gateway import FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.integration.harness import FROM_NUMBER, Harness, make_config
+from tests.integration.harness import FROM_NUMBER, Harness, connect_live, make_config
 from tests.integration.test_voice_openai_e2e import OWNER, _openai_config
 
 pytestmark = pytest.mark.asyncio
@@ -206,7 +206,7 @@ async def test_dashboard_shows_a_live_call_and_hangs_it_up(
     model = await openai.wait_session(0)
     await model.wait_received("session.update")
     client = harness.media_client(call_sid, params)
-    await client.connect()
+    await connect_live(harness, client)
     call_id = params["callId"]
     await model.user_turn("hello, who is this")
     row_text = await browser.wait_for(

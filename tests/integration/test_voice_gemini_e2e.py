@@ -22,7 +22,7 @@ from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.gemini_live import FakeGeminiLive, ModelTurn, tone
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.integration.harness import Harness, make_config
+from tests.integration.harness import Harness, connect_live, make_config
 
 OWNER = "+15551230000"  # the fake caller's number (incoming_call_form's default From)
 Stack = tuple[Harness, FakeGeminiLive, FakeOpenClawGateway]
@@ -54,7 +54,7 @@ async def _call(harness: Harness, gemini: FakeGeminiLive, **kwargs):
     call_sid, params, _ = await harness.incoming_call()
     await gemini.wait_for(lambda: gemini.connections and gemini.current.setup)  # pre-warmed
     client = harness.media_client(call_sid, params, **kwargs)
-    await client.connect()
+    await connect_live(harness, client)
     return client
 
 

@@ -22,7 +22,7 @@ from tests.fakes.audio import load_speech_ulaw
 from tests.fakes.openai_realtime import FakeOpenAIRealtime, ResponseScript, tone
 from tests.fakes.openclaw_gateway import ChatScript, FakeOpenClawGateway
 from tests.fakes.twilio_rest import FakeTwilioRest
-from tests.integration.harness import Harness, make_config
+from tests.integration.harness import Harness, connect_live, make_config
 
 OWNER = "+15551230000"  # the fake caller's number (incoming_call_form's default From)
 
@@ -69,7 +69,7 @@ async def _call(harness: Harness, openai: FakeOpenAIRealtime, **client_kwargs):
     session = await openai.wait_session(0)  # pre-warmed while answering the webhook
     await session.wait_received("session.update")
     client = harness.media_client(call_sid, params, **client_kwargs)
-    await client.connect()
+    await connect_live(harness, client)
     if client.continuous:  # the caller's line audio reaches the model: the bridge listens
         await session.wait_until(lambda: session.audio_bytes.get("audio/pcm", 0) > 0)
     return client, session, harness.services.manager.get(params["callId"])

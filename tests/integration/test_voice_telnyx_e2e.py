@@ -72,7 +72,11 @@ class Stack:
     async def incoming(self) -> tuple[FakeTelnyxCall, FakeTelnyxMediaClient]:
         call = await self.telnyx.incoming_call(OWNER, OUR_NUMBER)
         await call.wait_answered()
-        return call, await call.wait_media()
+        media = await call.wait_media()
+        # the stream is live once the call store has claimed its token and the call
+        session = self.services.manager.get_by_sid(call.call_control_id)
+        await media.wait_for(lambda: session is not None and session.stream_started)
+        return call, media
 
 
 def _config(telnyx: FakeTelnyx, gateway: FakeOpenClawGateway, port: int, provider: str,
@@ -199,7 +203,8 @@ async def test_inbound_call_is_answered_with_a_bidirectional_rtp_stream(
             body["stream_codec"], body["stream_track"]) == ("rtp", "PCMU", "PCMU",
                                                             "inbound_track")
     session = stack.services.manager.get_by_sid(call.call_control_id)
-    assert session is not None and session.stream_started
+    assert session is not None
+    await media.wait_for(lambda: session.stream_started)  # after the store's checks
     assert session.status is CallStatus.IN_PROGRESS
     media.assert_no_violations()
 

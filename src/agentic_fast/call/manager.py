@@ -89,6 +89,10 @@ class TranscriptEntry:
     ts: float
 
 
+#: Takes every event a call emits (the session, the type, its data); O(1), never raises.
+Recorder = Callable[["CallSession", str, dict[str, Any]], None]
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
@@ -139,6 +143,12 @@ class CallSession:
     serial: int = field(default=0, repr=False)
     #: Where this call's live events go (``GET /calls/events``); set by the manager.
     events: EventHub | None = field(default=None, repr=False)
+    #: Where this call's record goes (the call store's recorder); set by the manager.
+    recorder: Recorder | None = field(default=None, repr=False)
+    #: Who answered (Twilio's ``AnsweredBy``: ``human``, ``machine_start``...), when known.
+    answered_by: str | None = None
+    #: Taken over from another process or instance (its webhook was answered there).
+    adopted: bool = False
 
     def __post_init__(self) -> None:
         self.created_at = self.clock.time()
@@ -161,6 +171,8 @@ class CallSession:
         """Publish a live event about this call (a no-op without watchers)."""
         if self.events is not None:
             self.events.publish(type_, self.call_id, data)
+        if self.recorder is not None:
+            self.recorder(self, type_, data)
 
     def add_transcript(self, role: str, text: str) -> None:
         """Append an utterance (bounded: the oldest entries go first, counted)."""
@@ -285,6 +297,8 @@ class CallManager:
         self.on_call_ended: list[EndCallback] = []
         #: The live event hub (``GET /calls/events``), or None: calls publish nothing.
         self.events: EventHub | None = None
+        #: The call store's recorder (every call's record), or None.
+        self.recorder: Recorder | None = None
         self._active: dict[str, CallSession] = {}
         self._history: OrderedDict[str, CallSession] = OrderedDict()
         self._by_sid: dict[str, CallSession] = {}
@@ -389,10 +403,12 @@ class CallManager:
             self._by_sid[session.call_sid] = session
         self._idle.clear()
         session.events = self.events
+        session.recorder = self.recorder
 
     def create_inbound(self, call_sid: str, from_number: str, to_number: str, *,
                        prompt: str | None = None,
-                       metadata: dict[str, Any] | None = None) -> CallSession:
+                       metadata: dict[str, Any] | None = None,
+                       carrier: str = "") -> CallSession:
         """Register an inbound call (status ``ringing``), idempotent on ``call_sid``.
 
         A replayed webhook returns the existing session (active or in history) and creates
@@ -406,7 +422,7 @@ class CallManager:
         self._admit()
         session = CallSession(CallDirection.INBOUND, from_number, to_number, clock=self.clock,
                               call_sid=call_sid, prompt=prompt, metadata=metadata or {},
-                              status=CallStatus.RINGING)
+                              status=CallStatus.RINGING, carrier=carrier)
         session.deadline_mono = session.created_mono + self.stream_timeout_s
         self._register(session)
         metrics.incr("calls.created.inbound")
@@ -416,7 +432,7 @@ class CallManager:
 
     def create_outbound(self, to_number: str, prompt: str | None = None,
                         metadata: dict[str, Any] | None = None, *,
-                        from_number: str = "") -> CallSession:
+                        from_number: str = "", carrier: str = "") -> CallSession:
         """Register an outbound call in ``initiating``, before the REST create.
 
         Attach the Twilio SID with ``attach_call_sid`` once the create succeeded, or ``fail``
@@ -424,12 +440,28 @@ class CallManager:
         """
         self._admit()
         session = CallSession(CallDirection.OUTBOUND, from_number, to_number, clock=self.clock,
-                              prompt=prompt, metadata=metadata or {})
+                              prompt=prompt, metadata=metadata or {}, carrier=carrier)
         session.deadline_mono = session.created_mono + self.answer_timeout_s
         self._register(session)
         metrics.incr("calls.created.outbound")
         session.emit("call.created", session.summary())
         session.log.info("call.created", direction="outbound", status=session.status.value)
+        return session
+
+    def adopt(self, call_id: str, direction: str, from_number: str, to_number: str, *,
+              call_sid: str | None, carrier: str = "") -> CallSession:
+        """Register a call whose webhook another process or instance answered (its record
+        is in the shared store) because its media stream landed here; ``ringing``, waiting
+        for the stream that is starting. Same limits as a new call."""
+        self._admit()
+        session = CallSession(CallDirection(direction), from_number, to_number,
+                              clock=self.clock, call_id=call_id, call_sid=call_sid,
+                              carrier=carrier, status=CallStatus.RINGING, adopted=True)
+        session.deadline_mono = session.created_mono + self.stream_timeout_s
+        self._register(session)
+        metrics.incr("calls.adopted")
+        session.emit("call.created", session.summary())
+        session.log.info("call.adopted", direction=direction)
         return session
 
     def attach_call_sid(self, session: CallSession, call_sid: str) -> None:

@@ -42,8 +42,10 @@ from agentic_fast.carriers.base import (
 from agentic_fast.core import metrics
 from agentic_fast.core.errors import (
     AudioFormatError,
+    CallRefusedError,
     CarrierProtocolError,
     PeerUnavailableError,
+    StoreError,
     StreamTokenError,
 )
 from agentic_fast.core.log import BoundLogger, get_logger
@@ -63,7 +65,7 @@ from agentic_fast.ws.upgrade import UpgradeRequest, http_error, switching_protoc
 log = get_logger("media_stream")
 
 __all__ = ["PARAM_CALL_ID", "PARAM_TOKEN", "BridgeFactory", "ConnectionLimiter", "MediaSink",
-           "MediaStreamHandler", "StreamSender"]
+           "MediaStreamHandler", "StreamGuard", "StreamSender"]
 
 #: Per socket and reason, log the first few rejections, then every Nth (all are counted).
 _LOG_FIRST, _LOG_EVERY = 5, 500
@@ -143,6 +145,19 @@ class MediaSink(Protocol):
 BridgeFactory = Callable[[CallSession, StreamSender], MediaSink]
 
 
+class StreamGuard(Protocol):
+    """The shared call store's checks when a stream starts (``store.StoreRecorder``);
+    both raise ``StoreError`` when the store cannot answer."""
+
+    async def adopt(self, manager: CallManager, call_id: str,
+                    carrier_call_id: str) -> CallSession | None:
+        """A session for a live call answered by another process, or None."""
+
+    async def claim_stream(self, session: CallSession, nonce: bytes,
+                           expires_at: float) -> str | None:
+        """Claim the token's nonce and the call; the refusal reason, or None."""
+
+
 class ConnectionLimiter:
     """Caps concurrent media sockets in total and per remote address."""
 
@@ -203,8 +218,11 @@ class MediaStreamHandler:
                  start_timeout_s: float, max_message_bytes: int, heartbeat_s: float,
                  record_dtmf: bool = True,
                  max_control_frames_per_s: int = DEFAULT_CONTROL_FRAMES_PER_S,
-                 max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES) -> None:
+                 max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES,
+                 guard: StreamGuard | None = None) -> None:
         self.carrier = carrier
+        #: the shared store's checks (nonce single use everywhere, ownership), or None
+        self.guard = guard
         #: metric prefix: ``twilio.media``, ``telnyx.media``...
         self.prefix = f"{carrier.name}.media"
         self.manager = manager
@@ -278,7 +296,7 @@ class MediaStreamHandler:
         start = await self._await_start(sock, state, address)
         if start is None:
             return
-        session = self._authenticate(start, address)
+        session = await self._authenticate(start, address)
         if session is None:
             metrics.incr(f"{self.prefix}.unauthenticated")
             await sock.close(CLOSE_POLICY_VIOLATION, "stream not authorised")
@@ -336,7 +354,7 @@ class MediaStreamHandler:
             await sock.close(CLOSE_POLICY_VIOLATION, "protocol violation")
         return None
 
-    def _authenticate(self, start: StreamStart, address: str) -> CallSession | None:
+    async def _authenticate(self, start: StreamStart, address: str) -> CallSession | None:
         params = start.params
         token = params.get(PARAM_TOKEN, "")
         carrier_call_id = start.carrier_call_id
@@ -348,6 +366,12 @@ class MediaStreamHandler:
             metrics.incr(f"{self.prefix}.token.{exc.reason}")
             return None
         session = self.manager.get(claims.call_id)
+        if session is None and self.guard is not None:
+            try:  # answered by another process or instance: its record is in the store
+                session = await self.guard.adopt(self.manager, claims.call_id, carrier_call_id)
+            except (StoreError, CallRefusedError) as exc:
+                self._refused("adopt_failed", claims.call_id, exc)
+                return None
         if session is None or session.ended:
             log.warning("media.unknown_call", call_id=claims.call_id, call_sid=carrier_call_id)
             return None
@@ -366,9 +390,29 @@ class MediaStreamHandler:
             log.warning("media.token_rejected", reason=exc.reason, call_id=session.call_id)
             metrics.incr(f"{self.prefix}.token.{exc.reason}")
             return None
+        if self.guard is not None:
+            try:
+                refusal = await self.guard.claim_stream(session, claims.nonce,
+                                                        claims.expires_at)
+            except StoreError as exc:  # single use cannot be checked: refuse, fail the call
+                self._refused("store_unavailable", session.call_id, exc)
+                if not session.ended:
+                    self.manager.fail(session, "store-unavailable")
+                return None
+            if refusal is not None:
+                log.warning("media.token_rejected", reason=refusal, call_id=session.call_id,
+                            source="store")
+                metrics.incr(f"{self.prefix}.token.{refusal}")
+                return None
+            if session.stream_started or session.ended:  # changed while we waited
+                return None
         if not self.manager.mark_stream_started(session):
             return None
         return session
+
+    def _refused(self, reason: str, call_id: str, exc: Exception) -> None:
+        metrics.incr(f"{self.prefix}.refused.{reason}")
+        log.warning("media.refused", reason=reason, call_id=call_id, error=str(exc)[:200])
 
 
 class _StreamReader:

@@ -459,8 +459,8 @@ class CallDesk(Protocol):
     """What the server offers a carrier's webhook routes: the carrier-neutral decisions
     (draining, replays, admission, call limits, stream tokens, pre-warm, status)."""
 
-    def incoming(self, carrier: str, carrier_call_id: str, caller: str, called: str
-                 ) -> InboundDecision:
+    async def incoming(self, carrier: str, carrier_call_id: str, caller: str, called: str
+                       ) -> InboundDecision:
         """A new inbound call's voice webhook arrived (already signature-checked)."""
 
     def answered(self, call_id: str) -> None:
@@ -470,10 +470,12 @@ class CallDesk(Protocol):
         """Answering failed after ``incoming`` created the call: free its slot."""
 
     def status(self, carrier_call_id: str, change: StatusChange,
-               sequence: int | None = None, call_id: str | None = None) -> bool:
+               sequence: int | None = None, call_id: str | None = None, *,
+               answered_by: str | None = None) -> bool:
         """A status webhook: apply it to the call (out of order and repeats tolerated);
         whether it changed anything. ``call_id``: ours, when the carrier echoes it (an
-        outbound call's first events may overtake the answer that names its call id)."""
+        outbound call's first events may overtake the answer that names its call id);
+        ``answered_by``: who answered (answering machine detection), when the carrier says."""
 
     def find(self, carrier_call_id: str, call_id: str | None = None) -> CallSession | None:
         """The call a webhook is about, by the carrier's id (or ours, as for ``status``)."""

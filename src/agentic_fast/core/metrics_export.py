@@ -31,6 +31,7 @@ brain.command.<outcome>                   agent_command_results {status}
 brain.<event>                             brain_events {event}
 gateway.<event>                           gateway_events {event}
 api.rejected.<reason>                     api_rejected {reason}
+api.store_unavailable                     api_store_unavailable
 store.write.events                        store_events_written
 store.write.{dropped,lost}.<reason>       store_events_dropped {reason}
 store.<event>                             store_events {event}
@@ -137,6 +138,8 @@ RULES: tuple[Rule, ...] = (
     _rule(r"brain\.(?P<event>.+)", "brain_events", "ConversationBrain events."),
     _rule(r"gateway\.(?P<event>.+)", "gateway_events", "OpenClaw gateway client events."),
     _rule(r"api\.rejected\.(?P<reason>.+)", "api_rejected", "API requests rejected, by reason."),
+    _rule(r"api\.store_unavailable", "api_store_unavailable",
+          "API reads answered without the call store (it was unreachable)."),
     _rule(r"store\.write\.events", "store_events_written", "Call events written to the store."),
     _rule(r"store\.write\.(?:dropped|lost)\.(?P<reason>.+)", "store_events_dropped",
           "Call events the store writer gave up on, by reason (queue_full, failed, "

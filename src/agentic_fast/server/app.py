@@ -43,7 +43,14 @@ from agentic_fast.carriers.base import (
 from agentic_fast.carriers.registry import build_carrier
 from agentic_fast.core import metrics
 from agentic_fast.core.config import CARRIERS, Config
-from agentic_fast.core.errors import CallRefusedError, CarrierApiError, ConfigError
+from agentic_fast.core.errors import (
+    CallRefusedError,
+    CarrierApiError,
+    ConfigError,
+    InvalidCursor,
+    StoreError,
+)
+from agentic_fast.core.instance import instance_id
 from agentic_fast.core.log import get_logger
 from agentic_fast.server import readiness
 from agentic_fast.server.client_address import (
@@ -54,8 +61,11 @@ from agentic_fast.server.client_address import (
 )
 from agentic_fast.server.desk import BUSY_TEXT, DRAINING_TEXT, REPLAYED_TEXT, ServerDesk
 from agentic_fast.server.observability import METRICS_PATH, setup_observability
-from agentic_fast.server.ops import cookie_allows, setup_ops
+from agentic_fast.server.ops import HISTORY_STORE, cookie_allows, setup_ops
 from agentic_fast.server.replay_guard import ReplayGuard
+from agentic_fast.server.store_views import record_view, records_page, store_call_filter
+from agentic_fast.store.recorder import StoreRecorder
+from agentic_fast.store.service import StoreService
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
 
 log = get_logger("server")
@@ -101,6 +111,8 @@ class Services:
     #: every carrier in use, by name, and the media stream handler of each
     carriers: dict[str, Carrier] = field(default_factory=dict)
     handlers: dict[str, MediaStreamHandler] = field(default_factory=dict)
+    #: the shared call store's recorder (records, stream checks, this process's lease)
+    recorder: StoreRecorder | None = None
     draining: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -214,10 +226,10 @@ async def create_call(request: web.Request) -> web.StreamResponse:
     if svc.draining:
         return _error(503, "draining: not placing new calls")
     try:
-        session = svc.manager.create_outbound(to, prompt, metadata, from_number=from_number)
+        session = svc.manager.create_outbound(to, prompt, metadata, from_number=from_number,
+                                              carrier=carrier.name)
     except CallRefusedError as exc:
         return _error(503, str(exc), reason=exc.reason)
-    session.carrier = carrier.name
     ring_s = max(5, int(svc.tokens.ttl_s) - _RING_MARGIN_S)
     try:
         call_sid = await rest.place_call(OutboundCall(
@@ -307,22 +319,61 @@ async def list_calls(request: web.Request) -> web.StreamResponse:
             metrics.incr("api.rejected.bad_request")
             return _error(400, problem)
     assert isinstance(limit, int) and isinstance(cursor, int)
+    wanted = store_call_filter(request.query)
+    if isinstance(wanted, str):
+        metrics.incr("api.rejected.bad_request")
+        return _error(400, wanted)
     page, next_cursor = manager.active_page(cursor, limit)
-    return _json({"active": [s.summary() for s in page],
-                  "active_count": manager.active_count,
-                  "next_cursor": None if next_cursor is None else str(next_cursor)})
+    body: dict[str, Any] = {"active": [s.summary() for s in page],
+                            "active_count": manager.active_count,
+                            "next_cursor": None if next_cursor is None else str(next_cursor)}
+    recorder = request.app[SERVICES].recorder
+    if recorder is not None:
+        try:
+            body.update(await records_page(recorder, manager, wanted, limit,
+                                           request.query.get("calls_cursor") or None))
+        except InvalidCursor as exc:
+            metrics.incr("api.rejected.bad_request")
+            return _error(400, f"'calls_cursor': {exc}")
+        except StoreError as exc:  # the live calls of this process still answer
+            metrics.incr("api.store_unavailable")
+            log.warning("api.store_unavailable", path=request.path, error=str(exc)[:200])
+            body["store_error"] = "unavailable"
+    return _json(body)
 
 
 async def get_call(request: web.Request) -> web.StreamResponse:
-    """One call with its latest ``transcript_limit`` transcript entries (default 100)."""
+    """One call with its latest ``transcript_limit`` transcript entries (default 100): this
+    process's own view of a call it serves or remembers, else the shared store's record
+    (live on another process or instance, or ended before a restart)."""
     session = _find(request)
-    if session is None:
-        return _error(404, "unknown call")
     limit = _int_param(request, "transcript_limit", TRANSCRIPT_PAGE_DEFAULT, TRANSCRIPT_PAGE_MAX)
     if isinstance(limit, str):
         metrics.incr("api.rejected.bad_request")
         return _error(400, limit)
-    return _json(session.to_dict(transcript_limit=limit))
+    recorder = request.app[SERVICES].recorder
+    if session is not None and recorder is not None and not session.stream_started:
+        # answered here, but its stream may have started on another process or instance
+        try:
+            record = await recorder.store.get(session.call_id)
+        except StoreError:
+            record = None
+        if record is not None and record.owner and record.owner != recorder.owner:
+            return _json(record_view(record, transcript_limit=limit))
+    if session is not None:
+        return _json({**session.to_dict(transcript_limit=limit), "source": "live",
+                      "owner": recorder.owner if recorder is not None else None})
+    if recorder is None:
+        return _error(404, "unknown call")
+    try:
+        record = await recorder.store.get(request.match_info["call_id"])
+    except StoreError as exc:
+        metrics.incr("api.store_unavailable")
+        log.warning("api.store_unavailable", path=request.path, error=str(exc)[:200])
+        return _error(503, "call store unavailable; only this process's calls can be shown")
+    if record is None:
+        return _error(404, "unknown call")
+    return _json(record_view(record, transcript_limit=limit))
 
 
 async def hangup_call(request: web.Request) -> web.StreamResponse:
@@ -370,13 +421,16 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
                telnyx_rest: Any = None,
                manager: CallManager | None = None,
                replays: ReplayGuard | None = None,
-               carrier: Carrier | None = None) -> web.Application:
+               carrier: Carrier | None = None,
+               store: StoreService | None = None) -> web.Application:
     """Build the aiohttp application; nothing touches the network until it starts.
 
     Every carrier in use (``Config.carriers_in_use``) is built through the registry and
     gets its webhook routes and media stream; ``rest_client`` / ``telnyx_rest`` are
     Twilio's / Telnyx's REST clients (tests), ``carrier`` replaces the ``carrier:`` default.
-    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset)."""
+    ``replays`` defaults to a guard on ``server.state_dir`` (memory-only when unset).
+    ``store`` replaces the call store built from ``store:`` (opened on startup, closed on
+    cleanup, in every worker: single-process and multi-worker runs alike)."""
     server = config.server
     rests: dict[str, Any] = {"twilio": rest_client, "telnyx": telnyx_rest}
     carriers: dict[str, Carrier] = {}
@@ -402,6 +456,11 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
                 conversation.on_call_end(session)
 
         manager.on_end = on_end
+    recorder = StoreRecorder(store or StoreService.from_config(config.store),
+                             instance_id(getattr(server, "instance_id", None)),
+                             provider=config.audio.provider)
+    if manager.recorder is None:
+        manager.recorder = recorder
     limiter = ConnectionLimiter(server.max_connections_total, server.max_connections_per_ip)
     handlers = {name: MediaStreamHandler(
         carrier=c, manager=manager, tokens=tokens, bridge_factory=bridge_factory,
@@ -410,6 +469,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         record_dtmf=not config.brain.pin,  # a PIN must not end up in /calls or the logs
         max_control_frames_per_s=server.ws_max_control_frames_per_s,
         max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
+        guard=recorder,
     ) for name, c in carriers.items()}
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:
@@ -423,10 +483,11 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         replays = ReplayGuard(server.replay_db_file, window_s=server.replay_window_s,
                               max_entries=server.replay_max_entries)
     desk = ServerDesk(config, manager, admission, replays, tokens, carriers,
-                      prewarm=getattr(bridge_factory, "prewarm", None))
+                      prewarm=getattr(bridge_factory, "prewarm", None),
+                      store_ready=recorder.ready_for_call)
     svc = Services(config, manager, handlers[config.carrier], default.control,
                    default.verifier, default.verifier_problem, tokens, bridge_factory,
-                   admission, replays, default, desk, carriers, handlers)
+                   admission, replays, default, desk, carriers, handlers, recorder)
     app = web.Application(middlewares=[api_auth], client_max_size=64 * 1024)
     app[SERVICES] = svc
     app[TRUSTED_PROXIES] = TrustedProxies(server.trusted_proxies, server.proxy_header)
@@ -443,6 +504,8 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
     setup_ops(app, manager, lambda r: _api_allowed(r, svc), api_token=server.api_token,
               provider=config.audio.provider, carrier=config.carrier)
     setup_observability(app, svc)  # GET /metrics, the /readyz checks
+    readiness.add_readiness_check(app, readiness.store_check(recorder.store))
+    app[HISTORY_STORE] = recorder.store
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
@@ -454,6 +517,10 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
 
 async def _on_startup(app: web.Application) -> None:
     svc = app[SERVICES]
+    if svc.recorder is not None:
+        # named now, in the process that serves (a forked worker has its own pid/name)
+        svc.recorder.owner = instance_id(getattr(svc.config.server, "instance_id", None))
+        await svc.recorder.start()
     svc.manager.start()
     start_factory = getattr(svc.bridge_factory, "start", None)
     if start_factory is not None:
@@ -477,6 +544,8 @@ async def _on_cleanup(app: web.Application) -> None:
     for carrier in svc.carriers.values():
         await carrier.close()
     svc.replays.close()
+    if svc.recorder is not None:  # last: the calls' ends above are recorded
+        await svc.recorder.close()
 
 
 async def start_site(runner: web.AppRunner, host: str, port: int,

@@ -8,7 +8,7 @@ model's socket, and applying status changes to the call's record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -31,13 +31,15 @@ from agentic_fast.core.tasks import TaskSet
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.server.workers import prefixed_url
 
-__all__ = ["BUSY_TEXT", "DRAINING_TEXT", "REPLAYED_TEXT", "ServerDesk"]
+__all__ = ["BUSY_TEXT", "DRAINING_TEXT", "REPLAYED_TEXT", "STORE_REFUSAL_TEXT", "ServerDesk"]
 
 log = get_logger("server")
 
 BUSY_TEXT = "Sorry, all our assistants are busy right now. Please call again later."
 DRAINING_TEXT = "Sorry, this line is restarting. Please call again in a minute."
 REPLAYED_TEXT = "This call is already connected."
+#: Spoken when the call store cannot vouch for a new call (down, locked, full).
+STORE_REFUSAL_TEXT = "Sorry, we cannot take your call right now. Please call again shortly."
 #: The replay guard's kind for answered voice webhooks (keyed by the carrier's call id).
 _VOICE = "voice"
 
@@ -48,7 +50,8 @@ class ServerDesk:
     def __init__(self, config: Config, manager: CallManager, admission: Admission,
                  replays: ReplayGuard, tokens: StreamTokenSigner,
                  carriers: Mapping[str, Carrier],
-                 prewarm: Callable[[CallSession], Any] | None = None) -> None:
+                 prewarm: Callable[[CallSession], Any] | None = None,
+                 store_ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.config = config
         self.manager = manager
         self.admission = admission
@@ -56,6 +59,8 @@ class ServerDesk:
         self.tokens = tokens
         self.carriers = carriers
         self._prewarm = prewarm
+        #: whether the shared store can vouch for a new call (its checks), when there is one
+        self.store_ready = store_ready
         self._draining = False
         #: put before the stream URL's path: names the worker that answered (``/w/<owner>``
         #: with several workers, see ``server/workers.py``); "" with one process
@@ -85,8 +90,8 @@ class ServerDesk:
 
     # -- inbound -----------------------------------------------------------------------------
 
-    def incoming(self, carrier: str, carrier_call_id: str, caller: str, called: str
-                 ) -> InboundDecision:
+    async def incoming(self, carrier: str, carrier_call_id: str, caller: str, called: str
+                       ) -> InboundDecision:
         manager = self.manager
         known = manager.get_by_sid(carrier_call_id) is not None
         if not known and self.replays.seen(carrier_call_id, _VOICE):
@@ -110,8 +115,15 @@ class ServerDesk:
                 if calls.refuse_with == "say":
                     return InboundDecision(say=calls.refuse_message)
                 return InboundDecision(refuse="busy" if refusal.busy else "rejected")
+            if self.store_ready is not None and not await self.store_ready():
+                # the stream token's single use and the call's owner cannot be recorded
+                metrics.incr("calls.refused.store_unavailable")
+                log.warning("call.refused", reason="store_unavailable",
+                            call_sid=carrier_call_id)
+                return InboundDecision(say=STORE_REFUSAL_TEXT)
+            known = manager.get_by_sid(carrier_call_id) is not None  # changed while we waited
         try:
-            session = manager.create_inbound(carrier_call_id, caller, called)
+            session = manager.create_inbound(carrier_call_id, caller, called, carrier=carrier)
         except CallLimitError:
             log.warning("call.refused", reason="limit", call_sid=carrier_call_id)
             return InboundDecision(refuse="busy", say=BUSY_TEXT)
@@ -160,7 +172,12 @@ class ServerDesk:
         return session if session is not None and session.call_sid == carrier_call_id else None
 
     def status(self, carrier_call_id: str, change: StatusChange,
-               sequence: int | None = None, call_id: str | None = None) -> bool:
+               sequence: int | None = None, call_id: str | None = None, *,
+               answered_by: str | None = None) -> bool:
+        if answered_by:
+            session = self.find(carrier_call_id, call_id)
+            if session is not None:
+                session.answered_by = answered_by[:64]
         if call_id is None:
             return self.manager.apply_status(carrier_call_id, change.status.value,
                                              reason=change.reason, sequence=sequence)

@@ -5,8 +5,9 @@
   the active calls; a ``: keep-alive`` comment every ``KEEPALIVE_S``. Behind the API token
   like ``/calls`` (the ``api_auth`` middleware).
 - ``GET /calls/history``: every call this process still remembers (active, then the
-  bounded history of ended ones), newest first, filtered by ``status``, ``direction``,
-  ``since`` (epoch seconds or ISO 8601), at most ``limit``.
+  bounded history of ended ones) merged with the shared call store's records (every
+  process and instance, and calls from before a restart), newest first, filtered by
+  ``status``, ``direction``, ``since`` (epoch seconds or ISO 8601), at most ``limit``.
 - ``GET /dashboard``: one HTML page with its JS and CSS (package data, no CDN), behind the
   API token: as ``Authorization: Bearer`` or, for a browser, ``/dashboard?token=...``,
   which sets an HttpOnly, SameSite=Strict cookie (a keyed hash of the token, never the
@@ -31,14 +32,18 @@ from aiohttp import web
 from agentic_fast.call.manager import CallDirection, CallManager
 from agentic_fast.call.status import CallStatus
 from agentic_fast.core import metrics
-from agentic_fast.core.errors import SubscriberLimitError
+from agentic_fast.core.errors import StoreError, SubscriberLimitError
 from agentic_fast.core.events import EventHub
 from agentic_fast.core.log import get_logger
+from agentic_fast.server.store_views import record_summary
+from agentic_fast.store.base import CallStore, RecordFilter
 
 log = get_logger("server.ops")
 
 EVENTS_PATH: Final = "/calls/events"
 HISTORY_PATH: Final = "/calls/history"
+#: The shared call store ``GET /calls/history`` also reads (set by the app), if any.
+HISTORY_STORE: web.AppKey[CallStore] = web.AppKey("ops_history_store", CallStore)
 DASHBOARD_PATH: Final = "/dashboard"
 STATIC_PREFIX: Final = "/dashboard/static/"
 COOKIE_NAME: Final = "agentic_fast_dashboard"
@@ -198,17 +203,33 @@ async def call_history(request: web.Request) -> web.StreamResponse:
         metrics.incr("api.rejected.bad_request")
         log.warning("api.rejected", path=request.path, reason="bad_request", detail=wanted)
         return _json({"error": wanted}, status=400)
-    calls = []
+    found: list[tuple[float, dict[str, Any]]] = []
     for session in request.app[_MANAGER].recent_sessions():
         if ((wanted["status"] and session.status.value != wanted["status"])
                 or (wanted["direction"] and session.direction.value != wanted["direction"])
                 or (wanted["since"] is not None and session.created_at < wanted["since"])):
             continue
-        calls.append(session.summary())
-        if len(calls) == wanted["limit"]:
+        found.append((session.created_at, session.summary()))
+        if len(found) == wanted["limit"]:
             break
-    info: dict[str, Any] = request.app[_INFO]
-    return _json({"calls": calls, **info})
+    base: dict[str, Any] = request.app[_INFO]
+    info = dict(base)
+    store = request.app.get(HISTORY_STORE)
+    if store is not None:  # every process's calls, and those from before a restart
+        known = {summary["call_id"] for _, summary in found}
+        try:
+            page = await store.list_records(RecordFilter(
+                status=wanted["status"], direction=wanted["direction"],
+                since=wanted["since"]), limit=wanted["limit"])
+        except StoreError as exc:
+            metrics.incr("api.store_unavailable")
+            log.warning("api.store_unavailable", path=request.path, error=str(exc)[:200])
+            info["store_error"] = "unavailable"
+        else:
+            found += [(r.created_at, record_summary(r)) for r in page.records
+                      if r.call_id not in known]
+            found.sort(key=lambda item: item[0], reverse=True)
+    return _json({"calls": [summary for _, summary in found[:wanted["limit"]]], **info})
 
 
 # -- GET /dashboard -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agentic_fast.core.instance import set_instance_id
 from agentic_fast.core.log import get_logger
 from agentic_fast.server.app import SERVICES, hangup
 from agentic_fast.server.control import CallRouter, ControlReply, ControlServer, LocalWorkersRouter
@@ -43,6 +44,7 @@ class WorkerMode:
         self._control = ControlServer(identity.control_path(identity.worker_id),
                                       {"hangup": self._hangup_here})
         app[SERVICES].desk.stream_prefix = identity.prefix
+        set_instance_id(identity.owner)  # the call store's owner id: this worker
         app.middlewares.append(self._forward)  # after api_auth: forwarded requests are authed
 
     def site_options(self) -> dict[str, Any]:

@@ -58,7 +58,12 @@ class StoreService:
         return cls(build_store(config, clock=clock), config, clock=clock)
 
     async def start(self) -> None:
+        """Open the store (``StoreUnavailable`` when it cannot), then ``start_background``."""
         await self.store.open()
+        self.start_background()
+
+    def start_background(self) -> None:
+        """Start the writer and the pruner (also when the store is down: they retry)."""
         self.writer.start()
         if self.config.retention_days > 0 and self._pruner is None:
             self._pruner = asyncio.get_running_loop().create_task(self._prune_forever(),

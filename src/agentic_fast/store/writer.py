@@ -84,7 +84,9 @@ class StoreWriter:
             return False
         self._queue.append(event)
         self._idle.clear()
-        if len(self._queue) >= self.batch_max:
+        if len(self._queue) == 1 or len(self._queue) >= self.batch_max:
+            # the first event wakes an idle flusher (it then gathers for interval_s); a
+            # full batch is written at once
             self._wake.set()
         return True
 
@@ -156,6 +158,7 @@ class StoreWriter:
             batch = [self._queue.popleft() for _ in range(count)]
             self._in_flight = count  # stays counted if close() cancels the write
             await self._write(batch)
+            del batch  # written events are not kept alive while the flusher waits
             self._in_flight = 0
 
     async def _write(self, batch: Sequence[StoreEvent]) -> None:

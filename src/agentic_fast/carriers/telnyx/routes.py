@@ -137,7 +137,7 @@ class TelnyxWebhooks:
         if self.desk.find(ccid) is not None:  # a retried call.initiated: answered already
             metrics.incr("telnyx.webhook.replayed")
             return
-        decision = self.desk.incoming("telnyx", ccid, event.from_number, event.to_number)
+        decision = await self.desk.incoming("telnyx", ccid, event.from_number, event.to_number)
         answer = self.carrier.answer
         if decision.refuse is not None:
             await answer.refuse(ccid, decision.refuse, decision.say)

@@ -141,7 +141,7 @@ class _TwilioWebhooks:
         if not call_sid:
             metrics.incr("twilio.webhook.rejected.no_call_sid")
             return _json({"error": "CallSid missing"}, 400)
-        decision = self.desk.incoming("twilio", call_sid, _first(fields, "From"),
+        decision = await self.desk.incoming("twilio", call_sid, _first(fields, "From"),
                                       _first(fields, "To"))
         answer = self.carrier.answer
         if decision.refuse is not None:
@@ -171,7 +171,8 @@ class _TwilioWebhooks:
             metrics.incr("twilio.status.rejected")
             log.warning("status.rejected", detail=str(exc)[:200])
             return _json({"error": str(exc)}, 400)
-        applied = self.desk.status(cb.call_sid, change, cb.sequence_number)
+        applied = self.desk.status(cb.call_sid, change, cb.sequence_number,
+                                   answered_by=cb.answered_by)
         log.info("status.callback", call_sid=cb.call_sid, call_status=cb.call_status,
                  applied=applied)
         return web.Response(status=204)
