@@ -196,7 +196,7 @@ server:
   max_connections_total: {limit}
   max_connections_per_ip: {limit}
   stream_token_ttl_s: 600
-{_gc_keys(args)}twilio:
+{_workers_keys()}{_gc_keys(args)}twilio:
   account_sid: {account_sid}
   auth_token: {auth_token}
   from_number: '+15550001111'
@@ -245,6 +245,16 @@ def _admission_keys() -> str:
         return ""
     return ("  inbound: open\n  rate_limits:\n    per_caller_per_minute: 0\n"
             "    global_per_second: 0\n")
+
+
+def _workers_keys() -> str:
+    """``server.workers: 1`` where the server has the key: the figure is one process on one
+    core (``serve`` defaults to a worker per core, which would put several on the pinned one)."""
+    from dataclasses import fields
+
+    from agentic_fast.core.config import ServerConfig
+
+    return "  workers: 1\n" if "workers" in {f.name for f in fields(ServerConfig)} else ""
 
 
 def _gc_keys(args: argparse.Namespace) -> str:

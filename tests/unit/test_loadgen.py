@@ -751,3 +751,15 @@ def test_no_metrics_turns_the_servers_metrics_off_and_the_config_loads() -> None
     assert config().metrics.enabled is True
     off = config("--no-metrics").metrics
     assert off.enabled is False
+
+
+def test_server_under_test_is_one_process() -> None:
+    """The figure is one process on one core: serve's default (a worker per core) would put
+    a supervisor and several workers on the pinned core."""
+    from bench.loadgen import build_parser, server_config
+
+    from agentic_fast.core.config import Config
+
+    args = build_parser().parse_args(["-n", "10"])
+    text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32)
+    assert Config.from_text(text, env={}).server.workers == 1
