@@ -6,6 +6,7 @@ record is complete once Redis is back)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -239,4 +240,157 @@ async def test_redis_killed_mid_call_the_call_goes_on_and_the_record_completes(
                                                        "Yes, still here."]
         client.assert_no_violations()
     finally:
+        await h.__aexit__(None, None, None)
+
+
+async def test_hangup_of_a_call_live_on_another_instance_goes_through_the_carrier(
+        rest: FakeTwilioRest, redis_server: RedisServer, named: None) -> None:
+    """``POST /calls/{id}/hangup`` on an instance that never saw the call: the shared record
+    names the carrier's call; the carrier hangs it up; the record says who ended it."""
+    extra = _redis(redis_server.url)
+    a = await _harness(rest, extra, name="instance-a")
+    b = await _harness(rest, extra, name="instance-b")
+    try:
+        call_sid, params, _ = await a.incoming_call()
+        rest.add_incoming(call_sid, "+15551230000", "+15550001111")
+        client, bridge = await _connect(a, call_sid, params, a)
+        call_id = bridge.session.call_id
+        await a.services.recorder.service.writer.flush()
+        assert b.services.manager.get(call_id) is None
+        assert b.http is not None
+        async with b.http.post(f"{b.base_url}/calls/{call_id}/hangup") as resp:
+            assert resp.status == 202, await resp.text()
+            assert await resp.json() == {"call_id": call_id, "status": "completed",
+                                         "owner": "instance-a"}
+        update = await rest.wait_request(
+            lambda r: r.method == "POST" and r.path.endswith(f"/Calls/{call_sid}.json"))
+        assert update.get("Status") == "completed"
+        assert rest.calls[call_sid]["status"] == "completed"
+        await b.services.recorder.service.writer.flush()
+        record = await b.services.recorder.store.get(call_id)
+        assert record is not None and record.status == "completed"
+        assert record.reason == "hangup-api"
+        # the carrier ends the stream; the owner ends its side, the record stays as it is
+        await client.hangup()
+        assert await asyncio.wait_for(bridge.closed, 5) == "stream-stopped"
+        await a.services.recorder.settle()
+        record = await a.services.recorder.store.get(call_id)
+        assert record is not None and record.status == "completed"
+        assert record.reason == "hangup-api" and record.owner is None
+        async with b.http.post(f"{b.base_url}/calls/{call_id}/hangup") as resp:
+            assert resp.status == 409 and (await resp.json())["status"] == "completed"
+        async with b.http.post(f"{b.base_url}/calls/no-such-call/hangup") as resp:
+            assert resp.status == 404
+    finally:
+        await b.__aexit__(None, None, None)
+        await a.__aexit__(None, None, None)
+
+
+async def test_a_restarted_process_of_the_same_name_records_its_predecessors_calls_failed(
+        rest: FakeTwilioRest, tmp_path: Path, named: None) -> None:
+    """A process killed and started again under the same name (a supervisor's worker, a
+    fixed ``server.instance_id``) must not renew the dead one's lease for its calls."""
+    path = tmp_path / "calls.db"
+    extra = f"store:\n  path: {path}\n"
+    a = await _harness(rest, extra, name="worker-a")
+    try:
+        call_sid, params, _ = await a.incoming_call()
+        client, bridge = await _connect(a, call_sid, params, a)
+        call_id = bridge.session.call_id
+        await a.services.recorder.service.writer.flush()
+        assert await a.services.recorder.store.live_calls() == {call_id: "worker-a"}
+        config = make_config(rest, extra).store
+        successor = StoreRecorder(StoreService(SQLiteCallStore(path), config), "worker-a")
+        reclaimed = metrics.get("store.calls.reclaimed")
+        await successor.start()
+        try:
+            record = await successor.store.get(call_id)
+            assert record is not None and record.status == "failed"
+            assert record.reason == "owner_lost: worker-a" and record.owner is None
+            assert metrics.get("store.calls.reclaimed") == reclaimed + 1
+            assert await successor.store.live_calls() == {}
+        finally:
+            await successor.close()
+        await client.close()
+    finally:
+        await a.__aexit__(None, None, None)
+
+
+def _sqlite(path: Path) -> str:
+    return (f"store:\n  path: {path}\n  timeout_s: 0.05\n  retry_initial_s: 0.05\n"
+            "  retry_max_s: 0.2\n")
+
+
+async def _talk_both_ways(client: Any, bridge: Any, mark: str) -> None:
+    """A second of the caller's audio reaches the bridge, and the model's audio with a mark
+    reaches the caller (the mark comes back): the call is alive."""
+    speech = bytes([0xFF]) * 160 * 25
+    before = len(bridge.chunks)
+    await asyncio.wait_for(client.say(speech), 10)
+    await bridge.wait_until(lambda: len(bridge.chunks) - before >= len(speech) // 320)
+    frames = bridge.converter.feed_provider(bytes(960 * 5))
+    assert bridge.sender.send([("media", f) for f in frames] + [("mark", mark)])
+    await client.wait_for_echo(mark)
+
+
+@pytest.mark.parametrize("failure", ["locked", "disk_full"])
+async def test_sqlite_failing_mid_call_the_call_goes_on_and_the_record_completes(
+        rest: FakeTwilioRest, tmp_path: Path, failure: str) -> None:
+    """The SQLite file locked by another process, or the disk full (a page quota standing
+    in for it), mid-call: audio goes on both ways, the call's events wait in the writer's
+    queue (nothing dropped), and once the file is writable again the record is complete. A
+    new call meanwhile is told why it cannot be taken (the nonce cannot be claimed)."""
+    path = tmp_path / "calls.db"
+    h = await _harness(rest, _sqlite(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        call_sid, params, _ = await h.incoming_call()
+        client, bridge = await _connect(h, call_sid, params, h)
+        recorder: StoreRecorder = h.services.recorder
+        store: SQLiteCallStore = recorder.store  # type: ignore[assignment]
+        writer = recorder.service.writer
+        await writer.flush()
+        if failure == "locked":
+            other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        else:
+            await store.set_max_bytes(1)  # no page more than the file has now
+        bridge.session.add_transcript("caller", "Are you still there? " + "x" * 20_000)
+        await asyncio.wait_for(writer.wait_failing(), 10)
+        await _talk_both_ways(client, bridge, "m1")
+
+        call_sid2, params2, _ = await h.incoming_call()
+        rest.add_incoming(call_sid2, "+15551230001", "+15550001111")
+        if failure == "locked":
+            # a new call now: its stream's nonce cannot be claimed; the caller is told why
+            refused = metrics.get("twilio.media.refused.store_unavailable")
+            assert await _refused(h, call_sid2, params2) is not None
+            assert metrics.get("twilio.media.refused.store_unavailable") == refused + 1
+            update = await rest.wait_request(
+                lambda r: r.method == "POST" and r.path.endswith(f"/Calls/{call_sid2}.json"))
+            assert STORE_REFUSAL_TEXT in (update.get("Twiml") or "")
+        else:
+            # a nonce and an ownership row still fit in the file's free pages: the checks
+            # can be made, so the new call is taken; its events queue behind the others
+            client2, bridge2 = await _connect(h, call_sid2, params2, h)
+            await _talk_both_ways(client2, bridge2, "m2")
+            await client2.hangup()
+            assert await asyncio.wait_for(bridge2.closed, 5) == "stream-stopped"
+
+        bridge.session.add_transcript("agent", "Yes, still here.")
+        await client.hangup()
+        assert await asyncio.wait_for(bridge.closed, 5) == "stream-stopped"
+        assert writer.dropped == 0 and writer.pending > 0
+        if failure == "locked":
+            other.execute("COMMIT")
+        else:
+            await store.set_max_bytes(None)  # space freed
+        await asyncio.wait_for(writer.flush(), 10)
+        record = await store.get(bridge.session.call_id)
+        assert record is not None and record.status == "completed"
+        assert [t.text[:20] for t in record.transcript] == ["Are you still there?",
+                                                            "Yes, still here."]
+        assert writer.dropped == writer.failed == 0
+        client.assert_no_violations()
+    finally:
+        other.close()
         await h.__aexit__(None, None, None)

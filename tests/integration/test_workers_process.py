@@ -121,6 +121,8 @@ gateway:
   device_key_path: {tmp_path / "device_key"}
 calls:
   inbound: open
+store:
+  path: {tmp_path / "calls.db"}
 logging:
   level: INFO
 """)
@@ -200,7 +202,7 @@ async def test_a_killed_worker_is_restarted_and_the_other_call_goes_on(
     pids = await server.worker_pids()
     async with aiohttp.ClientSession() as http:
         survivor, _, _ = await _place(http, ports[0], ports[0])
-        victim, _, _ = await _place(http, ports[1], ports[1])
+        victim, victim_params, _ = await _place(http, ports[1], ports[1])
         a, b = await openai.wait_session(0), await openai.wait_session(1)
         for s in (a, b):
             await s.wait_until(lambda s=s: s.audio_bytes.get("audio/pcm", 0) > 0, timeout=10)
@@ -230,9 +232,18 @@ async def test_a_killed_worker_is_restarted_and_the_other_call_goes_on(
         assert not survivor.closed.is_set()
         survivor.assert_no_violations()
 
-        # the restarted worker takes calls again
+        # the restarted worker takes calls again, and has recorded its predecessor's call
+        # failed (a new process under the same name owns no call yet)
         _, direct = await server.wait_line(r"worker\.direct worker=1 port=(\d+)", i)
         assert (await http.get(f"http://127.0.0.1:{direct.group(1)}/healthz")).status == 200
+        victim_id = victim_params["callId"]
+        await server.wait_line(rf"store\.calls\.reclaimed_from_previous_run .*{victim_id}", i)
+        for port in (ports[0], int(direct.group(1))):  # either worker's API shows it
+            resp = await http.get(f"http://127.0.0.1:{port}/calls/{victim_id}")
+            assert resp.status == 200
+            record = await resp.json()
+            assert record["status"] == "failed", record
+            assert record["reason"] == f"owner_lost: {INSTANCE}-1", record
 
         # SIGTERM: both workers drain; the live call keeps going until it hangs up
         server.proc.send_signal(signal.SIGTERM)

@@ -43,6 +43,7 @@ from agentic_fast.core import metrics
 from agentic_fast.core.errors import (
     AudioFormatError,
     CallRefusedError,
+    CarrierApiError,
     CarrierProtocolError,
     PeerUnavailableError,
     StoreError,
@@ -219,10 +220,13 @@ class MediaStreamHandler:
                  record_dtmf: bool = True,
                  max_control_frames_per_s: int = DEFAULT_CONTROL_FRAMES_PER_S,
                  max_write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES,
-                 guard: StreamGuard | None = None) -> None:
+                 guard: StreamGuard | None = None, store_refusal_text: str = "") -> None:
         self.carrier = carrier
         #: the shared store's checks (nonce single use everywhere, ownership), or None
         self.guard = guard
+        #: spoken (through the carrier's REST) when a stream is refused because the store
+        #: cannot make its checks: the caller hears why instead of silence
+        self.store_refusal_text = store_refusal_text
         #: metric prefix: ``twilio.media``, ``telnyx.media``...
         self.prefix = f"{carrier.name}.media"
         self.manager = manager
@@ -398,6 +402,7 @@ class MediaStreamHandler:
                 self._refused("store_unavailable", session.call_id, exc)
                 if not session.ended:
                     self.manager.fail(session, "store-unavailable")
+                self._say_refusal(session)
                 return None
             if refusal is not None:
                 log.warning("media.token_rejected", reason=refusal, call_id=session.call_id,
@@ -409,6 +414,21 @@ class MediaStreamHandler:
         if not self.manager.mark_stream_started(session):
             return None
         return session
+
+    def _say_refusal(self, session: CallSession) -> None:
+        """Tell the caller (the carrier speaks the line and hangs up), in the background."""
+        control, call_sid = self.carrier.control, session.call_sid
+        if control is None or not call_sid or not self.store_refusal_text:
+            return
+
+        async def say() -> None:
+            try:
+                await control.say_and_hang_up(call_sid, self.store_refusal_text)
+            except CarrierApiError as exc:
+                metrics.incr(f"{self.prefix}.refusal_unspoken")
+                session.log.warning("media.refusal_unspoken", error=str(exc)[:200])
+
+        self._tasks.spawn(say())
 
     def _refused(self, reason: str, call_id: str, exc: Exception) -> None:
         metrics.incr(f"{self.prefix}.refused.{reason}")

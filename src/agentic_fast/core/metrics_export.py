@@ -139,7 +139,7 @@ RULES: tuple[Rule, ...] = (
     _rule(r"gateway\.(?P<event>.+)", "gateway_events", "OpenClaw gateway client events."),
     _rule(r"api\.rejected\.(?P<reason>.+)", "api_rejected", "API requests rejected, by reason."),
     _rule(r"api\.store_unavailable", "api_store_unavailable",
-          "API reads answered without the call store (it was unreachable)."),
+          "API requests answered without the call store (it was unreachable)."),
     _rule(r"store\.write\.events", "store_events_written", "Call events written to the store."),
     _rule(r"store\.write\.(?:dropped|lost)\.(?P<reason>.+)", "store_events_dropped",
           "Call events the store writer gave up on, by reason (queue_full, failed, "

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -59,11 +60,18 @@ from agentic_fast.server.client_address import (
     came_through_proxy,
     client_address,
 )
-from agentic_fast.server.desk import BUSY_TEXT, DRAINING_TEXT, REPLAYED_TEXT, ServerDesk
+from agentic_fast.server.desk import (
+    BUSY_TEXT,
+    DRAINING_TEXT,
+    REPLAYED_TEXT,
+    STORE_REFUSAL_TEXT,
+    ServerDesk,
+)
 from agentic_fast.server.observability import METRICS_PATH, setup_observability
 from agentic_fast.server.ops import HISTORY_STORE, cookie_allows, setup_ops
 from agentic_fast.server.replay_guard import ReplayGuard
 from agentic_fast.server.store_views import record_view, records_page, store_call_filter
+from agentic_fast.store.base import StatusChanged
 from agentic_fast.store.recorder import StoreRecorder
 from agentic_fast.store.service import StoreService
 from agentic_fast.ws.listener import CallServerSite, ListenerLimits
@@ -384,7 +392,7 @@ async def hangup(svc: Services, call_id: str) -> web.Response:
     """``POST /calls/{id}/hangup`` on this process (also run for another worker's request)."""
     session = svc.manager.get(call_id)
     if session is None:
-        return _error(404, "unknown call")
+        return await _hangup_from_record(svc, call_id)
     if session.ended:
         return _error(409, "call already ended", status=session.status.value)
     if not session.call_sid:
@@ -401,6 +409,43 @@ async def hangup(svc: Services, call_id: str) -> web.Response:
     session.log.info("call.hangup_requested")
     svc.manager.complete(session, reason="hangup-api")  # the record says who ended it
     return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
+
+
+async def _hangup_from_record(svc: Services, call_id: str) -> web.Response:
+    """A hang-up of a call live on another instance (or on a worker that did not answer):
+    its record names the carrier and the carrier's call id, and the carrier ends the call;
+    the owner sees the stream stop and ends its side. The record says who ended it."""
+    recorder = svc.recorder
+    if recorder is None:
+        return _error(404, "unknown call")
+    try:
+        record = await recorder.store.get(call_id)
+    except StoreError as exc:
+        metrics.incr("api.store_unavailable")
+        log.warning("api.store_unavailable", path="hangup", call_id=call_id,
+                    error=str(exc)[:200])
+        return _error(503, "call store unavailable; only this process's calls can be hung up")
+    if record is None:
+        return _error(404, "unknown call")
+    if record.ended:
+        return _error(409, "call already ended", status=record.status)
+    if not record.call_sid:
+        return _error(409, "call has no CallSid yet")
+    carrier = svc.carriers.get(record.carrier or "") or svc.carrier
+    rest = _rest_or_error(carrier)
+    if isinstance(rest, web.Response):
+        return rest
+    try:
+        await rest.hang_up(record.call_sid)
+    except CarrierApiError as exc:
+        return _error(502, f"{carrier.name.capitalize()} refused the hang-up", code=exc.code,
+                      detail=str(exc))
+    metrics.incr("control.hangup_via_carrier")
+    log.info("call.hangup_requested", call_id=call_id, owner=record.owner or "",
+             via="record")
+    recorder.service.append(StatusChanged(call_id, time.time(), "completed", "hangup-api"))
+    return _json({"call_id": call_id, "status": "completed", "owner": record.owner},
+                 status=202)
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -469,7 +514,7 @@ def create_app(config: Config, *, bridge_factory: BridgeFactory,
         record_dtmf=not config.brain.pin,  # a PIN must not end up in /calls or the logs
         max_control_frames_per_s=server.ws_max_control_frames_per_s,
         max_write_buffer_bytes=server.ws_max_write_buffer_bytes,
-        guard=recorder,
+        guard=recorder, store_refusal_text=STORE_REFUSAL_TEXT,
     ) for name, c in carriers.items()}
     bind = getattr(bridge_factory, "bind_server", None)
     if bind is not None:

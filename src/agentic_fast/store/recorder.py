@@ -24,7 +24,8 @@ What each failure loses (everything counted in ``agentic_fast.core.metrics`` and
   reclaim its live calls as ``failed`` (``owner_lost``); their later lines still land, but the
   status stays failed (terminal statuses are final).
 - a process killed: its queued events (at most ``store.batch_interval_s`` of them) and the
-  end of its live calls, which the others record as ``failed`` / ``owner_lost`` after the lease.
+  end of its live calls, which the others record as ``failed`` / ``owner_lost`` after the lease,
+  or its successor of the same name (a restarted worker) as soon as it starts.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class StoreRecorder:
         it answers), start the writer and the heartbeat."""
         try:
             await self.service.start()
+            await self.reclaim_previous()
             await self.store.heartbeat(self.owner, self.lease_s)
             self._ok()
         except StoreUnavailable as exc:
@@ -131,6 +133,19 @@ class StoreRecorder:
         await asyncio.wait_for(self.service.writer.flush(), timeout_s)
 
     # -- the lease ------------------------------------------------------------------------
+
+    async def reclaim_previous(self) -> list[str]:
+        """Record as ``failed`` (``owner_lost: <owner>``) the live calls a previous process
+        of this name left: a starting process owns no call, so any call still owned under
+        its name died with that process (a worker killed and restarted under the same
+        name, a server with a fixed ``server.instance_id``). Without this, the new process's
+        heartbeat would renew the dead one's lease and its calls would stay live forever."""
+        taken = await self.store.reclaim(self.owner, reason="owner_lost")
+        if taken:
+            metrics.incr("store.calls.reclaimed", len(taken))
+            log.warning("store.calls.reclaimed_from_previous_run", owner=self.owner,
+                        calls=len(taken), call_ids=",".join(taken[:20]))
+        return taken
 
     async def _beat_forever(self) -> None:
         while True:
