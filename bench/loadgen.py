@@ -182,7 +182,8 @@ class Child:
 
 
 def server_config(port: int, fake_port: int, mode: str, n: int, args: argparse.Namespace,
-                  auth_token: str, account_sid: str, api_token: str = "") -> str:
+                  auth_token: str, account_sid: str, api_token: str = "",
+                  store_path: Path | None = None) -> str:
     """The config of the server under test (loopback fakes around it)."""
     limit = n + 64
     return f"""\
@@ -222,7 +223,7 @@ calls:
 {_admission_keys()}logging:
   level: INFO
   format: json
-{_metrics_keys(args)}"""
+{_metrics_keys(args)}{_store_keys(args, store_path)}"""
 
 
 def _metrics_keys(args: argparse.Namespace) -> str:
@@ -255,6 +256,21 @@ def _workers_keys() -> str:
     from agentic_fast.core.config import ServerConfig
 
     return "  workers: 1\n" if "workers" in {f.name for f in fields(ServerConfig)} else ""
+
+
+def _store_keys(args: argparse.Namespace, path: Path | None) -> str:
+    """The call store of the server under test, where it has one: SQLite in the run's own
+    directory (never the user's ``~/.agentic_fast/calls.db``), or Redis at ``--store-url``
+    (a fresh key prefix per run)."""
+    try:
+        from agentic_fast.core.config import StoreConfig  # noqa: F401
+    except ImportError:  # a commit from before the store
+        return ""
+    url = getattr(args, "store_url", None)
+    if url:
+        return (f"store:\n  backend: redis\n  url: {url}\n"
+                f"  key_prefix: 'loadgen-{os.getpid()}-{time.time_ns()}:'\n")
+    return f"store:\n  path: {path}\n" if path is not None else ""
 
 
 def _gc_keys(args: argparse.Namespace) -> str:
@@ -367,7 +383,7 @@ class Run:
         if self.target == "server":
             cfg = self.dir / "config.yaml"
             cfg.write_text(server_config(port, fake_port, self.mode, n, args, auth_token,
-                                         account_sid, api_token))
+                                         account_sid, api_token, self.dir / "calls.db"))
             cmd = [*srv_pin, py, "-m", "agentic_fast", "serve", "--config", str(cfg)]
         else:
             cmd = [*srv_pin, py, "-m", "bench.load_fakes", "relay", "--port", str(port),
@@ -803,6 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees it); 0 = off")
     p.add_argument("--poll-calls-limit", type=int, default=50,
                    help="page size (limit) of the /calls polls")
+    p.add_argument("--store-url", default=None,
+                   help="redis://... : the server under test keeps its call store in this "
+                        "Redis (default: SQLite in the run's directory)")
     p.add_argument("--no-metrics", action="store_true",
                    help="metrics.enabled: false on the server (no histograms, no sampling): "
                         "run once with and once without to measure what metrics cost")

@@ -763,3 +763,24 @@ def test_server_under_test_is_one_process() -> None:
     args = build_parser().parse_args(["-n", "10"])
     text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32)
     assert Config.from_text(text, env={}).server.workers == 1
+
+
+def test_server_under_test_keeps_its_store_in_the_run_or_in_the_given_redis(
+        tmp_path: Path) -> None:
+    """Never the user's own ``~/.agentic_fast/calls.db``: SQLite in the run's directory, or
+    ``--store-url`` (Redis, a key prefix of its own)."""
+    from bench.loadgen import build_parser, server_config
+
+    from agentic_fast.core.config import Config
+
+    def store(*argv: str) -> Any:
+        args = build_parser().parse_args(["-n", "10", *argv])
+        text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32,
+                             "", tmp_path / "calls.db")
+        return Config.from_text(text, env={}).store
+
+    sqlite = store()
+    assert sqlite.backend == "sqlite" and sqlite.file == tmp_path / "calls.db"
+    redis = store("--store-url", "redis://127.0.0.1:6390/0")
+    assert redis.backend == "redis" and redis.url == "redis://127.0.0.1:6390/0"
+    assert redis.key_prefix.startswith("loadgen-")
