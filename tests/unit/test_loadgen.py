@@ -771,9 +771,9 @@ def test_server_under_test_keeps_its_store_in_the_run_or_in_the_given_redis(
     ``--store-url`` (Redis, a key prefix of its own)."""
     from bench.loadgen import build_parser, server_config
 
-    from agentic_fast.core.config import Config
+    from agentic_fast.core.config import Config, StoreConfig
 
-    def store(*argv: str) -> Any:
+    def store(*argv: str) -> StoreConfig:
         args = build_parser().parse_args(["-n", "10", *argv])
         text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32,
                              "", tmp_path / "calls.db")
