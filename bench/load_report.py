@@ -697,6 +697,37 @@ def proc_cpu_s(pid: int | str = "self") -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def proc_tree(pid: int | str) -> list[int | str]:
+    """``pid`` and every live descendant (a supervisor's workers), from
+    /proc/<pid>/task/*/children."""
+    found: list[int | str] = [pid]
+    i = 0
+    while i < len(found):
+        for task in Path(f"/proc/{found[i]}/task").glob("*/children"):
+            try:
+                found += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+        i += 1
+    return found
+
+
+def tree_cpu_s(pid: int | str) -> float | None:
+    """CPU seconds of ``pid`` and its live descendants together (None: ``pid`` is gone)."""
+    own = proc_cpu_s(pid)
+    if own is None:
+        return None
+    return own + sum(proc_cpu_s(child) or 0.0 for child in proc_tree(pid)[1:])
+
+
+def tree_rss_kb(pid: int | str) -> int | None:
+    """VmRSS of ``pid`` and its live descendants together, in kB."""
+    own = proc_rss_kb(pid)
+    if own is None:
+        return None
+    return own + sum(proc_rss_kb(child) or 0 for child in proc_tree(pid)[1:])
+
+
 def proc_rss_kb(pid: int | str = "self") -> int | None:
     """VmRSS of a process in kB, from /proc/<pid>/status."""
     try:

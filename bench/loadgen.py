@@ -197,7 +197,7 @@ server:
   max_connections_total: {limit}
   max_connections_per_ip: {limit}
   stream_token_ttl_s: 600
-{_workers_keys()}{_gc_keys(args)}twilio:
+{_workers_keys(getattr(args, 'server_workers', 1))}{_gc_keys(args)}twilio:
   account_sid: {account_sid}
   auth_token: {auth_token}
   from_number: '+15550001111'
@@ -248,14 +248,18 @@ def _admission_keys() -> str:
             "    global_per_second: 0\n")
 
 
-def _workers_keys() -> str:
-    """``server.workers: 1`` where the server has the key: the figure is one process on one
-    core (``serve`` defaults to a worker per core, which would put several on the pinned one)."""
+def _workers_keys(workers: int = 1) -> str:
+    """``server.workers`` where the server has the key: 1 by default, the figure of one
+    process on one core (``serve`` defaults to a worker per core, which would put several on
+    the pinned one); ``--server-workers N`` for the per-worker figure (N workers, pinned
+    alike, CPU summed over the supervisor and its workers)."""
     from dataclasses import fields
 
     from agentic_fast.core.config import ServerConfig
 
-    return "  workers: 1\n" if "workers" in {f.name for f in fields(ServerConfig)} else ""
+    if "workers" not in {f.name for f in fields(ServerConfig)}:
+        return ""
+    return f"  workers: {workers}\n"
 
 
 def _store_keys(args: argparse.Namespace, path: Path | None) -> str:
@@ -445,23 +449,23 @@ class Run:
                 args.abuse, port, start_at=t_steady + min(args.abuse_at, self.duration / 2),
                 seconds=args.abuse_s, conns=args.abuse_conns), name="abuse")
 
-        # 5. watch; CPU at both ends of the window
+        # 5. watch; CPU at both ends of the window (the server and its workers, if any)
         cpu0 = cpu1 = None
         rss_end = None
         rss_max = 0
-        last_cpu, last_t = rep.proc_cpu_s(spid), time.monotonic()
+        last_cpu, last_t = rep.tree_cpu_s(spid), time.monotonic()
         while True:
             now = time.monotonic()
             if cpu0 is None and now >= t_steady:
-                cpu0 = rep.proc_cpu_s(spid)
+                cpu0 = rep.tree_cpu_s(spid)
             if now >= t_end:
-                cpu1 = rep.proc_cpu_s(spid)
-                rss_end = rep.proc_rss_kb(spid)
+                cpu1 = rep.tree_cpu_s(spid)
+                rss_end = rep.tree_rss_kb(spid)
                 break
-            rss = rep.proc_rss_kb(spid) or 0
+            rss = rep.tree_rss_kb(spid) or 0
             if t_steady <= now:
                 rss_max = max(rss_max, rss)
-            cpu = rep.proc_cpu_s(spid)
+            cpu = rep.tree_cpu_s(spid)
             pct = None
             if cpu is not None and last_cpu is not None and now > last_t:
                 pct = 100.0 * (cpu - last_cpu) / (now - last_t)
@@ -819,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sees it); 0 = off")
     p.add_argument("--poll-calls-limit", type=int, default=50,
                    help="page size (limit) of the /calls polls")
+    p.add_argument("--server-workers", type=int, default=1,
+                   help="server.workers of the server under test (all pinned to "
+                        "--server-core; CPU is the supervisor's and its workers' together)")
     p.add_argument("--store-url", default=None,
                    help="redis://... : the server under test keeps its call store in this "
                         "Redis (default: SQLite in the run's directory)")

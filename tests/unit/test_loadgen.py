@@ -784,3 +784,28 @@ def test_server_under_test_keeps_its_store_in_the_run_or_in_the_given_redis(
     redis = store("--store-url", "redis://127.0.0.1:6390/0")
     assert redis.backend == "redis" and redis.url == "redis://127.0.0.1:6390/0"
     assert redis.key_prefix.startswith("loadgen-")
+
+
+def test_server_cpu_counts_a_supervisors_workers() -> None:
+    """With ``--server-workers N`` the server is a supervisor and N workers: its CPU is the
+    sum over the process tree."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in rep.proc_tree(os.getpid())
+        own, tree = rep.proc_cpu_s(os.getpid()), rep.tree_cpu_s(os.getpid())
+        assert own is not None and tree is not None and tree >= own
+        assert rep.tree_rss_kb(os.getpid()) > rep.proc_rss_kb(os.getpid())  # type: ignore[operator]
+    finally:
+        child.kill()
+        child.wait()
+    assert rep.tree_cpu_s(2**22 + 1) is None  # no such process
+
+
+def test_server_workers_option_reaches_the_config() -> None:
+    from bench.loadgen import build_parser, server_config
+
+    from agentic_fast.core.config import Config
+
+    args = build_parser().parse_args(["-n", "10", "--server-workers", "2"])
+    text = server_config(8080, 9090, "openai", 10, args, "tok", "AC" + "0" * 32)
+    assert Config.from_text(text, env={}).server.workers == 2
