@@ -194,6 +194,41 @@ async def test_a_stream_landing_on_another_worker_is_handed_to_the_owner(
         resp = await http.post(f"{base1}/calls/no-such-call/hangup")
         assert resp.status == 404
         await client.hangup()
+        await asyncio.wait_for(client.closed.wait(), 10)
+
+        # the record is complete, as either worker answers it
+        for port in ports.values():
+            record = await _record_when(http, port, call_id, "completed")
+            assert record["call_sid"] == client.call_sid and record["owner"] is None
+            assert record["end_reason"] == record["reason"] == "stream-stopped"
+            assert record["carrier"] == "twilio" and record["provider"] == "openai"
+            assert record["stream_started"] and record["duration_s"] > 0
+        stored = await _record_when(http, ports[1], call_id, "completed")  # not its call
+        assert stored["source"] == "store"
+        assert [s["status"] for s in stored["statuses"]] == ["ringing", "in-progress",
+                                                              "completed"]
+        # and its token is spent on both workers
+        for port in ports.values():
+            replay = FakeTwilioMediaClient(f"ws://127.0.0.1:{port}{path}",
+                                           custom_parameters=params, call_sid=client.call_sid)
+            await replay.connect()
+            await asyncio.wait_for(replay.closed.wait(), 10)
+            assert replay.close_code == 1008
+
+
+async def _record_when(http: aiohttp.ClientSession, port: int, call_id: str, status: str,
+                       timeout: float = 10.0) -> dict[str, object]:
+    """``GET /calls/{id}`` on ``port`` once the record has ``status`` (the owner writes
+    it in its next store batch)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        resp = await http.get(f"http://127.0.0.1:{port}/calls/{call_id}")
+        record = await resp.json()
+        if resp.status == 200 and record.get("status") == status:
+            return dict(record)
+        assert loop.time() < deadline, f"{call_id} on port {port}: {resp.status} {record}"
+        await asyncio.sleep(0.05)  # polling the API for a condition, bounded
 
 
 async def test_a_killed_worker_is_restarted_and_the_other_call_goes_on(

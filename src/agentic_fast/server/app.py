@@ -368,9 +368,14 @@ async def get_call(request: web.Request) -> web.StreamResponse:
             record = None
         if record is not None and record.owner and record.owner != recorder.owner:
             return _json(record_view(record, transcript_limit=limit))
-    if session is not None:
+    if session is not None:  # the store view's own keys too, so either answer reads alike
+        ended = session.ended
         return _json({**session.to_dict(transcript_limit=limit), "source": "live",
-                      "owner": recorder.owner if recorder is not None else None})
+                      "owner": recorder.owner if recorder is not None and not ended else None,
+                      "carrier": session.carrier or request.app[SERVICES].carrier.name,
+                      "provider": recorder.provider if recorder is not None else None,
+                      "answered_by": session.answered_by,
+                      "end_reason": session.reason if ended else None})
     if recorder is None:
         return _error(404, "unknown call")
     try:
