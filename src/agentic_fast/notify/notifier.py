@@ -30,6 +30,7 @@ from aiohttp import web
 
 from agentic_fast.call.manager import CallManager, CallSession
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.config import Config, NotifyConfig
 from agentic_fast.core.errors import OutboxFullError
 from agentic_fast.core.log import get_logger
@@ -64,6 +65,11 @@ class Notifier:
         if not destinations:
             raise ValueError("no destination")
         self.config = config
+        #: the wait before retry n: backoff_base_s doubling up to backoff_max_s (no jitter:
+        #: a delivery's next attempt is a row in the outbox, not a reconnect storm)
+        self._backoff = Backoff(base_s=config.backoff_base_s, factor=2.0,
+                                max_delay_s=config.backoff_max_s, max_attempts=None,
+                                max_total_s=None, first_immediate=False, jitter=0.0)
         self.destinations = {d.name: d for d in destinations}
         self.path = path
         self.summarizer = summarizer
@@ -271,8 +277,7 @@ class Notifier:
             await self._dead(item, attempts, f"{outcome.error} [{why}]")
             return
         now = self.clock()
-        delay = min(self.config.backoff_max_s,
-                    self.config.backoff_base_s * 2 ** (attempts - 1))
+        delay = self._backoff.ceiling(attempts)
         if outcome.retry_after is not None:
             delay = outcome.retry_after
             self._paused[name] = now + delay

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from agentic_fast.core import metrics
+from agentic_fast.core.backoff import Backoff
 from agentic_fast.core.errors import StoreUnavailable
 from agentic_fast.core.log import get_logger
 from agentic_fast.store.base import CallStore, StoreEvent
@@ -53,6 +54,12 @@ class StoreWriter:
         self.interval_s = interval_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        #: the wait between attempts: doubling from ``retry_initial_s`` to ``retry_max_s``,
+        #: for as long as the store is away (the attempts are bounded by ``max_attempts``
+        #: only for a batch the store refuses)
+        self.backoff = Backoff(base_s=retry_initial_s, factor=2.0, max_delay_s=retry_max_s,
+                               max_attempts=None, max_total_s=None, first_immediate=False,
+                               jitter=0.0)
         self.max_attempts = max_attempts
         self._sleep = sleep
         self._queue: deque[StoreEvent] = deque()
@@ -163,7 +170,7 @@ class StoreWriter:
 
     async def _write(self, batch: Sequence[StoreEvent]) -> None:
         attempts = 0
-        delay = self.retry_initial_s
+        retries = self.backoff.start()
         while True:
             try:
                 await self.store.write_batch(batch)
@@ -188,8 +195,7 @@ class StoreWriter:
                     log.info("store.write.recovered", backend=self.store.backend,
                              pending=self.pending)
                 return
-            await self._sleep(delay)
-            delay = min(delay * 2, self.retry_max_s)
+            await self._sleep(retries.next_delay() or self.retry_max_s)  # endless: never None
 
     def _failed(self, batch: Sequence[StoreEvent], exc: Exception) -> None:
         metrics.incr("store.write.retry")
