@@ -23,6 +23,7 @@ import orjson
 from agentic_fast.call.status import CallStatus
 from agentic_fast.carriers.base import StatusChange
 from agentic_fast.core.errors import TelnyxWebhookError
+from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = ["TelnyxWebhook", "map_event", "map_status", "parse_webhook"]
 
@@ -46,17 +47,18 @@ class TelnyxWebhook:
     payload: dict[str, Any]
 
 
+_FIELDS = JsonFields(TelnyxWebhookError)
+
+
 def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise TelnyxWebhookError(f"{where}{key} is missing", field=where + key)
-        return ""
-    if not isinstance(value, str):
-        raise TelnyxWebhookError(f"{where}{key} must be a string", field=where + key)
+    """``obj[key]``: a string (non-empty where ``required``; "" when absent otherwise),
+    at most ``_MAX_FIELD`` characters (``client_state`` excepted: it is checked by its
+    decoder)."""
+    value = (_FIELDS.get_nonempty_str(obj, key, where) if required
+             else _FIELDS.get_opt_str(obj, key, where) or "")
     if len(value) > _MAX_FIELD and key != "client_state":
-        raise TelnyxWebhookError(f"{where}{key} is longer than {_MAX_FIELD} characters",
-                                 field=where + key)
+        _FIELDS.fail("bad_value", f"{where}{key} is longer than {_MAX_FIELD} characters",
+                     where + key)
     return value
 
 
