@@ -402,18 +402,28 @@ async def hangup(svc: Services, call_id: str) -> web.Response:
         return _error(409, "call already ended", status=session.status.value)
     if not session.call_sid:
         return _error(409, "call has no CallSid yet")
-    carrier = svc.carriers.get(session.carrier) or svc.carrier
+    refused = await _carrier_hang_up(svc, session.carrier, session.call_sid)
+    if refused is not None:
+        return refused
+    session.log.info("call.hangup_requested")
+    svc.manager.complete(session, reason="hangup-api")  # the record says who ended it
+    return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
+
+
+async def _carrier_hang_up(svc: Services, carrier_name: str, call_sid: str
+                           ) -> web.Response | None:
+    """Ask the call's carrier (``carrier_name``, else the default) to hang up ``call_sid``;
+    None when it did, else the error answer (REST not configured: 503; refused: 502)."""
+    carrier = svc.carriers.get(carrier_name) or svc.carrier
     rest = _rest_or_error(carrier)
     if isinstance(rest, web.Response):
         return rest
     try:
-        await rest.hang_up(session.call_sid)
+        await rest.hang_up(call_sid)
     except CarrierApiError as exc:
         return _error(502, f"{carrier.name.capitalize()} refused the hang-up", code=exc.code,
                       detail=str(exc))
-    session.log.info("call.hangup_requested")
-    svc.manager.complete(session, reason="hangup-api")  # the record says who ended it
-    return _json({"call_id": session.call_id, "status": session.status.value}, status=202)
+    return None
 
 
 async def _hangup_from_record(svc: Services, call_id: str) -> web.Response:
@@ -436,15 +446,9 @@ async def _hangup_from_record(svc: Services, call_id: str) -> web.Response:
         return _error(409, "call already ended", status=record.status)
     if not record.call_sid:
         return _error(409, "call has no CallSid yet")
-    carrier = svc.carriers.get(record.carrier or "") or svc.carrier
-    rest = _rest_or_error(carrier)
-    if isinstance(rest, web.Response):
-        return rest
-    try:
-        await rest.hang_up(record.call_sid)
-    except CarrierApiError as exc:
-        return _error(502, f"{carrier.name.capitalize()} refused the hang-up", code=exc.code,
-                      detail=str(exc))
+    refused = await _carrier_hang_up(svc, record.carrier, record.call_sid)
+    if refused is not None:
+        return refused
     metrics.incr("control.hangup_via_carrier")
     log.info("call.hangup_requested", call_id=call_id, owner=record.owner or "",
              via="record")

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import hmac
 from collections.abc import Callable
-from datetime import datetime
 from importlib import resources
 from typing import Any, Final
 
@@ -35,7 +34,7 @@ from agentic_fast.core import metrics
 from agentic_fast.core.errors import StoreError, SubscriberLimitError
 from agentic_fast.core.events import EventHub
 from agentic_fast.core.log import get_logger
-from agentic_fast.server.store_views import record_summary
+from agentic_fast.server.store_views import parse_since, record_summary
 from agentic_fast.store.base import CallStore, RecordFilter
 
 log = get_logger("server.ops")
@@ -166,21 +165,6 @@ def _frame(event_id: int, type_: str, body: bytes) -> bytes:
 
 # -- GET /calls/history -------------------------------------------------------------------
 
-def _since(raw: str) -> float | str:
-    """``since`` as epoch seconds, or the 400 message."""
-    try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError:
-        return "'since' must be epoch seconds or an ISO 8601 time"
-    if parsed.tzinfo is None:
-        return "'since' needs a time zone (e.g. 2026-01-01T10:00:00+00:00)"
-    return parsed.timestamp()
-
-
 def _history_filter(query: Any) -> dict[str, Any] | str:
     status, direction = query.get("status") or None, query.get("direction") or None
     if status is not None and status not in CallStatus.__members__.values():
@@ -190,7 +174,7 @@ def _history_filter(query: Any) -> dict[str, Any] | str:
     raw_limit = query.get("limit") or "50"
     if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:6]) <= 500):
         return f"'limit' must be between 1 and {HISTORY_PAGE_MAX}"
-    since = _since(query["since"]) if query.get("since") else None
+    since = parse_since(query["since"]) if query.get("since") else None
     if isinstance(since, str):
         return since
     return {"status": status, "direction": direction, "since": since, "limit": int(raw_limit)}
