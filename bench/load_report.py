@@ -475,9 +475,11 @@ COLUMNS = ("target", "N", "valid", "sustained", "cpu s/call-min", "rss MB/call",
 
 LEGEND = """\
 columns (times in ms; p50/p99 = median / 99th percentile over the steady-state window):
-  cpu s/call-min   server CPU seconds (utime+stime of the server process, /proc/<pid>/stat)
-                   over the window, divided by sustained calls x window minutes
-  rss MB/call      (server VmRSS at the end of the window - idle server VmRSS) / N
+  cpu s/call-min   server CPU seconds (utime+stime of the server process and of its workers
+                   with --server-workers, /proc/<pid>/stat) over the window, divided by
+                   sustained calls x window minutes
+  rss MB/call      (server VmRSS at the end of the window - idle server VmRSS) / N (with
+                   workers: their sum; idle may be read before they started)
   underruns        the caller's 20 ms playout needed a frame of a response that had not
                    arrived (silences between responses and after a clear excluded)
   jitter           |inter-arrival - 20 ms| of outbound frames once the caller's buffer
