@@ -16,7 +16,7 @@ docs/telnyx-protocol.md for the rules it enforces.
         fake.requests, fake.calls, fake.webhooks.deliveries
 
 Endpoints: ``POST /v2/calls`` (dial), ``POST /v2/calls/{id}/actions/{answer, hangup,
-streaming_start, streaming_stop, record_start, transfer}``, ``GET /v2/calls/{id}``.
+speak, streaming_start, streaming_stop, record_start, transfer}``, ``GET /v2/calls/{id}``.
 Errors use Telnyx's body ``{"errors": [{"code", "title", "detail", "source"}]}``: 401 for a
 bad bearer key (10009), 400 for a non-JSON body (10015), 422 for an invalid body (10004
 missing parameter, 10015 wrong type/enum, 10016 not +E.164), 404 for an unknown call or
@@ -27,6 +27,14 @@ call is answered (or at ``streaming_start``), then sends ``streaming.started``; 
 upgrade sends ``streaming.failed``; the stream's end sends ``streaming.stopped``.
 Outbound calls are answered by the callee at once unless scripted with
 ``fake.script_outcome(to, "busy" | "no_answer" | "hold")``.
+
+``speak`` (``ActionSpeakParams``: ``payload`` and ``voice`` required) is accepted on an
+answered call only (422 90019 before, 90018 once ended); a ``voice`` naming no provider the
+SDK documents (nor ``male`` / ``female``) is refused (422 10015), as is a payload over 3,000
+characters. The text is recorded in ``call.spoken``, then ``call.speak.started`` and
+``call.speak.ended`` (``status: completed``; ``call_hangup`` if the call ended first) are
+sent with the call's ``client_state``. ``fake.speak_ended = False`` drops the
+``call.speak.ended`` webhook (a lost delivery).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from aiohttp import web
 from telnyx.types.call_dial_params import CallDialParams
 from telnyx.types.calls.action_answer_params import ActionAnswerParams
 from telnyx.types.calls.action_hangup_params import ActionHangupParams
+from telnyx.types.calls.action_speak_params import ActionSpeakParams
 from telnyx.types.calls.action_start_recording_params import ActionStartRecordingParams
 from telnyx.types.calls.action_start_streaming_params import ActionStartStreamingParams
 from telnyx.types.calls.action_stop_streaming_params import ActionStopStreamingParams
@@ -69,6 +78,7 @@ from tests.fakes.telnyx_webhooks import (
 ACTIONS: dict[str, type] = {
     "answer": ActionAnswerParams,
     "hangup": ActionHangupParams,
+    "speak": ActionSpeakParams,
     "streaming_start": ActionStartStreamingParams,
     "streaming_stop": ActionStopStreamingParams,
     "record_start": ActionStartRecordingParams,
@@ -78,6 +88,11 @@ STREAM_KEYS = ("stream_url", "stream_track", "stream_codec", "stream_bidirection
                "stream_bidirectional_codec", "stream_bidirectional_sampling_rate",
                "stream_auth_token", "stream_bidirectional_target_legs")
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+#: ``voice`` providers ``ActionSpeakParams`` documents (``<Provider>.<...>``), plus the
+#: legacy ``Polly.<VoiceId>``; ``male`` / ``female`` are the basic service level's voices.
+SPEAK_PROVIDERS = ("AWS", "Polly", "Azure", "ElevenLabs", "Telnyx", "Minimax", "Resemble",
+                   "Inworld", "FishAudio", "Soniox", "xAI", "Humain")
+SPEAK_MAX_CHARS = 3000
 
 
 @dataclass(slots=True)
@@ -119,6 +134,7 @@ class FakeTelnyxCall:
     media: FakeTelnyxMediaClient | None = None
     recordings: list[dict[str, Any]] = field(default_factory=list)
     transfers: list[dict[str, Any]] = field(default_factory=list)
+    spoken: list[dict[str, Any]] = field(default_factory=list)  # accepted speak bodies
     hangup_cause: str | None = None
     hangup_source: str | None = None
     start_time: str = field(default_factory=iso_now)
@@ -202,6 +218,7 @@ class FakeTelnyx:
     _sender: TelnyxWebhookSender | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    speak_ended: bool = True  # False: call.speak.ended is never delivered
 
     @property
     def public_key_b64(self) -> str:
@@ -406,9 +423,9 @@ class FakeTelnyx:
                 if key in self._commands:
                     return _data({"result": "ok"})  # duplicate command: ignored
                 self._commands.add(key)
-            if "client_state" in body:
-                call.client_state = body["client_state"]
             await getattr(self, f"_act_{action}")(call, body)
+            if "client_state" in body:  # a refused command changes nothing
+                call.client_state = body["client_state"]
         return _data({"result": "ok"})
 
     async def _retrieve(self, request: web.Request) -> web.Response:
@@ -452,6 +469,37 @@ class FakeTelnyx:
         call._touch()
         self._spawn(self._end(call, "normal_clearing", "callee" if call.direction ==
                               "incoming" else "caller", already_marked=True))
+
+    async def _act_speak(self, call: FakeTelnyxCall, body: dict[str, Any]) -> None:
+        if call.state != "answered":
+            raise _Reject(422, "90019", "Call is not answered",  # code unverified
+                          "Speak can only be used on an answered call.")
+        voice = body["voice"]
+        provider = voice.split(".", 1)[0]
+        if voice not in ("male", "female") and (provider not in SPEAK_PROVIDERS
+                                                 or "." not in voice):
+            raise _Reject(422, "10015", "Invalid value for voice",
+                          f"The 'voice' parameter is invalid: {voice!r}", "/voice")
+        if not body["payload"] or len(body["payload"]) > SPEAK_MAX_CHARS:
+            raise _Reject(422, "10015", "Invalid value for payload",
+                          f"payload must be 1 to {SPEAK_MAX_CHARS} characters.", "/payload")
+        if body.get("service_level") == "basic" and (
+                body.get("language", "en-US") != "en-US"
+                or body.get("payload_type", "text") != "text"):
+            raise _Reject(422, "10015", "Invalid value for language",
+                          "The basic service level speaks en-US text only.", "/language")
+        call.spoken.append(dict(body))
+        call._touch()
+        self._spawn(self._speak(call))
+
+    async def _speak(self, call: FakeTelnyxCall) -> None:
+        """``call.speak.started`` then ``call.speak.ended`` (after ``call.answered``)."""
+        await call.wait(lambda: "call.answered" in call.events or not call.is_alive)
+        if call.is_alive:
+            await self._webhook(call, "call.speak.started", {})
+        if self.speak_ended:
+            await self._webhook(call, "call.speak.ended",
+                                {"status": "completed" if call.is_alive else "call_hangup"})
 
     async def _act_streaming_start(self, call: FakeTelnyxCall, body: dict[str, Any]) -> None:
         if call.state != "answered":

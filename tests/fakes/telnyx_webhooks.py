@@ -117,6 +117,8 @@ def _event_models() -> dict[str, type[BaseModel]]:
     from telnyx.types.call_recording_saved_webhook_event import (
         CallRecordingSavedWebhookEvent,
     )
+    from telnyx.types.call_speak_ended_webhook_event import CallSpeakEndedWebhookEvent
+    from telnyx.types.call_speak_started_webhook_event import CallSpeakStartedWebhookEvent
     from telnyx.types.call_streaming_failed_webhook_event import (
         CallStreamingFailedWebhookEvent,
     )
@@ -132,6 +134,8 @@ def _event_models() -> dict[str, type[BaseModel]]:
         "call.hangup": CallHangupWebhookEvent,
         "call.bridged": CallBridgedWebhookEvent,
         "call.recording.saved": CallRecordingSavedWebhookEvent,
+        "call.speak.started": CallSpeakStartedWebhookEvent,
+        "call.speak.ended": CallSpeakEndedWebhookEvent,
         "streaming.started": CallStreamingStartedWebhookEvent,
         "streaming.stopped": CallStreamingStoppedWebhookEvent,
         "streaming.failed": CallStreamingFailedWebhookEvent,

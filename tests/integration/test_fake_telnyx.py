@@ -339,3 +339,37 @@ async def test_refused_stream_sends_streaming_failed(fake: FakeTelnyx, app: App,
         failed = await app.next_event("streaming.failed")
     assert failed["data"]["payload"]["failure_reason"]
     assert app.types() == ["call.initiated", "call.answered", "streaming.failed"]
+
+
+async def test_speak_only_on_an_answered_call_then_its_webhooks(
+        fake: FakeTelnyx, app: App, sdk: telnyx.AsyncTelnyx) -> None:
+    async with asyncio.timeout(10):
+        call = await fake.incoming_call(FROM, TO)
+        with pytest.raises(telnyx.UnprocessableEntityError):  # not answered yet
+            await sdk.calls.actions.speak(call.call_control_id, payload="Hi.",
+                                          voice="AWS.Polly.Joanna-Neural")
+        await sdk.calls.actions.answer(call.call_control_id)
+        await call.wait_answered()
+        with pytest.raises(telnyx.UnprocessableEntityError):  # voice is required
+            await sdk.post(f"/calls/{call.call_control_id}/actions/speak",
+                           body={"payload": "Hi."}, cast_to=object)
+        with pytest.raises(telnyx.UnprocessableEntityError):  # no such provider
+            await sdk.calls.actions.speak(call.call_control_id, payload="Hi.",
+                                          voice="Robot.Bender")
+        with pytest.raises(telnyx.UnprocessableEntityError):  # not in the SDK's enum
+            await sdk.calls.actions.speak(call.call_control_id, payload="Hi.",
+                                          voice="female", language="xx-XX")  # type: ignore[arg-type]
+        assert call.client_state is None  # refused commands changed nothing
+        await sdk.calls.actions.speak(call.call_control_id, payload="Bye now.",
+                                      voice="female", client_state=STATE)
+        assert [s["payload"] for s in call.spoken] == ["Bye now."]
+        started = await app.next_event("call.speak.started")
+        ended = await app.next_event("call.speak.ended")
+        assert started["data"]["payload"]["client_state"] == STATE
+        assert ended["data"]["payload"]["status"] == "completed"
+        assert ended["data"]["payload"]["call_control_id"] == call.call_control_id
+        await sdk.calls.actions.hangup(call.call_control_id)
+        await call.wait_hangup()
+        with pytest.raises(telnyx.UnprocessableEntityError):  # the call has ended
+            await sdk.calls.actions.speak(call.call_control_id, payload="Hi.",
+                                          voice="female")

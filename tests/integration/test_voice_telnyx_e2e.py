@@ -80,7 +80,8 @@ class Stack:
 
 
 def _config(telnyx: FakeTelnyx, gateway: FakeOpenClawGateway, port: int, provider: str,
-            codec: str, provider_yaml: str, key_path: Path) -> Config:
+            codec: str, provider_yaml: str, key_path: Path, *, telnyx_yaml: str = "",
+            calls_yaml: str = "") -> Config:
     text = f"""
 server:
   public_url: https://agent.example.test
@@ -96,6 +97,7 @@ telnyx:
   stream_url: ws://127.0.0.1:{port}/telnyx/media-stream
   webhook_url: http://127.0.0.1:{port}/telnyx/webhook
   request_timeout_s: 5
+{telnyx_yaml}
 audio:
   provider: {provider}
 bridge:
@@ -113,12 +115,13 @@ calls:
   rate_limits:
     per_caller_per_minute: 0
     global_per_second: 0
+{calls_yaml}
 {provider_yaml}"""
     return Config.from_text(text, source="test-config", env={})
 
 
-async def _stack(tmp_path: Path, provider: str, codec: str,
-                 **fake: Any) -> AsyncIterator[Stack]:
+async def _stack(tmp_path: Path, provider: str, codec: str, *, telnyx_yaml: str = "",
+                 calls_yaml: str = "", **fake: Any) -> AsyncIterator[Stack]:
     port = _free_port()
     async with FakeTelnyx(webhook_url=f"http://127.0.0.1:{port}/telnyx/webhook",
                           **fake) as telnyx, \
@@ -134,7 +137,8 @@ async def _stack(tmp_path: Path, provider: str, codec: str,
             yaml_part = (f"openai_realtime:\n  url: {model.url.split('?')[0]}\n"
                          f"  api_key: {model.api_key}\n")
         config = _config(telnyx, gateway, port, provider, codec, yaml_part,
-                         tmp_path / "device_key")
+                         tmp_path / "device_key", telnyx_yaml=telnyx_yaml,
+                         calls_yaml=calls_yaml)
         app = create_app(config, bridge_factory=make_bridge_factory(config))
         runner = make_runner(app, config)
         await runner.setup()
@@ -438,3 +442,98 @@ async def test_a_stream_without_our_token_is_closed_1008(openai_pcmu: Stack) -> 
     assert client.close_code == 1008
     assert metrics.get("telnyx.media.token.malformed") >= 1
     await client.close()
+
+
+# -- refusals and goodbyes are spoken (answer / speak, then hangup on call.speak.ended) ------
+
+
+def _actions(stack: Stack, call: FakeTelnyxCall) -> list[tuple[str, int]]:
+    """(action, HTTP status) of every command the fake answered for ``call``, in order."""
+    return [(r.action or "", r.status) for r in stack.telnyx.requests
+            if f"/calls/{call.call_control_id}/" in r.path]
+
+
+@pytest.fixture
+async def one_line(tmp_path: Path) -> AsyncIterator[Stack]:
+    """One call at a time: a second caller is refused (busy, with BUSY_TEXT)."""
+    async for stack in _stack(tmp_path, "openai", "PCMU",
+                              calls_yaml="  max_concurrent_calls: 1"):
+        yield stack
+
+
+async def test_a_refused_inbound_call_hears_the_line_then_is_hung_up(one_line: Stack) -> None:
+    from agentic_fast.server.desk import BUSY_TEXT
+    stack = one_line
+    first, media = await stack.incoming()
+    refused = await stack.telnyx.incoming_call("+15550002222", OUR_NUMBER)
+    await refused.wait_hangup()
+    assert _actions(stack, refused) == [("answer", 200), ("speak", 200), ("hangup", 200)]
+    [answer] = [r for r in stack.telnyx.requests if r.action == "answer"
+                and refused.call_control_id in r.path]
+    assert not any(k.startswith("stream_") for k in answer.body or {})  # no media stream
+    [spoken] = refused.spoken
+    assert spoken["payload"] == BUSY_TEXT and spoken["voice"] == "AWS.Polly.Joanna-Neural"
+    # the hangup came from the call.speak.ended webhook (it carried our marker)
+    assert refused.events[-3:] == ["call.speak.started", "call.speak.ended", "call.hangup"]
+    ended = [d for d in stack.telnyx.webhooks.deliveries if d.event_type == "call.speak.ended"]
+    assert [d.status for d in ended] == [200]
+    assert metrics.get("telnyx.speak.hung_up.ended") >= 1
+    assert stack.services.manager.active_count == 1  # the first call is untouched
+    assert first.is_alive and not media.closed.is_set()
+    media.assert_no_violations()
+
+
+async def test_a_goodbye_on_a_streaming_call_is_spoken_then_hung_up(
+        openai_pcmu: Stack) -> None:
+    stack = openai_pcmu
+    call, media = await stack.incoming()
+    control = stack.services.carriers["telnyx"].control
+    await control.say_and_hang_up(call.call_control_id, "Goodbye for now.")
+    await call.wait_hangup()
+    assert _actions(stack, call)[-3:] == [("streaming_stop", 200), ("speak", 200),
+                                          ("hangup", 200)]
+    assert [s["payload"] for s in call.spoken] == ["Goodbye for now."]
+    assert call.events.index("streaming.stopped") < call.events.index("call.speak.ended")
+    await media.wait_closed()
+    media.assert_no_violations()
+
+
+@pytest.fixture
+async def unknown_voice(tmp_path: Path) -> AsyncIterator[Stack]:
+    async for stack in _stack(tmp_path, "openai", "PCMU",
+                              telnyx_yaml="  speak_voice: Robot.Bender"):
+        yield stack
+
+
+async def test_a_refused_speak_falls_back_to_hangup(unknown_voice: Stack) -> None:
+    stack = unknown_voice
+    call, media = await stack.incoming()
+    control = stack.services.carriers["telnyx"].control
+    await control.say_and_hang_up(call.call_control_id, "Goodbye.")
+    await call.wait_hangup()
+    assert _actions(stack, call)[-3:] == [("streaming_stop", 200), ("speak", 422),
+                                          ("hangup", 200)]
+    assert call.spoken == [] and "call.speak.ended" not in call.events
+    assert metrics.get("telnyx.speak.refused") >= 1
+    await media.wait_closed()
+
+
+@pytest.fixture
+async def lost_speak_ended(tmp_path: Path) -> AsyncIterator[Stack]:
+    async for stack in _stack(tmp_path, "openai", "PCMU", speak_ended=False,
+                              telnyx_yaml="  speak_timeout_s: 0.3"):
+        yield stack
+
+
+async def test_a_lost_speak_ended_is_bounded_by_the_speak_timeout(
+        lost_speak_ended: Stack) -> None:
+    stack = lost_speak_ended
+    call, media = await stack.incoming()
+    control = stack.services.carriers["telnyx"].control
+    await control.say_and_hang_up(call.call_control_id, "Goodbye.")
+    await call.wait_hangup(timeout=5)
+    assert _actions(stack, call)[-2:] == [("speak", 200), ("hangup", 200)]
+    assert "call.speak.ended" not in call.events
+    assert metrics.get("telnyx.speak.timed_out") >= 1
+    assert stack.services.carriers["telnyx"].speaker.pending == 0
+    await media.wait_closed()

@@ -17,6 +17,7 @@ from agentic_fast.call.manager import CallStatus
 from agentic_fast.carriers.base import L16_16K, EventKind
 from agentic_fast.carriers.telnyx.media import (
     CODECS,
+    HANGUP_AFTER_SPEAK,
     Dtmf,
     Mark,
     Media,
@@ -28,6 +29,7 @@ from agentic_fast.carriers.telnyx.media import (
     TelnyxStreamState,
     decode_client_state,
     encode_client_state,
+    is_hangup_after_speak,
     parse_telnyx_message,
 )
 from agentic_fast.carriers.telnyx.rest import StreamOptions, TelnyxRestClient
@@ -199,6 +201,19 @@ def test_client_state_round_trips_and_foreign_ones_are_refused() -> None:
     assert decode_client_state(state) == params
     assert decode_client_state(base64.b64encode(b"no-pairs").decode()) == {}
     assert decode_client_state("%%%") == {} and decode_client_state(None) == {}
+
+
+def test_the_hang_up_marker_and_stream_params_are_never_mistaken() -> None:
+    assert decode_client_state(HANGUP_AFTER_SPEAK) == {}  # never stream params
+    assert base64.b64decode(HANGUP_AFTER_SPEAK).find(b"=") == -1
+    params = encode_client_state({"callId": "c", "streamToken": "t"})
+    assert not is_hangup_after_speak(params) and not is_hangup_after_speak(None)
+    assert is_hangup_after_speak(HANGUP_AFTER_SPEAK)
+    body = json.dumps({"data": {"id": "e1", "event_type": "call.speak.ended", "payload": {
+        "call_control_id": "v3:x", "client_state": HANGUP_AFTER_SPEAK,
+        "status": "call_hangup"}}}).encode()
+    event = parse_webhook(body)
+    assert event.speak_status == "call_hangup" and event.client_state == HANGUP_AFTER_SPEAK
 
 
 def test_telnyx_events_are_the_neutral_events() -> None:

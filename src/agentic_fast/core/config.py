@@ -422,6 +422,13 @@ class TelnyxConfig(_Section):
     # server.public_url (wss://<host>/telnyx/media-stream, https://<host>/telnyx/webhook)
     stream_url: str = field(default="", metadata=_m(check=_optional(_url("wss", "ws"))))
     webhook_url: str = field(default="", metadata=_m(check=_optional(_url("https", "http"))))
+    # refusals and goodbyes are spoken with Call Control's speak, then hung up: the voice
+    # ("<Provider>.<Model>.<VoiceId>", e.g. AWS.Polly.Joanna-Neural; or male / female on
+    # the basic service level), the language ("": not sent; ignored for Polly voices), and
+    # how long the line may take before the call is hung up anyway (call.speak.ended lost)
+    speak_voice: str = field(default="AWS.Polly.Joanna-Neural", metadata=_m(check=_nonempty))
+    speak_language: str = "en-US"
+    speak_timeout_s: float = field(default=30.0, metadata=_m(gt=0, hi=600))
 
 
 @dataclass(frozen=True, slots=True)

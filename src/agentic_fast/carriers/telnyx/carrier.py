@@ -1,11 +1,12 @@
 """Telnyx behind the carrier interface (carriers/base.py): Call Control v2 (answer with a
-bidirectional RTP stream, dial, hang up, transfer, record), its media streaming WebSocket,
+bidirectional RTP stream, dial, speak, hang up, transfer, record), its media streaming WebSocket,
 Ed25519-signed webhooks, and its call events mapped to our CallStatus.
 
 Inbound calls are answered over REST (``answer`` with ``stream_url``), so the webhook's own
 reply is an empty JSON 200. Our stream params (call id, one-time token) travel in
 ``client_state`` (base64), which Telnyx returns in the stream's ``start`` and in every
-webhook of the call.
+webhook of the call. Lines said before a hang-up (refusals, goodbyes) are spoken with
+``speak`` and hung up on ``call.speak.ended`` (carriers/telnyx/speak.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from agentic_fast.carriers.telnyx.media import (
 from agentic_fast.carriers.telnyx.rest import StreamOptions, TelnyxRestClient
 from agentic_fast.carriers.telnyx.routes import TELNYX_WEBHOOK_PATH, TelnyxWebhooks
 from agentic_fast.carriers.telnyx.signature import TelnyxSignatureVerifier, WebhookCheck
+from agentic_fast.carriers.telnyx.speak import TelnyxSpeaker
 from agentic_fast.carriers.telnyx.status import map_status
 from agentic_fast.core.config import TELNYX_MEDIA_STREAM_PATH, Config
 from agentic_fast.core.errors import ConfigError, TelnyxApiError
@@ -74,13 +76,16 @@ class TelnyxWebhookVerifier:
 
 
 class TelnyxInboundAnswer:
-    """Answers over REST: ``answer`` with our stream; refusals hang up (the reply: 200)."""
+    """Answers over REST: ``answer`` with our stream; a refusal with a line answers without
+    a stream, speaks it and hangs up once spoken; one without, hangs up (the reply: 200)."""
 
-    __slots__ = ("_codec", "_rest")
+    __slots__ = ("_codec", "_rest", "_speaker")
 
-    def __init__(self, rest: TelnyxRestClient | None, codec: TelnyxCodec) -> None:
+    def __init__(self, rest: TelnyxRestClient | None, codec: TelnyxCodec,
+                 speaker: TelnyxSpeaker | None = None) -> None:
         self._rest = rest
         self._codec = codec
+        self._speaker = speaker
 
     async def connect_stream(self, carrier_call_id: str, target: StreamTarget
                              ) -> WebhookReply:
@@ -93,14 +98,18 @@ class TelnyxInboundAnswer:
         return _OK
 
     async def say_and_hang_up(self, carrier_call_id: str, text: str) -> WebhookReply:
-        """Telnyx speaks only on an answered call: an unanswered one is hung up."""
-        await self._hang_up_quietly(carrier_call_id)
+        """Answer (no stream), speak ``text``, hang up on ``call.speak.ended``; no text:
+        hang up."""
+        if text and self._speaker is not None:
+            await self._speaker.answer_and_say(carrier_call_id, text)
+        else:
+            await self._hang_up_quietly(carrier_call_id)
         return _OK
 
     async def refuse(self, carrier_call_id: str, kind: RefusalKind,
                      text: str | None = None) -> WebhookReply:
-        await self._hang_up_quietly(carrier_call_id)
-        return _OK
+        """``text`` spoken as :meth:`say_and_hang_up` does; without it, hung up."""
+        return await self.say_and_hang_up(carrier_call_id, text or "")
 
     async def _hang_up_quietly(self, carrier_call_id: str) -> None:
         if self._rest is not None:
@@ -111,12 +120,14 @@ class TelnyxInboundAnswer:
 class TelnyxCallControl:
     """:class:`~agentic_fast.carriers.base.CallControl` over Call Control v2."""
 
-    __slots__ = ("_codec", "_connection_id", "rest")
+    __slots__ = ("_codec", "_connection_id", "rest", "speaker")
 
-    def __init__(self, rest: TelnyxRestClient, connection_id: str, codec: TelnyxCodec) -> None:
+    def __init__(self, rest: TelnyxRestClient, connection_id: str, codec: TelnyxCodec,
+                 speaker: TelnyxSpeaker | None = None) -> None:
         self.rest = rest
         self._connection_id = connection_id
         self._codec = codec
+        self.speaker = speaker or TelnyxSpeaker(rest, voice="AWS.Polly.Joanna-Neural")
 
     async def place_call(self, call: OutboundCall) -> str:
         if not self._connection_id:
@@ -134,8 +145,12 @@ class TelnyxCallControl:
         await self.rest.hangup(carrier_call_id)
 
     async def say_and_hang_up(self, carrier_call_id: str, text: str) -> None:
-        """Hang up: the goodbye is not spoken (Telnyx's ``speak`` is not used here)."""
-        await self.rest.hangup(carrier_call_id)
+        """Stop the media stream, speak ``text``, hang up on ``call.speak.ended`` (a refused
+        ``speak``: hang up at once); no text: hang up."""
+        if not text:
+            await self.rest.hangup(carrier_call_id)
+            return
+        await self.speaker.say_on_answered(carrier_call_id, text)
 
     async def redirect(self, carrier_call_id: str, target: str) -> None:
         await self.rest.transfer(carrier_call_id, target)
@@ -164,6 +179,9 @@ class TelnyxCarrier(CarrierParts[TelnyxWebhookVerifier, TelnyxCallControl,
         if rest is None and t.api_key:
             rest = owned = TelnyxRestClient(t.api_key, api_base=t.api_base_url,
                                             timeout_s=t.request_timeout_s)
+        self.speaker = (TelnyxSpeaker(rest, voice=t.speak_voice, language=t.speak_language,
+                                      timeout_s=t.speak_timeout_s)
+                        if rest is not None else None)
         verifier: TelnyxWebhookVerifier | None = None
         problem: str | None = None
         if t.public_key:
@@ -173,9 +191,15 @@ class TelnyxCarrier(CarrierParts[TelnyxWebhookVerifier, TelnyxCallControl,
             problem = "telnyx.public_key is not set: webhooks cannot be verified"
         super().__init__(
             verifier=verifier, verifier_problem=problem,
-            control=(TelnyxCallControl(rest, t.connection_id, self.codec)
+            control=(TelnyxCallControl(rest, t.connection_id, self.codec, self.speaker)
                      if rest is not None else None),
-            answer=TelnyxInboundAnswer(rest, self.codec), owned=owned)
+            answer=TelnyxInboundAnswer(rest, self.codec, self.speaker), owned=owned)
+
+    async def close(self) -> None:
+        """Cancel the speak timers, then close the REST client we built."""
+        if self.speaker is not None:
+            await self.speaker.close()
+        await super().close()
 
     def open_stream(self, query: Mapping[str, str]) -> TelnyxStreamState:
         """Our params come back in ``start.client_state``: ``query`` is unused."""

@@ -14,7 +14,9 @@ counters (``telnyx.media.rejected.<reason>``). The events subclass the carrier-n
 (``telnyx.media.error_frames.<code>``) and surface as a rejection (``error_frame``).
 
 Our stream params (call id, stream token) travel in ``client_state``:
-:func:`encode_client_state` / :func:`decode_client_state`.
+:func:`encode_client_state` / :func:`decode_client_state`. The one other ``client_state``
+we send, :data:`HANGUP_AFTER_SPEAK` (on ``speak``: "hang up once this is spoken"), is not a
+query string, so it never decodes as stream params, and stream params never equal it.
 
 Outbound (bidirectional ``rtp`` mode): :class:`TelnyxOutbound` builds ``media`` (raw audio
 in the negotiated codec, base64), ``mark`` and ``clear`` frames. The media path is the hot
@@ -60,6 +62,7 @@ from agentic_fast.core.jsonfields import JsonFields
 
 __all__ = [
     "CODECS",
+    "HANGUP_AFTER_SPEAK",
     "Connected",
     "Dtmf",
     "Mark",
@@ -74,6 +77,7 @@ __all__ = [
     "TelnyxStreamState",
     "decode_client_state",
     "encode_client_state",
+    "is_hangup_after_speak",
     "parse_telnyx_message",
 ]
 
@@ -120,6 +124,17 @@ def decode_client_state(state: str | None) -> Mapping[str, str]:
         return dict(parse_qsl(text, strict_parsing=True, max_num_fields=16))
     except (binascii.Error, ValueError):
         return {}
+
+
+#: ``client_state`` of a ``speak`` after which the call is hung up (on ``call.speak.ended``,
+#: by whichever worker gets that webhook). base64 of a text with no ``=``: never a query
+#: string, so :func:`decode_client_state` gives ``{}`` for it.
+HANGUP_AFTER_SPEAK = base64.b64encode(b"agentic-fast:hangup-after-speak").decode("ascii")
+
+
+def is_hangup_after_speak(state: str | None) -> bool:
+    """Whether ``state`` is :data:`HANGUP_AFTER_SPEAK`."""
+    return state == HANGUP_AFTER_SPEAK
 
 
 # --------------------------------------------------------------------------- events

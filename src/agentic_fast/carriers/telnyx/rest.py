@@ -1,4 +1,4 @@
-"""Telnyx Call Control v2 over aiohttp: dial, answer, hang up, transfer, record.
+"""Telnyx Call Control v2 over aiohttp: dial, answer, speak, hang up, transfer, record.
 
 ``Authorization: Bearer <telnyx.api_key>`` on JSON requests to ``telnyx.api_base_url``
 (default ``https://api.telnyx.com/v2``, the SDK's ``base_url``); field names are the SDK's
@@ -120,15 +120,32 @@ class TelnyxRestClient:
         _log.info("telnyx.call.dialed", call_control_id=call.call_control_id)
         return call
 
-    async def answer(self, call_control_id: str, *, stream: StreamOptions,
+    async def answer(self, call_control_id: str, *, stream: StreamOptions | None,
                      client_state: str | None = None, webhook_url: str | None = None) -> None:
-        """Answer an incoming call and open ``stream``."""
-        body: dict[str, Any] = {**stream.params(), "command_id": str(uuid.uuid4())}
+        """Answer an incoming call and open ``stream`` (None: no media stream)."""
+        body: dict[str, Any] = {**(stream.params() if stream is not None else {}),
+                                "command_id": str(uuid.uuid4())}
         if client_state is not None:
             body["client_state"] = client_state
         if webhook_url is not None:
             body["webhook_url"] = webhook_url
         await self.action(call_control_id, "answer", body)
+
+    async def speak(self, call_control_id: str, text: str, *, voice: str,
+                    language: str = "", service_level: str = "",
+                    client_state: str | None = None) -> None:
+        """Speak ``text`` (plain text, at most 3,000 characters) on an answered call;
+        ``call.speak.started`` / ``call.speak.ended`` follow as webhooks. ``language`` and
+        ``service_level``: "" is not sent."""
+        body: dict[str, Any] = {"payload": text[:3000], "payload_type": "text",
+                                "voice": voice, "command_id": str(uuid.uuid4())}
+        if language:
+            body["language"] = language
+        if service_level:
+            body["service_level"] = service_level
+        if client_state is not None:
+            body["client_state"] = client_state
+        await self.action(call_control_id, "speak", body)
 
     async def hangup(self, call_control_id: str) -> None:
         await self.action(call_control_id, "hangup", {"command_id": str(uuid.uuid4())})

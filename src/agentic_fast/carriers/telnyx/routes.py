@@ -8,7 +8,10 @@ nothing:
   and the call is answered with our media stream, or hung up;
 * ``call.initiated`` (outgoing), ``call.answered``, ``call.hangup``: the call's lifecycle
   (a hang-up also closes the call's stream);
-* ``streaming.failed``: recorded on the call (fails it before its stream started).
+* ``streaming.failed``: recorded on the call (fails it before its stream started);
+* ``call.speak.ended`` whose ``client_state`` is our hang-up marker (a refusal or goodbye
+  we had spoken, carriers/telnyx/speak.py): the call is hung up. Stateless: any worker
+  that gets it does this, whether or not it knows the call.
 
 Telnyx always gets a 2xx for a verified event (it retries anything else), a 403 for a bad
 signature and a 400 for an unusable body: never a 500.
@@ -23,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from agentic_fast.carriers.base import PARAM_CALL_ID, CallDesk, Route, WebhookRequest
-from agentic_fast.carriers.telnyx.media import decode_client_state
+from agentic_fast.carriers.telnyx.media import decode_client_state, is_hangup_after_speak
 from agentic_fast.carriers.telnyx.status import (
     TelnyxWebhook,
     map_event,
@@ -40,6 +43,10 @@ if TYPE_CHECKING:
 __all__ = ["TELNYX_WEBHOOK_PATH", "TelnyxWebhooks"]
 
 log = get_logger("telnyx")
+
+#: The event that ends a ``speak`` (the SDK has no ``call.speak.failed``; its ``status``
+#: says how it ended: completed, call_hangup, cancelled_amd).
+SPEAK_ENDED = "call.speak.ended"
 
 TELNYX_WEBHOOK_PATH = "/telnyx/webhook"
 
@@ -103,6 +110,9 @@ class TelnyxWebhooks:
                         remote=remote)
             return _json({"status": "duplicate"})
         metrics.incr(f"telnyx.webhook.{event.event_type}")
+        if event.event_type == SPEAK_ENDED and is_hangup_after_speak(event.client_state):
+            await self._spoken(event)
+            return _json({"status": "ok"})
         if event.event_type == "call.initiated" and event.direction == "incoming":
             await self._incoming(event)
             return _json({"status": "ok"})
@@ -130,6 +140,15 @@ class TelnyxWebhooks:
         if change.terminal:  # the call is over: the stream ends with it
             desk.end_stream(ccid)
         return _json({"status": "ok"})
+
+    async def _spoken(self, event: TelnyxWebhook) -> None:
+        """A line we spoke before hanging up has ended: hang up."""
+        speaker = self.carrier.speaker
+        if speaker is None:  # no REST client (no api_key): nothing can be hung up
+            log.warning("telnyx.speak.ended_unhandled", call_control_id=event.call_control_id,
+                        reason="not_configured")
+            return
+        await speaker.spoken(event.call_control_id, event.speak_status)
 
     async def _incoming(self, event: TelnyxWebhook) -> None:
         """A new incoming call: answer it with our stream, or hang it up."""

@@ -45,6 +45,8 @@ class TelnyxWebhook:
     hangup_source: str
     failure_reason: str
     payload: dict[str, Any]
+    #: ``call.speak.ended``'s ``status`` (completed, call_hangup, ...); "" for other events
+    speak_status: str = ""
 
 
 _FIELDS = JsonFields(TelnyxWebhookError)
@@ -86,7 +88,9 @@ def parse_webhook(body: bytes) -> TelnyxWebhook:
         from_number=_text(payload, "from", p), to_number=_text(payload, "to", p),
         hangup_cause=_text(payload, "hangup_cause", p),
         hangup_source=_text(payload, "hangup_source", p),
-        failure_reason=_text(payload, "failure_reason", p)[:200], payload=payload)
+        failure_reason=_text(payload, "failure_reason", p)[:200], payload=payload,
+        speak_status=(_text(payload, "status", p) if event_type == "call.speak.ended"
+                      else ""))
 
 
 #: ``hangup_cause`` of a call that was never answered -> our unanswered failure reason.
