@@ -508,11 +508,16 @@ class ClassifierConfig(_Section):
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
-        base_url, model = _CLASSIFIER_DEFAULTS[self.provider]
-        if not self.base_url:
-            object.__setattr__(self, "base_url", base_url)
-        if not self.model:
-            object.__setattr__(self, "model", model)
+        _chat_model_defaults(self)
+
+
+def _chat_model_defaults(section: ClassifierConfig | NotifySummaryConfig) -> None:
+    """Empty ``base_url`` / ``model`` of a chat-model section take its provider's default."""
+    base_url, model = _CLASSIFIER_DEFAULTS[section.provider]
+    if not section.base_url:
+        object.__setattr__(section, "base_url", base_url)
+    if not section.model:
+        object.__setattr__(section, "model", model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,11 +741,7 @@ class NotifySummaryConfig(_Section):
 
     def __post_init__(self) -> None:
         _Section.__post_init__(self)
-        base_url, model = _CLASSIFIER_DEFAULTS[self.provider]
-        if not self.base_url:
-            object.__setattr__(self, "base_url", base_url)
-        if not self.model:
-            object.__setattr__(self, "model", model)
+        _chat_model_defaults(self)
 
 
 @dataclass(frozen=True, slots=True)
